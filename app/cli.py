@@ -1,0 +1,60 @@
+"""The `bsegn` command line: one entry point, one module per group of subcommands.
+
+Each module in COMMAND_MODULES has `register(subparsers)` that adds its subcommands and sets
+`func` on them. Those modules import only argparse at module level; the heavy libraries
+(torch, timm, albumentations) are imported inside the handlers, so `bsegn --help` and
+`predict` start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = (
+    "bsegn.app.commands_data",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bsegn",
+        description="Generative zero-shot image classification (BSeGN) end to end.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return _run(args.func, args)
+
+
+def _run(func, args) -> int:
+    """Run a handler; a user-data error is one clear line and exit status 2, not a traceback."""
+    from bsegn.datasets.splits import DataError
+
+    try:
+        return int(func(args) or 0)
+    except DataError as error:
+        print(f"bsegn: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bsegn: interrupted", file=sys.stderr)
+        return 130
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    """The `predict` console script (arrives with the app issue)."""
+    print("predict: not available yet: the training pipeline and model bundle are not built yet.", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
