@@ -1,0 +1,41 @@
+"""The package layout keeps our `datasets/` folder from shadowing Hugging Face's `datasets`."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_FOLDERS = ("app", "backbone", "generative", "datasets")
+
+
+def test_top_level_folders_are_namespace_packages():
+    # An __init__.py here would make `import datasets` from the repo root pick our folder.
+    for folder in PACKAGE_FOLDERS:
+        assert not (REPO_ROOT / folder / "__init__.py").exists(), f"{folder}/__init__.py must not exist"
+
+
+def _import_from_repo_root(code: str) -> subprocess.CompletedProcess:
+    # `python -c` puts the current directory first on sys.path, exactly like `python train.py` run from the root.
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_bsegn_packages_import_from_repo_root_and_elsewhere(tmp_path):
+    code = "import bsegn.datasets.splits, bsegn.app.cli; print(bsegn.datasets.splits.__file__)"
+    for cwd in (REPO_ROOT, tmp_path):
+        result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().endswith("splits.py")
+
+
+def test_hugging_face_datasets_is_not_shadowed_from_repo_root():
+    pytest.importorskip("datasets", reason="Hugging Face `datasets` is not installed (it is in the test extra)")
+    result = _import_from_repo_root(
+        "import bsegn.datasets.splits, datasets, os; "
+        "print(os.path.dirname(datasets.__file__)); print(hasattr(datasets, 'load_dataset'))"
+    )
+    assert result.returncode == 0, result.stderr
+    location, has_load_dataset = result.stdout.split()
+    assert Path(location).resolve() != (REPO_ROOT / "datasets").resolve()
+    assert "site-packages" in location
+    assert has_load_dataset == "True"
