@@ -1,0 +1,129 @@
+"""One door to every benchmark: `load_benchmark(name, ...) -> Benchmark`.
+
+Names: "demo" (synthetic, generated on first use), the xlsa17 benchmarks CUB, CUB-sent, AWA1, AWA2,
+SUN, FLO, APY (split files from `splits_dir`, default ../shared/data; images optional), and "own"
+(your class folders + attributes CSV), and "AWA1-Lampert2009": the AwA1 v1 image features (no
+images; `Benchmark.features` holds them; see `bsegn.datasets.lampert.load_awa1_lampert`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bsegn.datasets.features import FeatureSet
+from bsegn.datasets.splits import DataError, ZSLSplit
+
+XLSA17_NAMES = ("CUB", "CUB-sent", "AWA1", "AWA2", "SUN", "FLO", "APY")
+LAMPERT_NAME = "AWA1-Lampert2009"
+BENCHMARK_NAMES = ("demo",) + XLSA17_NAMES + ("own", LAMPERT_NAME)
+
+
+@dataclass
+class Benchmark:
+    """A benchmark ready to use: its split, and where its images are (when known).
+
+    image_root / image_files: the folder and the N sorted relative paths the locs index; None when
+    only split files were given. features: pre-extracted per-image features (AWA1-Lampert2009 only).
+    """
+
+    name: str
+    split: ZSLSplit
+    image_root: Path | None
+    image_files: list[str] | None
+    features: FeatureSet | None = None
+
+
+def canonical_name(name: str) -> str:
+    for known in BENCHMARK_NAMES:
+        if name.lower() == known.lower():
+            return known
+    raise DataError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARK_NAMES)}.")
+
+
+def _default_splits_dir(name: str) -> Path:
+    from bsegn.datasets.paths import shared_data_dir
+
+    root = shared_data_dir()
+    if root is None:
+        raise DataError(f"{name}: no split folder given and ../shared/data was not found; pass the folder holding "
+                        f"xlsa17's att_splits.mat for {name.split('-')[0]} (e.g. --splits data/xlsa17/{name.split('-')[0]}).")
+    return root
+
+
+def load_split(name: str, splits_dir: str | Path | None = None, **demo_kwargs) -> ZSLSplit:
+    """Only the split metadata of benchmark `name` (no image folder needed; "own" is not possible here)."""
+    name = canonical_name(name)
+    if name == "demo":
+        from bsegn.datasets.demo import ensure_demo_dataset, read_demo_split
+
+        if splits_dir is not None:  # an already generated demo folder (holding att_splits.mat)
+            folder = Path(splits_dir)
+            folder = folder.parent if folder.name == "images" else folder
+            if not (folder / "att_splits.mat").is_file():
+                raise DataError(f"{folder}: no att_splits.mat; expected a generated demo folder (demo-<hash>/).")
+            return read_demo_split(folder)
+        return ensure_demo_dataset(**demo_kwargs)[1]
+    if name == LAMPERT_NAME:
+        from bsegn.datasets.lampert import load_awa1_lampert
+
+        return load_awa1_lampert(splits_dir=splits_dir)[1]
+    if name == "own":
+        raise DataError("the 'own' benchmark is defined by its image folder and attributes CSV: pass both.")
+    from bsegn.datasets.xlsa17 import load_xlsa17
+
+    return load_xlsa17(name, splits_dir if splits_dir is not None else _default_splits_dir(name))
+
+
+def load_benchmark(name: str, *, splits_dir: str | Path | None = None, images_root: str | Path | None = None,
+                   attributes_csv: str | Path | None = None, **demo_kwargs) -> Benchmark:
+    """Load benchmark `name` (see module doc).
+
+    Args:
+        splits_dir: xlsa17 benchmarks: folder with att_splits.mat (or its parent); default ../shared/data.
+        images_root: the benchmark's image folder (optional for xlsa17; required for "own"). When given,
+            the sorted image list must match the split exactly (else DataError; `bsegn data check`
+            says which files differ), and the folder classes must be consistent with the split.
+        attributes_csv: "own" only: the class,split,<attributes...> CSV.
+        demo_kwargs: "demo" only: images_per_class, image_size, seed, root.
+    """
+    name = canonical_name(name)
+    if demo_kwargs and name != "demo":
+        raise DataError(f"{name}: options {sorted(demo_kwargs)} apply to the demo benchmark only.")
+    if name == "demo":
+        from bsegn.datasets.demo import ensure_demo_dataset
+
+        image_root, split = ensure_demo_dataset(**demo_kwargs)
+        return Benchmark("demo", split, image_root, split.image_files)
+    if name == LAMPERT_NAME:
+        from bsegn.datasets.lampert import load_awa1_lampert
+
+        features, split = load_awa1_lampert(splits_dir=splits_dir)
+        return Benchmark(name, split, None, None, features=features)
+    if name == "own":
+        if images_root is None or attributes_csv is None:
+            raise DataError("the 'own' benchmark needs an image folder (class sub-folders) and an attributes CSV "
+                            "(class,split,<attributes...>).")
+        from bsegn.datasets.own_data import load_own_data
+
+        split = load_own_data(images_root, attributes_csv)
+        return Benchmark("own", split, Path(images_root), split.image_files)
+
+    if splits_dir is None:
+        splits_dir = _default_splits_dir(name)
+    split = load_split(name, splits_dir)
+    if images_root is None:
+        return Benchmark(name, split, None, None)
+    from bsegn.datasets.image_folders import check_images, labels_from_folders, list_images, resolve_image_root
+
+    report = check_images(name, images_root, splits_dir, split=split)
+    if not report.ok:
+        raise DataError(f"{name}: the image folder {report.images_root} does not match the split: "
+                        f"{report.problems[0]}. Run `bsegn data check --benchmark {name} --images {images_root}` "
+                        "for the full report.")
+    image_root = resolve_image_root(images_root, name)
+    files = list_images(image_root, name)
+    split.image_files = files
+    labels = labels_from_folders(files, split, name, image_root)
+    if labels is not None:
+        split.labels = labels
+    return Benchmark(name, split, image_root, files)
