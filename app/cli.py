@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = (
     "bsegn.app.commands_data",
     "bsegn.app.commands_backbone",
+    "bsegn.app.commands_app",
 )
 
 
@@ -52,9 +53,10 @@ def _run(func, args) -> int:
 
 
 def predict_main(argv: list[str] | None = None) -> int:
-    """The `predict` console script (arrives with the app issue)."""
-    print("predict: not available yet: the training pipeline and model bundle are not built yet.", file=sys.stderr)
-    return 2
+    """The `predict` console script: classify images with a model bundle (bsegn.app.predict)."""
+    from bsegn.app.predict import main as predict
+
+    return _run(lambda _args: predict(argv), None)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,259 @@
+"""The training pipeline behind `train.py`: images in, evaluated model bundle out.
+
+Stages, each in a folder of the run, each skipped when its output exists for the same config and
+resumed after an interruption:
+
+    backbone/     fine-tune the timm backbone on SEEN training images only (bsegn.backbone.finetune)
+    features/     extract features of every image with it (cached by backbone + weights + transform + data)
+    generative/   train BSeGN on real seen features (checkpoints every epoch: a rerun resumes)
+    bundle/       final classifier fitted, evaluated on test ONCE, written with the model
+    validation/   (final protocol with calibration and no gamma given) the same pipeline on the
+                  validation protocol, whose best-H gamma the final run then uses
+
+Only the main process writes files; every process takes part in fine-tuning, extraction and BSeGN.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bsegn.app.config import RunConfig, write_run_config
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _log(accelerator, message: str) -> None:
+    accelerator.print(f"[bsegn] {message}", flush=True)
+
+
+def load_run_benchmark(config: RunConfig):
+    from bsegn.datasets.benchmarks import load_benchmark
+
+    data = config.data
+    extra = {}
+    if data.benchmark.lower() == "demo":
+        extra = dict(images_per_class=data.demo_images_per_class, image_size=data.demo_image_size,
+                     seed=data.demo_seed)
+    return load_benchmark(data.benchmark, splits_dir=data.splits_dir, images_root=data.images_root,
+                          attributes_csv=data.attributes_csv, **extra)
+
+
+def drop_images(split, bad_indices):
+    """A copy of `split` whose locs no longer contain the unreadable images."""
+    import copy
+
+    if not len(bad_indices):
+        return split
+    bad = np.asarray(sorted(bad_indices), dtype=np.int64)
+    out = copy.copy(split)
+    out.locs = {name: (None if loc is None else loc[~np.isin(loc, bad)]) for name, loc in split.locs.items()}
+    return out
+
+
+def _stage_done(folder: Path, key: str) -> bool:
+    marker = folder / "stage.json"
+    return marker.is_file() and json.loads(marker.read_text()).get("key") == key
+
+
+def _mark_stage(folder: Path, key: str, **extra) -> None:
+    (folder / "stage.json").write_text(json.dumps({"key": key, **extra}, indent=1))
+
+
+def _reset_if_changed(folder: Path, key: str, accelerator) -> None:
+    """A stage folder left by a different config is cleared, so its checkpoints are never resumed."""
+    import shutil
+
+    marker = folder / "stage-config.json"
+    if accelerator.is_main_process:
+        if marker.is_file() and json.loads(marker.read_text()).get("key") != key:
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"key": key}))
+    accelerator.wait_for_everyone()
+
+
+def backbone_stage(config: RunConfig, benchmark, split, protocol: str, run_dir: Path, accelerator):
+    """The backbone to extract features with: fine-tuned on seen training images, or as created."""
+    import warnings
+
+    from bsegn.backbone.factory import create_backbone
+    from bsegn.backbone.finetune import finetune_backbone
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backbone = create_backbone(config.backbone.model, config.backbone.weights)
+    for warning in caught:
+        _log(accelerator, f"warning: {warning.message}")
+    if not config.finetune_enabled:
+        return backbone
+    folder = run_dir / "backbone"
+    key = _digest({"backbone": config.to_dict()["backbone"], "finetune": config.finetune, "protocol": protocol,
+                   "data": config.to_dict()["data"], "weights": backbone.weights_id})
+    finetuned = folder / "backbone.safetensors"
+    if _stage_done(folder, key) and finetuned.is_file():
+        _log(accelerator, f"backbone: fine-tuned weights found in {folder}, stage skipped")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return create_backbone(config.backbone.model, str(finetuned))
+    _reset_if_changed(folder, key, accelerator)
+    _log(accelerator, f"backbone: fine-tuning {config.backbone.model} on the seen classes ({protocol} protocol)")
+    backbone = finetune_backbone(backbone, benchmark.image_root, split, config.finetune_config(),
+                                 protocol=protocol, output_dir=folder, accelerator=accelerator)
+    if accelerator.is_main_process:
+        _mark_stage(folder, key)
+    accelerator.wait_for_everyone()
+    return backbone
+
+
+def feature_stage(config: RunConfig, benchmark, split, backbone, run_dir: Path, accelerator):
+    from bsegn.backbone.extract import cached_extract_features
+
+    folder = run_dir / "features"
+    features, bad_files, path, reused = cached_extract_features(
+        backbone, benchmark.image_root, split.image_files, split.labels, dataset_id=split.benchmark,
+        cache_dir=folder, batch_size=config.backbone.batch_size, num_workers=config.backbone.num_workers,
+        flip_average=config.backbone.flip_average, image_size=config.backbone.image_size, accelerator=accelerator,
+        progress=accelerator.is_main_process)
+    _log(accelerator, f"features: {'re-used' if reused else 'extracted'} {features.features.shape} -> {path}")
+    if bad_files:
+        _log(accelerator, f"features: {len(bad_files)} unreadable image(s) skipped, e.g. {list(bad_files)[:3]}")
+    bad = features.meta.get("bad_indices", [])
+    return features, drop_images(split, bad)
+
+
+def data_config_of(config: RunConfig, backbone) -> dict:
+    data_config = dict(backbone.data_config)
+    if config.backbone.image_size:
+        data_config["input_size"] = (3, config.backbone.image_size, config.backbone.image_size)
+    return data_config
+
+
+def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *, gamma: float | None = None,
+                 benchmark=None) -> dict:
+    """Every stage for one protocol in run_dir; returns {"result", "trained", "classifiers", "backbone", ...}."""
+    from bsegn.datasets.protocol import validation_protocol
+    from bsegn.generative.experiment import run_bsegn
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    benchmark = benchmark or load_run_benchmark(config)
+    split = benchmark.split
+    if split.seen_classes is None or split.labels is None:
+        from bsegn.datasets.splits import DataError
+
+        raise DataError(f"{split.benchmark}: training needs per-image labels and the seen/unseen class lists; "
+                        "check the data with `bsegn data summary` / `bsegn data check`")
+    backbone = backbone_stage(config, benchmark, split, protocol, run_dir, accelerator)
+    features, split = feature_stage(config, benchmark, split, backbone, run_dir, accelerator)
+    eval_split = validation_protocol(split, seed=config.run.seed) if protocol == "validation" else split
+    bsegn_config = config.bsegn_config()
+    _log(accelerator, f"generative: training BSeGN on {len(eval_split.loc('trainval'))} real seen features "
+                      f"({bsegn_config.epochs} epochs; checkpoints in {run_dir / 'generative'})")
+    started = time.perf_counter()
+    result, trained, classifiers = run_bsegn(features, eval_split, bsegn_config, gamma=gamma, accelerator=accelerator,
+                                             run_dir=run_dir / "generative", show_progress=accelerator.is_main_process)
+    result["generative_seconds"] = time.perf_counter() - started
+    return {"result": result, "trained": trained, "classifiers": classifiers, "backbone": backbone,
+            "features": features, "split": eval_split, "benchmark": benchmark}
+
+
+def run_pipeline(config: RunConfig, *, accelerator=None) -> dict:
+    """Train and evaluate as `config` says; write the run folder; return metrics (percent)."""
+    from accelerate import Accelerator
+
+    accelerator = accelerator or Accelerator()
+    run_dir = config.output_dir()
+    protocol = config.run.protocol
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(config, run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+    started = time.perf_counter()
+    bsegn_config = config.bsegn_config()
+
+    gamma = config.run.gamma
+    validation = None
+    if protocol == "final" and bsegn_config.calibration and gamma is None:
+        # gamma is chosen where the test set cannot inform it: a full run of the validation protocol
+        # (its own backbone fine-tuned on the train classes only, val classes playing unseen).
+        _log(accelerator, "calibration: choosing gamma on the validation protocol first (run/validation/)")
+        validation = run_protocol(config, "validation", run_dir / "validation", accelerator)
+        gamma = float(validation["result"]["gamma"])
+        _log(accelerator, f"calibration: gamma = {gamma} (validation H {validation['result']['H']:.1f})")
+    outcome = run_protocol(config, protocol, run_dir, accelerator, gamma=gamma)
+    result = outcome["result"]
+    metrics = {"T1": result["T1"], "U": result["U"], "S": result["S"], "H": result["H"],
+               "protocol": protocol, "benchmark": config.data.benchmark,
+               "split_evaluated": "val classes (validation protocol)" if protocol == "validation" else "test (once)",
+               "gamma": result.get("gamma", 0.0), "gamma_chosen_on": "validation" if validation else
+               ("given" if config.run.gamma is not None else "none"),
+               "seeds": [config.run.seed],
+               "per_class_gzsl": _named(result["per_class_gzsl"], outcome["split"].class_names),
+               "per_class_zsl": _named(result["per_class_zsl"], outcome["split"].class_names),
+               "calibration_curve": (validation or outcome)["result"].get("calibration_curve"),
+               "seconds": {"generative": result.get("generative_seconds"),
+                           "per_generator_epoch": result.get("seconds_per_epoch"),
+                           "total": time.perf_counter() - started}}
+    if accelerator.is_main_process:
+        write_outputs(config, outcome, metrics, run_dir)
+    accelerator.wait_for_everyone()
+    _log(accelerator, f"{protocol} protocol on {config.data.benchmark}: T1 {metrics['T1']:.1f}  U {metrics['U']:.1f}"
+                      f"  S {metrics['S']:.1f}  H {metrics['H']:.1f}  (percent; gamma {metrics['gamma']}; "
+                      f"{metrics['seconds']['total']:.0f} s)")
+    _log(accelerator, f"run folder: {run_dir} (config.yaml, metrics.json, plots, bundle/)")
+    image_root = outcome["benchmark"].image_root
+    if accelerator.is_main_process and image_root is not None:
+        shown = demo_prediction(run_dir, outcome["split"], image_root)
+        if shown:
+            _log(accelerator, "predict on a test image of an unseen class, with the bundle just written:\n" + shown)
+    return metrics
+
+
+def _named(per_class: dict, class_names: list[str]) -> dict[str, float]:
+    return {class_names[int(c)]: float(a) for c, a in per_class.items()}
+
+
+def write_outputs(config: RunConfig, outcome: dict, metrics: dict, run_dir: Path) -> None:
+    from bsegn.app.bundle import save_bundle
+
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    split, trained = outcome["split"], outcome["trained"]
+    gzsl_classifier = outcome["classifiers"][0]
+    features = outcome["features"]
+    trainval = np.asarray(split.loc("trainval"))
+    save_bundle(run_dir / "bundle", backbone=outcome["backbone"], trained=trained, classifier=gzsl_classifier,
+                zsl_classifier=outcome["classifiers"][1],
+                class_names=split.class_names, attribute_names=split.attribute_names,
+                data_config=data_config_of(config, outcome["backbone"]), gamma=metrics["gamma"],
+                metrics={k: metrics[k] for k in ("T1", "U", "S", "H", "protocol", "split_evaluated")},
+                train_features=features.features[trainval], train_labels=features.labels[trainval],
+                benchmark=config.data.benchmark, run_config=config.to_dict())
+    if config.run.plots:
+        try:
+            from bsegn.app.plots import write_plots
+
+            write_plots(run_dir, metrics, outcome)
+        except ImportError as error:
+            print(f"[bsegn] plots skipped: {error} (pip install matplotlib)")
+
+
+def demo_prediction(run_dir: Path, outcome_split, image_root: Path) -> str | None:
+    """Predict one test image of an unseen class with the written bundle (what `predict` would print)."""
+    from bsegn.app.bundle import load_bundle
+    from bsegn.app.predict import Predictor, predict_paths
+
+    unseen = outcome_split.loc("test_unseen")
+    if not len(unseen):
+        return None
+    path = Path(image_root) / outcome_split.image_files[int(unseen[0])]
+    predictor = Predictor(load_bundle(run_dir))
+    truth = outcome_split.class_names[int(outcome_split.labels[int(unseen[0])])]
+    for prediction in predict_paths(predictor, [path], top_k=3):
+        return f"{prediction.format()}\n    (true class: {truth}, an unseen class)"
+    return None

@@ -1,0 +1,226 @@
+"""`predict IMAGE [IMAGE|DIR ...] --model RUN_OR_BUNDLE`: name the class of images with a bundle.
+
+    predictor = Predictor(load_bundle(path), mode="gzsl")
+    results = predictor.predict_paths(paths, top_k=5)   # [{"image", "top": [{"class", "score", "seen"}], ...}]
+
+Cold start matters here: this path imports torch, timm (to build the backbone), PIL, numpy and
+bsegn's own modules only; no accelerate, albumentations, scipy or matplotlib.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+MODES = ("gzsl", "zsl", "seen")
+
+
+def collect_images(inputs: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """Files as given, folders recursed (image suffixes only, sorted). Returns (paths, problems)."""
+    paths, problems = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths.extend(found)
+        elif path.exists():
+            paths.append(path)
+        else:
+            problems.append(f"{path}: no such file or folder")
+    return paths, problems
+
+
+class Predictor:
+    """Bundle + mode -> class scores for images.
+
+    mode: "gzsl" (all classes, seen log-probabilities lowered by gamma: calibrated stacking),
+    "zsl" (unseen classes only) or "seen" (seen classes only).
+    """
+
+    def __init__(self, bundle, *, mode: str = "gzsl", gamma: float | None = None, device: str = "cpu",
+                 batch_size: int = 32):
+        import torch
+
+        from bsegn.datasets.transforms import build_eval_transform
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        if bundle.backbone is None:
+            from bsegn.app.bundle import BundleError
+
+            raise BundleError("this bundle has no backbone (trained on pre-extracted features): it cannot read images")
+        self.bundle, self.mode, self.device, self.batch_size = bundle, mode, torch.device(device), batch_size
+        self.gamma = bundle.gamma if gamma is None else float(gamma)
+        self.transform = build_eval_transform(bundle.data_config)
+        bundle.backbone.to(self.device).eval()
+        bundle.trained.to(self.device)
+        bundle.gzsl.to(self.device)
+        if bundle.zsl is not None:
+            bundle.zsl.to(self.device)
+
+    def scores(self, images):
+        """images (B, 3, H, W) normalised -> (features (B, d), scores (B, K), class_ids (K,))."""
+        import torch
+
+        from bsegn.generative.classifier import class_log_probs
+
+        with torch.no_grad():
+            features = self.bundle.backbone(images.to(self.device)).float()
+            if self.mode == "zsl" and self.bundle.zsl is not None:
+                return features, class_log_probs(self.bundle.trained, self.bundle.zsl, features).cpu(), \
+                    self.bundle.zsl.class_ids.cpu()
+            scores = class_log_probs(self.bundle.trained, self.bundle.gzsl, features).cpu()
+            class_ids = self.bundle.gzsl.class_ids.cpu()
+            seen = self.bundle.seen_mask[class_ids]
+            if self.mode == "seen":
+                return features, scores[:, seen], class_ids[seen]
+            if self.mode == "zsl":  # no separate ZSL classifier: the GZSL one restricted to unseen columns
+                return features, scores[:, ~seen], class_ids[~seen]
+            return features, scores - self.gamma * seen.float(), class_ids
+
+    def explain(self, features, class_id: int, top: int = 5) -> dict[str, Any]:
+        """What the semantic decoder reads from the image (a_hat) next to the class's vector."""
+        import torch
+
+        trained = self.bundle.trained
+        if "decoder" not in trained.parts:
+            return {"note": "this model has no semantic decoder (cycle switch off): nothing to explain"}
+        with torch.no_grad():
+            a_hat, _ = trained.parts["decoder"](features.reshape(1, -1))
+        a_hat = a_hat[0].cpu()
+        vector = trained.semantics[class_id].cpu()
+        names = self.bundle.attribute_names or [f"dim{j}" for j in range(len(vector))]
+        order = torch.argsort(a_hat, descending=True)[:top].tolist()
+        return {"attributes_read": [{"attribute": names[j], "read": round(float(a_hat[j]), 4),
+                                     "class_value": round(float(vector[j]), 4)} for j in order],
+                "cosine": round(float(torch.nn.functional.cosine_similarity(a_hat, vector, dim=0)), 4)}
+
+    def predict_paths(self, paths: list[Path], *, top_k: int = 5, explain: bool = False, progress: bool = False,
+                      on_error=None) -> list[dict[str, Any]]:
+        """Results in input order for readable images; `on_error(path, message)` for the others."""
+        import torch
+
+        from bsegn.datasets.images import ImageError, open_rgb
+
+        results = []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr)
+        for start in range(0, len(paths), self.batch_size):
+            batch_paths, tensors = [], []
+            for path in paths[start:start + self.batch_size]:
+                try:
+                    tensors.append(self.transform(open_rgb(path)))
+                    batch_paths.append(path)
+                except ImageError as error:
+                    if on_error:
+                        on_error(path, str(error))
+                except (OSError, ValueError) as error:  # anything PIL raises past open_rgb's checks
+                    if on_error:
+                        on_error(path, f"{path}: cannot read image ({error})")
+            if tensors:
+                features, scores, class_ids = self.scores(torch.stack(tensors))
+                probabilities = torch.softmax(scores, dim=1)
+                k = min(top_k, scores.shape[1])
+                values, columns = probabilities.topk(k, dim=1)
+                for row, path in enumerate(batch_paths):
+                    top = []
+                    for value, column in zip(values[row].tolist(), columns[row].tolist()):
+                        cid = int(class_ids[column])
+                        top.append({"class": self.bundle.class_names[cid], "class_id": cid,
+                                    "probability": round(float(value), 6),
+                                    "seen": bool(self.bundle.seen_mask[cid])})
+                    result = {"image": str(path), "mode": self.mode, "top": top}
+                    if explain:
+                        result["explain"] = self.explain(features[row], top[0]["class_id"])
+                    results.append(result)
+            if bar is not None:
+                bar.update(len(paths[start:start + self.batch_size]))
+        if bar is not None:
+            bar.close()
+        return results
+
+
+class Prediction(dict):
+    """One image's result (a dict, JSON-ready) with a text form."""
+
+    def format(self) -> str:
+        return _format_text(self)
+
+
+def predict_paths(predictor: Predictor, paths: list[Path], *, top_k: int = 5, explain: bool = False,
+                  on_error=None) -> list[Prediction]:
+    """Predictor.predict_paths as Prediction objects (`.format()` gives predict's text line)."""
+    return [Prediction(r) for r in predictor.predict_paths([Path(p) for p in paths], top_k=top_k,
+                                                          explain=explain, on_error=on_error)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="predict", description="Name the class of images with a bsegn model, "
+                                     "including classes never seen in training.")
+    parser.add_argument("images", nargs="+", help="image files and/or folders (recursed)")
+    parser.add_argument("--model", required=True, help="run folder written by train.py, or its bundle/ folder")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    parser.add_argument("--mode", choices=MODES, default="gzsl",
+                        help="gzsl: all classes (default); zsl: unseen classes only; seen: seen classes only")
+    parser.add_argument("--calibration", type=float, default=None,
+                        help="calibrated-stacking gamma subtracted from seen-class log-probabilities "
+                             "(default: the bundle's, chosen on validation)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    parser.add_argument("--explain", action="store_true",
+                        help="show the attributes the semantic decoder reads from the image next to the "
+                             "predicted class's attribute values")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _format_text(result: dict[str, Any]) -> str:
+    top = ", ".join(f"{t['class']} {t['probability']:.3f}{'' if t['seen'] else ' (unseen)'}" for t in result["top"])
+    lines = [f"{result['image']}: {top}"]
+    explanation = result.get("explain")
+    if explanation:
+        if "note" in explanation:
+            lines.append(f"    {explanation['note']}")
+        else:
+            lines.append(f"    decoder reads (attribute: read / class value), cosine {explanation['cosine']}:")
+            lines += [f"      {a['attribute']}: {a['read']:.3f} / {a['class_value']:.3f}"
+                      for a in explanation["attributes_read"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1:
+        print("predict: error: --top-k and --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    from bsegn.app.bundle import load_bundle
+
+    paths, problems = collect_images(args.images)
+    for problem in problems:
+        print(f"predict: {problem}", file=sys.stderr)
+    bundle = load_bundle(args.model, device="cpu", with_train_features=False)
+    predictor = Predictor(bundle, mode=args.mode, gamma=args.calibration, device=args.device,
+                          batch_size=args.batch_size)
+    failures = []
+
+    def on_error(path, message):
+        failures.append(path)
+        print(f"predict: skipped {message}", file=sys.stderr)
+
+    results = predictor.predict_paths(paths, top_k=args.top_k, explain=args.explain, on_error=on_error,
+                                      progress=len(paths) > 50 and not args.no_progress and not args.json)
+    for result in results:
+        print(json.dumps(result) if args.json else _format_text(result))
+    if failures or problems:
+        print(f"predict: {len(results)} image(s) predicted, {len(failures) + len(problems)} skipped", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,157 @@
+"""BSeGN vs its baselines and ablations on the REAL AwA1 proposed split with the Lampert 2009 features.
+
+    python bench/awa1_lampert.py [--seeds 3] [--json OUT] [--features-dir DIR] [--feature-type lss]
+                                 [--config configs/awa1-lampert.yaml] [--methods eszsl,f-clswgan,bsegn,...]
+                                 [--epochs N]
+
+Methods: eszsl, f-clswgan (all switches off), bsegn, bsegn-no-<switch> for fem, fem_s2f, balance,
+fem_boosts_g, cycle, mfim_levels. Every choice is made on the VALIDATION protocol
+(bsegn.datasets.protocol.validation_protocol: train classes as seen, val classes as unseen, test_seen
+images removed): ESZSL's (gamma, lambda) and each generative method's calibration gamma. Then each method is
+retrained on trainval and evaluated once on test, for each seed. Prints one table (mean ± std over
+seeds, percent) and the seconds per generator epoch; `--json OUT` writes
+{"methods": {name: {"T1", "U", "S", "H", "T1_std", "H_std", ...}}, "seconds_per_epoch": ...}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ABLATIONS = ("fem", "fem_s2f", "balance", "fem_boosts_g", "cycle", "mfim_levels")
+ALL_METHODS = ("eszsl", "f-clswgan", "bsegn") + tuple(f"bsegn-no-{s}" for s in ABLATIONS)
+ESZSL_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0)
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "awa1-lampert.yaml"
+
+
+def method_config(name: str, base):
+    if name == "bsegn":
+        return base
+    if name == "f-clswgan":
+        return base.as_f_clswgan()
+    return base.without(name[len("bsegn-no-"):])
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def summarise(results: list[dict]) -> dict:
+    import numpy as np
+
+    out = {}
+    for key in ("T1", "U", "S", "H"):
+        values = np.array([r[key] for r in results])
+        out[key] = float(values.mean())
+        out[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    out["seeds"] = len(results)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="write the table as JSON here")
+    parser.add_argument("--features-dir", type=Path, default=None,
+                        help="folder of <class>-<type>.pic.bz2 files (default ../shared/data/AWA1_Lampert2009/feat)")
+    parser.add_argument("--feature-type", default="lss", help="lss, surf, sift, rgsift or phog")
+    parser.add_argument("--splits-dir", type=Path, default=None, help="folder of AWA1 att_splits.mat")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML of BSeGNConfig fields")
+    parser.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated subset of " + ", ".join(ALL_METHODS))
+    parser.add_argument("--epochs", type=int, default=None, help="override the config's generator epochs")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+
+    import torch
+    import yaml
+
+    from bsegn.datasets.lampert import load_awa1_lampert
+    from bsegn.datasets.protocol import validation_protocol
+    from bsegn.datasets.splits import DataError
+    from bsegn.generative.config import BSeGNConfig
+    from bsegn.generative.experiment import run_bsegn, run_eszsl
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
+    base = BSeGNConfig.from_dict(yaml.safe_load(args.config.read_text()) if args.config.exists() else {})
+    if args.epochs:
+        base = base.replace(epochs=args.epochs)
+    started = time.perf_counter()
+    try:
+        features, split = load_awa1_lampert(args.features_dir, args.splits_dir, args.feature_type)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    validation = validation_protocol(split, holdout_fraction=0.2, seed=0)
+    log(f"{features.features.shape[0]} images, {features.dim}-d {args.feature_type}; validation: "
+        f"{len(validation.seen_classes)} train / {len(validation.unseen_classes)} val classes; "
+        f"final: {len(split.seen_classes)} seen / {len(split.unseen_classes)} unseen")
+
+    table: dict[str, dict] = {}
+    chosen: dict[str, dict] = {}
+    epoch_seconds = []
+    for method in methods:
+        if method == "eszsl":
+            best = None
+            for g in ESZSL_GRID:
+                for lam in ESZSL_GRID:
+                    r = run_eszsl(features, validation, g, lam)
+                    if best is None or r["T1"] + r["H"] > best[2]["T1"] + best[2]["H"]:
+                        best = (g, lam, r)
+            chosen[method] = {"gamma": best[0], "lambda": best[1], "validation": {k: best[2][k] for k in "T1 U S H".split()}}
+            result = run_eszsl(features, split, best[0], best[1])  # closed form: no seed dependence
+            table[method] = summarise([result])
+            log(f"eszsl (gamma {best[0]}, lambda {best[1]} from validation): "
+                f"T1 {result['T1']:.1f} U {result['U']:.1f} S {result['S']:.1f} H {result['H']:.1f}")
+            continue
+        config = method_config(method, base)
+        gamma = None
+        if config.calibration:
+            val_result, _, _ = run_bsegn(features, validation, config, show_progress=False)
+            gamma = val_result["gamma"]
+            chosen[method] = {"calibration_gamma": gamma,
+                              "validation": {k: val_result[k] for k in "T1 U S H".split()}}
+            log(f"{method}: validation T1 {val_result['T1']:.1f} H {val_result['H']:.1f}, gamma {gamma}")
+        results = []
+        for seed in range(args.seeds):
+            result, _, _ = run_bsegn(features, split, config.replace(seed=seed), gamma=gamma, show_progress=False)
+            results.append(result)
+            epoch_seconds.append(result["seconds_per_epoch"])
+            log(f"{method} seed {seed}: T1 {result['T1']:.1f} U {result['U']:.1f} S {result['S']:.1f} "
+                f"H {result['H']:.1f} ({result['seconds_per_epoch']:.1f} s/epoch)")
+        table[method] = summarise(results)
+        if gamma is not None:
+            table[method]["gamma"] = gamma
+
+    seconds_per_epoch = float(sum(epoch_seconds) / len(epoch_seconds)) if epoch_seconds else None
+    print(f"AwA1 proposed split, Lampert 2009 {args.feature_type} features; per-class mean accuracy, percent; "
+          f"mean ± std over seeds; choices on the validation protocol only")
+    print(f"{'method':24s} {'T1':>13s} {'U':>13s} {'S':>13s} {'H':>13s}")
+    for name, row in table.items():
+        cells = " ".join(f"{row[k]:6.1f} ± {row[k + '_std']:4.1f}" for k in ("T1", "U", "S", "H"))
+        print(f"{name:24s} {cells}")
+    if seconds_per_epoch is not None:
+        print(f"seconds per generator epoch: {seconds_per_epoch:.1f} (batch {base.batch_size}, "
+              f"{torch.get_num_threads()} threads)")
+    print(f"wall time: {time.perf_counter() - started:.0f} s")
+    if args.json:
+        payload = {"methods": table, "seconds_per_epoch": seconds_per_epoch,
+                   "feature_type": args.feature_type, "seeds": args.seeds, "config": base.to_dict(),
+                   "chosen_on_validation": chosen,
+                   "wall_seconds": time.perf_counter() - started}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

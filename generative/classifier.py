@@ -1,0 +1,85 @@
+"""The final classifier: a linear softmax on mFIM features of real seen + synthetic unseen features.
+
+    classifier = fit_final_classifier(trained, real_features, real_labels, class_ids, semantics=None, config=None)
+    log_probs = class_log_probs(trained, classifier, features)     # (N, K) over classifier.class_ids
+
+GZSL: class_ids = all classes, real seen trainval features + config.syn_num synthetic features per
+class that has no real feature. ZSL: class_ids = unseen classes, real_features None (synthetic only).
+A FIXED number of epochs (config.classifier_epochs): never an epoch picked on test data.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bsegn.generative.config import BSeGNConfig
+from bsegn.generative.networks import FinalClassifier
+
+
+def fit_final_classifier(trained, real_features, real_labels, class_ids, semantics=None,
+                         config: BSeGNConfig | None = None, *, seed: int | None = None) -> FinalClassifier:
+    """Train a FinalClassifier over `class_ids` (K,) on mFIM features.
+
+    Args:
+        trained: TrainedBSeGN.
+        real_features: (N, d) real features (rows whose label is not in class_ids are ignored) or None.
+        real_labels: (N,) class ids, or None.
+        class_ids: the label space, benchmark class ids (rows of the semantics table).
+        semantics: (C, k) table to synthesise from (default trained.semantics; pass it for new classes).
+        config: hyperparameters (default trained.config): syn_num, classifier_epochs/lr/batch_size.
+    Returns the classifier (on trained's device, eval mode), its `class_ids` buffer set.
+    """
+    config = config or trained.config
+    device = trained.device
+    class_ids = torch.as_tensor(class_ids, dtype=torch.long).cpu()
+    column = {int(c): j for j, c in enumerate(class_ids.tolist())}
+    parts_x, parts_y = [], []
+    have_real = set()
+    if real_features is not None and len(real_features):
+        real_features = torch.as_tensor(real_features, dtype=torch.float32)
+        real_labels = torch.as_tensor(real_labels, dtype=torch.long).cpu()
+        keep = torch.isin(real_labels, class_ids)
+        parts_x.append(trained.integrate(real_features[keep]))
+        parts_y.append(real_labels[keep])
+        have_real = set(real_labels[keep].tolist())
+    to_synthesise = [c for c in class_ids.tolist() if c not in have_real]
+    if to_synthesise:
+        fake, fake_labels = trained.synthesize(to_synthesise, config.syn_num, semantics=semantics,
+                                               seed=(config.seed if seed is None else seed) + 1)
+        parts_x.append(trained.integrate(fake))
+        parts_y.append(fake_labels.cpu())
+    x = torch.cat(parts_x).to(device)
+    y = torch.tensor([column[int(c)] for c in torch.cat(parts_y).tolist()], dtype=torch.long, device=device)
+
+    generator = torch.Generator().manual_seed((config.seed if seed is None else seed) + 2)
+    torch.manual_seed((config.seed if seed is None else seed) + 3)
+    classifier = FinalClassifier(x.shape[1], class_ids).to(device)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=config.classifier_lr, betas=(0.5, 0.999))
+    batch = config.classifier_batch_size
+    classifier.train()
+    for _ in range(config.classifier_epochs):
+        order = torch.randperm(len(x), generator=generator).to(device)
+        for start in range(0, len(order), batch):
+            index = order[start:start + batch]
+            loss = nn.functional.cross_entropy(classifier(x[index]), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return classifier.eval()
+
+
+@torch.no_grad()
+def class_log_probs(trained, classifier: FinalClassifier, features, *, fusion: bool | None = None,
+                    batch_size: int = 4096) -> torch.Tensor:
+    """features (N, d) -> (N, K) log-probabilities over classifier.class_ids; with fusion (config.fusion)
+    the FEM's log-probabilities over the same classes are added with weight config.fusion_weight."""
+    features = torch.as_tensor(features, dtype=torch.float32)
+    fusion = trained.config.fusion if fusion is None else fusion
+    out = []
+    for start in range(0, len(features), batch_size):
+        chunk = features[start:start + batch_size].to(trained.device)
+        scores = torch.log_softmax(classifier(trained.integrate(chunk)), dim=1)
+        if fusion:
+            scores = scores + trained.config.fusion_weight * trained.fem_log_probs(chunk, classifier.class_ids)
+        out.append(scores)
+    return torch.cat(out) if out else torch.zeros(0, len(classifier.class_ids), device=trained.device)

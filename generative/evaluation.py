@@ -1,0 +1,84 @@
+"""Honest ZSL / GZSL evaluation (../shared/docs/protocol.md), in percent.
+
+    evaluate(trained, gzsl_classifier, seen_test, unseen_test, *, zsl_classifier=None, gamma=0.0) -> dict
+    evaluate_scores(seen_scores, seen_labels, unseen_scores, unseen_labels, class_ids, seen_classes,
+                    *, zsl_unseen_scores=None, zsl_class_ids=None, gamma=0.0) -> dict
+    choose_calibration(seen_scores, seen_labels, unseen_scores, unseen_labels, class_ids, seen_classes, grid)
+        -> (gamma, curve)   # call it on the VALIDATION protocol only
+
+Returned dict: T1 (unseen test among unseen classes only), U, S, H (per-class mean accuracies on
+test_unseen / test_seen among ALL classes; H = 2US/(U+S)), gamma, per_class_gzsl {class id: %},
+per_class_zsl {class id: %}. Any method that yields class scores (BSeGN's classifier, ESZSL) uses
+`evaluate_scores`, so all methods are measured by the same code.
+"""
+from __future__ import annotations
+
+import torch
+
+from bsegn.generative.metrics import (calibrated_predictions, harmonic_mean, mean_per_class_accuracy,
+                                      per_class_accuracy)
+
+
+def _as_long(values) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=torch.long).cpu()
+
+
+def _gzsl_accuracy(scores, labels, class_ids, seen_columns, gamma, classes):
+    predicted = class_ids[calibrated_predictions(scores.cpu().float(), seen_columns, gamma)]
+    labels = _as_long(labels)
+    return mean_per_class_accuracy(predicted, labels, classes), per_class_accuracy(predicted, labels, classes)
+
+
+def evaluate_scores(seen_scores, seen_labels, unseen_scores, unseen_labels, class_ids, seen_classes, *,
+                    zsl_unseen_scores=None, zsl_class_ids=None, gamma: float = 0.0) -> dict:
+    """Scores (N, K) over `class_ids` (K,) (log-probabilities or any monotone score; gamma is subtracted
+    from seen columns). T1 uses zsl_unseen_scores over zsl_class_ids when given, else the unseen
+    columns of unseen_scores."""
+    class_ids = _as_long(class_ids)
+    seen_classes = _as_long(seen_classes)
+    seen_columns = torch.isin(class_ids, seen_classes)
+    seen_in_test = torch.unique(_as_long(seen_labels))
+    unseen_in_test = torch.unique(_as_long(unseen_labels))
+    s, s_per = _gzsl_accuracy(seen_scores, seen_labels, class_ids, seen_columns, gamma, seen_in_test)
+    u, u_per = _gzsl_accuracy(unseen_scores, unseen_labels, class_ids, seen_columns, gamma, unseen_in_test)
+    if zsl_unseen_scores is None:
+        zsl_class_ids = class_ids[~seen_columns]
+        zsl_unseen_scores = unseen_scores.cpu()[:, ~seen_columns]
+    zsl_class_ids = _as_long(zsl_class_ids)
+    predicted = zsl_class_ids[zsl_unseen_scores.cpu().float().argmax(1)]
+    t1 = mean_per_class_accuracy(predicted, _as_long(unseen_labels), unseen_in_test)
+    t1_per = per_class_accuracy(predicted, _as_long(unseen_labels), unseen_in_test)
+    per_class = {int(c): 100 * float(a) for c, a in zip(seen_in_test.tolist(), s_per)}
+    per_class.update({int(c): 100 * float(a) for c, a in zip(unseen_in_test.tolist(), u_per)})
+    return {"T1": 100 * t1, "U": 100 * u, "S": 100 * s, "H": 100 * harmonic_mean(u, s), "gamma": float(gamma),
+            "per_class_gzsl": per_class,
+            "per_class_zsl": {int(c): 100 * float(a) for c, a in zip(unseen_in_test.tolist(), t1_per)}}
+
+
+def choose_calibration(seen_scores, seen_labels, unseen_scores, unseen_labels, class_ids, seen_classes,
+                       grid) -> tuple[float, list[dict]]:
+    """The calibrated-stacking gamma with the best H. Use VALIDATION scores only (protocol.md).
+    Returns (gamma, [{"gamma", "U", "S", "H"} for each grid value])."""
+    curve = []
+    for gamma in grid:
+        r = evaluate_scores(seen_scores, seen_labels, unseen_scores, unseen_labels, class_ids, seen_classes,
+                            gamma=float(gamma))
+        curve.append({"gamma": float(gamma), "U": r["U"], "S": r["S"], "H": r["H"]})
+    best = max(curve, key=lambda row: (row["H"], -abs(row["gamma"])))
+    return best["gamma"], curve
+
+
+def evaluate(trained, gzsl_classifier, seen_test, unseen_test, *, zsl_classifier=None, gamma: float = 0.0) -> dict:
+    """seen_test / unseen_test: (features (N, d), labels (N,)) pairs of real test features.
+    gzsl_classifier over all classes; zsl_classifier (over unseen classes) gives T1 when passed."""
+    from bsegn.generative.classifier import class_log_probs
+
+    seen_scores = class_log_probs(trained, gzsl_classifier, seen_test[0])
+    unseen_scores = class_log_probs(trained, gzsl_classifier, unseen_test[0])
+    zsl_scores = zsl_ids = None
+    if zsl_classifier is not None:
+        zsl_scores = class_log_probs(trained, zsl_classifier, unseen_test[0])
+        zsl_ids = zsl_classifier.class_ids
+    return evaluate_scores(seen_scores, seen_test[1], unseen_scores, unseen_test[1],
+                           gzsl_classifier.class_ids, trained.seen_classes,
+                           zsl_unseen_scores=zsl_scores, zsl_class_ids=zsl_ids, gamma=gamma)
