@@ -36,6 +36,9 @@ class DataSection:
     splits_dir: str | None = None
     images_root: str | None = None
     attributes_csv: str | None = None
+    # pre-extracted features instead of images: xlsa17 res101.mat or a bsegn feature cache
+    # (.safetensors). The backbone stages are skipped and the bundle classifies features, not images.
+    features_file: str | None = None
     demo_images_per_class: int = 40
     demo_image_size: int = 64
     demo_seed: int = 0

@@ -128,7 +128,40 @@ def feature_stage(config: RunConfig, benchmark, split, backbone, run_dir: Path, 
     return features, drop_images(split, bad)
 
 
+def pre_extracted_features(config: RunConfig, benchmark):
+    """(features, split) when the run uses pre-extracted features (data.features_file, or a benchmark
+    that only exists as features such as AWA1-Lampert2009); None when features come from images.
+    The file's per-image labels must agree with the split's where both are known."""
+    import copy
+
+    from bsegn.datasets.splits import DataError
+
+    split = benchmark.split
+    if not config.data.features_file:
+        return (benchmark.features, split) if benchmark.features is not None else None
+    from bsegn.datasets.features import load_feature_cache, read_res101_mat
+    from bsegn.datasets.xlsa17 import attach_labels
+
+    path = Path(config.data.features_file)
+    features = read_res101_mat(path) if path.suffix.lower() == ".mat" else load_feature_cache(path)
+    n_split = None if split.labels is None else len(split.labels)
+    if n_split is not None and len(features) != n_split:
+        raise DataError(f"{path}: {len(features)} images, but the {split.benchmark} split indexes {n_split}; "
+                        "the feature file is not of this benchmark.")
+    if split.labels is not None:
+        known = (split.labels >= 0) & (features.labels >= 0)
+        wrong = np.flatnonzero(known & (split.labels != features.labels))
+        if wrong.size:
+            raise DataError(f"{path}: image {int(wrong[0])} has label {int(features.labels[wrong[0]])} in the feature "
+                            f"file but {int(split.labels[wrong[0]])} in the split; {wrong.size} such images.")
+        return features, split
+    # split files alone carry no per-image labels: the feature file's are used, and checked
+    return features, attach_labels(copy.copy(split), features.labels, source=str(path))
+
+
 def data_config_of(config: RunConfig, backbone) -> dict:
+    if backbone is None:
+        return {}
     data_config = dict(backbone.data_config)
     if config.backbone.image_size:
         data_config["input_size"] = (3, config.backbone.image_size, config.backbone.image_size)
@@ -143,14 +176,20 @@ def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *
 
     run_dir.mkdir(parents=True, exist_ok=True)
     benchmark = benchmark or load_run_benchmark(config)
-    split = benchmark.split
+    given = pre_extracted_features(config, benchmark)
+    split = benchmark.split if given is None else given[1]
     if split.seen_classes is None or split.labels is None:
         from bsegn.datasets.splits import DataError
 
         raise DataError(f"{split.benchmark}: training needs per-image labels and the seen/unseen class lists; "
                         "check the data with `bsegn data summary` / `bsegn data check`")
-    backbone = backbone_stage(config, benchmark, split, protocol, run_dir, accelerator)
-    features, split = feature_stage(config, benchmark, split, backbone, run_dir, accelerator)
+    if given is None:
+        backbone = backbone_stage(config, benchmark, split, protocol, run_dir, accelerator)
+        features, split = feature_stage(config, benchmark, split, backbone, run_dir, accelerator)
+    else:
+        backbone, features = None, given[0]
+        _log(accelerator, f"features: pre-extracted {features.features.shape} ({features.meta.get('source', split.benchmark)});"
+                          " backbone stages skipped, so the bundle classifies features, not images")
     eval_split = validation_protocol(split, seed=config.run.seed) if protocol == "validation" else split
     bsegn_config = config.bsegn_config()
     _log(accelerator, f"generative: training BSeGN on {len(eval_split.loc('trainval'))} real seen features "
@@ -208,7 +247,7 @@ def run_pipeline(config: RunConfig, *, accelerator=None) -> dict:
                       f"{metrics['seconds']['total']:.0f} s)")
     _log(accelerator, f"run folder: {run_dir} (config.yaml, metrics.json, plots, bundle/)")
     image_root = outcome["benchmark"].image_root
-    if accelerator.is_main_process and image_root is not None:
+    if accelerator.is_main_process and image_root is not None and outcome["backbone"] is not None:
         shown = demo_prediction(run_dir, outcome["split"], image_root)
         if shown:
             _log(accelerator, "predict on a test image of an unseen class, with the bundle just written:\n" + shown)

@@ -158,12 +158,7 @@ def load_xlsa17_file(path: str | Path, *, benchmark: str, semantic_kind: str = "
         sources=sources,
     )
     if labels is not None:
-        labels = np.asarray(labels, dtype=np.int64).ravel()
-        if split.seen_classes is None:
-            split.seen_classes = np.unique(labels[split.loc("trainval")])
-            split.unseen_classes = np.unique(labels[split.loc("test_unseen")])
-        split.labels = labels
-        validate_split(split, labels, source=str(path))
+        attach_labels(split, labels, source=str(path))
     return split
 
 
@@ -218,12 +213,19 @@ def load_xlsa17(benchmark: str, splits_dir: str | Path, *, semantics: str = "att
         if kind == "attributes":
             split.attribute_names = _attribute_names(path.parent, split.semantic_dim)
     if labels is not None:
-        labels = np.asarray(labels, dtype=np.int64).ravel()
-        if split.seen_classes is None:
-            split.seen_classes = np.unique(labels[split.loc("trainval")])
-            split.unseen_classes = np.unique(labels[split.loc("test_unseen")])
-        split.labels = labels
-        validate_split(split, labels, source=str(path))
+        attach_labels(split, labels, source=str(path))
+    return split
+
+
+def attach_labels(split: ZSLSplit, labels: np.ndarray, source: str) -> ZSLSplit:
+    """Give `split` its per-image labels (N,) 0-based (from a feature file, say), deriving the seen and
+    unseen classes from trainval / test_unseen when the split files did not list them, and validate."""
+    labels = np.asarray(labels, dtype=np.int64).ravel()
+    if split.seen_classes is None:
+        split.seen_classes = np.unique(labels[split.loc("trainval")])
+        split.unseen_classes = np.unique(labels[split.loc("test_unseen")])
+    split.labels = labels
+    validate_split(split, labels, source=source)
     return split
 
 

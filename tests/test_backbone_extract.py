@@ -18,15 +18,6 @@ from bsegn.backbone.extract import cached_extract_features, extract_features
 from bsegn.backbone.factory import create_backbone
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread: on this shared 2-core machine, 2 OpenMP threads competing with other
-    processes run a training step up to 30x slower (measured: 1.6 s vs 0.056 s)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _image_tree(root, count=11, size=20):
     rng = np.random.default_rng(0)

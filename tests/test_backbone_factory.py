@@ -14,15 +14,6 @@ from bsegn.backbone.factory import FeatureBackbone, WeightsUnavailableError, cre
 from bsegn.datasets.splits import DataError
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread: on this shared 2-core machine, 2 OpenMP threads competing with other
-    processes run a training step up to 30x slower (measured: 1.6 s vs 0.056 s)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_vit"])
 def test_tiny_architectures_give_their_own_feature_dims(name):

@@ -17,15 +17,6 @@ from bsegn.backbone.finetune import (
 from bsegn.datasets.splits import DataError, ZSLSplit
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread: on this shared 2-core machine, 2 OpenMP threads competing with other
-    processes run a training step up to 30x slower (measured: 1.6 s vs 0.056 s)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _tiny_benchmark(root, per_class=10, size=24):
     """4 classes with distinct colour patterns: 0,1,2 seen (2 = the val class), 3 unseen.

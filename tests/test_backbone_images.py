@@ -15,15 +15,6 @@ from bsegn.datasets.splits import DataError
 from bsegn.datasets.transforms import build_eval_transform, build_train_transform
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread: on this shared 2-core machine, 2 OpenMP threads competing with other
-    processes run a training step up to 30x slower (measured: 1.6 s vs 0.056 s)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _photo(h=40, w=60, seed=0):
     """A smooth-ish random RGB image, so JPEG round trips stay close."""

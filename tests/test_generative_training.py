@@ -19,14 +19,6 @@ TINY = dict(generator_hidden=64, critic_hidden=64, decoder_hidden=32, embedder_h
             syn_num=100, classifier_epochs=20)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny MLPs: one thread is ~10x faster than two on this shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def gaussian_benchmark(seed=0, classes=25, unseen=5, k=8, d=32, train_per_class=20):
     """Class-conditional Gaussians whose means are a linear function of binary attributes: a generator
@@ -230,3 +222,28 @@ def test_optional_parts_feedback_fake_seen_fusion_and_add_class():
     assert new_id == 25 and trained.unseen_classes[-1] == 25
     classifier = fit_final_classifier(trained, None, None, torch.cat([data["unseen"], torch.tensor([new_id])]))
     assert classifier.class_ids.tolist()[-1] == 25
+
+
+def test_oracle_mode_is_labelled_and_never_below_the_last_epoch(tmp_path):
+    """The oracle (best epoch on TEST, as public ZSL code does) steps through the same epochs as a normal
+    run: its best H can only be >= the last epoch's H, and every result carries the label."""
+    import types
+
+    import numpy as np
+
+    from bsegn.generative.experiment import ORACLE_LABEL, run_bsegn, run_bsegn_oracle
+
+    data = gaussian_benchmark()
+    parts = [data["train"], data["test_seen"], data["test_unseen"]]
+    features = types.SimpleNamespace(features=torch.cat([p[0] for p in parts]).numpy(),
+                                     labels=torch.cat([p[1] for p in parts]).numpy())
+    sizes = np.cumsum([0] + [len(p[1]) for p in parts])
+    locs = {name: np.arange(sizes[i], sizes[i + 1]) for i, name in enumerate(["trainval", "test_seen", "test_unseen"])}
+    split = types.SimpleNamespace(seen_classes=data["seen"].numpy(), unseen_classes=data["unseen"].numpy(),
+                                  semantics=data["semantics"].numpy(), loc=lambda name: locs[name])
+    config = BSeGNConfig.from_dict({**TINY, "epochs": 3})
+    oracle = run_bsegn_oracle(features, split, config, tmp_path / "oracle")
+    last, _, _ = run_bsegn(features, split, config, show_progress=False)
+    assert oracle["oracle"] == ORACLE_LABEL and "TEST" in ORACLE_LABEL
+    assert 1 <= oracle["H_epoch"] <= 3 and 1 <= oracle["T1_epoch"] <= 3
+    assert oracle["H"] >= last["H"] - 1e-6 and oracle["T1"] >= last["T1"] - 1e-6

@@ -1,0 +1,70 @@
+"""train.py on pre-extracted features (xlsa17 res101.mat): the backbone stages are skipped, the model is
+trained and evaluated on the features, its bundle has no backbone and says so when asked to read an image,
+and a feature file that does not match the split is refused by name."""
+import json
+
+import numpy as np
+import pytest
+
+from bsegn.app.config import load_run_config
+from bsegn.datasets.features import FeatureSet, write_res101_mat
+from bsegn.datasets.splits import DataError
+
+
+@pytest.fixture(scope="module")
+def demo_features(tmp_path_factory):
+    """Features of the demo split's images that carry their class attributes (plus noise): the demo
+    split's 960 images and labels, written as an xlsa17 res101.mat."""
+    from bsegn.datasets.demo import ensure_demo_dataset
+
+    root = tmp_path_factory.mktemp("features")
+    _, split = ensure_demo_dataset(root / "cache", images_per_class=24, image_size=32, seed=0)
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(split.semantic_dim, 48))
+    features = np.maximum(split.semantics[split.labels] @ mixing + 0.3 * rng.normal(size=(len(split.labels), 48)), 0)
+    path = write_res101_mat(root / "res101.mat", FeatureSet(features.astype(np.float32), split.labels,
+                                                            list(split.image_files)))
+    return path, root / "cache"
+
+
+def _config(path, cache, tmp_path, *extra):
+    return load_run_config(None, ["--data.features_file", str(path), "--data.demo_images_per_class", "24",
+                                  "--data.demo_image_size", "32", "--run.output", str(tmp_path / "run"),
+                                  "--run.plots", "false", "--generative.calibration", "false",
+                                  "--generative.epochs", "6", "--generative.syn_num", "50", *extra])
+
+
+def test_training_on_a_feature_file_skips_the_backbone(demo_features, tmp_path, monkeypatch, capsys):
+    from bsegn.app.bundle import BundleError, load_bundle
+    from bsegn.app.pipeline import run_pipeline
+    from bsegn.app.predict import Predictor
+
+    path, cache = demo_features
+    monkeypatch.setenv("BSEGN_CACHE", str(cache))
+    metrics = run_pipeline(_config(path, cache, tmp_path))
+    log = capsys.readouterr().out
+    assert "backbone stages skipped" in log and "fine-tuning" not in log
+    assert not (tmp_path / "run" / "backbone").exists()
+    assert metrics["T1"] > 3 * 100 / 10, metrics  # 10 unseen classes: far above chance on features with signal
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(saved)[:4] == ["T1", "U", "S", "H"]
+    bundle = load_bundle(tmp_path / "run")
+    assert bundle.backbone is None
+    with pytest.raises(BundleError, match="no backbone"):
+        Predictor(bundle)
+
+
+def test_a_feature_file_of_other_images_is_refused(demo_features, tmp_path, monkeypatch):
+    from bsegn.app.pipeline import run_pipeline
+    from bsegn.datasets.features import read_res101_mat
+
+    path, cache = demo_features
+    monkeypatch.setenv("BSEGN_CACHE", str(cache))
+    features = read_res101_mat(path)
+    short = write_res101_mat(tmp_path / "short.mat", features.subset(np.arange(len(features) - 5)))
+    with pytest.raises(DataError, match="indexes 960"):
+        run_pipeline(_config(short, cache, tmp_path))
+    swapped = FeatureSet(features.features, np.roll(features.labels, 24), features.image_ids)
+    wrong = write_res101_mat(tmp_path / "wrong.mat", swapped)
+    with pytest.raises(DataError, match="label"):
+        run_pipeline(_config(wrong, cache, tmp_path))
