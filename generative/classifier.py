@@ -74,7 +74,7 @@ def class_log_probs(trained, classifier: FinalClassifier, features, *, fusion: b
     """features (N, d) -> (N, K) log-probabilities over classifier.class_ids; with fusion (config.fusion)
     the FEM's log-probabilities over the same classes are added with weight config.fusion_weight."""
     features = torch.as_tensor(features, dtype=torch.float32)
-    fusion = trained.config.fusion if fusion is None else fusion
+    fusion = trained.config.effective_fusion if fusion is None else fusion
     out = []
     for start in range(0, len(features), batch_size):
         chunk = features[start:start + batch_size].to(trained.device)

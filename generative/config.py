@@ -12,6 +12,10 @@ Switches (each removes its part; see bsegn.md "Switches"):
     cycle          no SemanticDecoder, no L_cyc; mFIM levels limited to those that exist
     mfim_levels    which levels the final classifier sees: subset of ("x", "h_R", "a_hat", "s")
     cls_loss       lambda_cls = 0 (no pre-trained seen classifier scoring fake seen features)
+    fusion         (off by default) the FEM's log-probabilities, weighted by fusion_weight, are added to the
+                   final classifier's; only when fem is on
+Options beyond bsegn.md: generator_unit_norm (L2-normalise G's output, for unit-norm features such as
+Hellinger-mapped histograms), feedback (TF-VAEGAN's decoder feedback), fem_fake_seen.
 All of fem, cycle, cls_loss off and mfim_levels = ("x",) is f-CLSWGAN (`BSeGNConfig.f_clswgan()`).
 """
 from __future__ import annotations
@@ -41,6 +45,7 @@ class BSeGNConfig:
     embedder_hidden: int = 2048
     embed_dim: int | None = None
     generator_activation: str = "relu"
+    generator_unit_norm: bool = False  # L2-normalise G's output: for unit-norm features (Hellinger, L2-normalised)
 
     # --- WGAN-GP
     lambda_gp: float = 10.0
@@ -124,6 +129,11 @@ class BSeGNConfig:
     def effective_mfim_levels(self) -> tuple[str, ...]:
         available = {"x"} | ({"h_R", "a_hat"} if self.cycle else set()) | ({"s"} if self.fem else set())
         return tuple(lvl for lvl in self.mfim_levels if lvl in available)
+
+    @property
+    def effective_fusion(self) -> bool:
+        """Fusion adds the FEM's scores, so it only happens when the FEM exists (fem off removes both)."""
+        return self.fusion and self.fem
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON/YAML-safe dict (tuples as lists) that `from_dict` turns back into this config."""

@@ -35,12 +35,16 @@ def _init_linear(module: nn.Module) -> None:
 
 class FeatureGenerator(nn.Module):
     """G(z, a): [z; a] -> hidden -> LeakyReLU(0.2) -> d -> output activation (ReLU by default,
-    because pooled CNN features are non-negative)."""
+    because pooled CNN features are non-negative) -> optionally L2-normalised (`unit_norm`: for
+    features that all lie on the unit sphere, such as Hellinger-mapped histograms; measured on
+    AwA1-Lampert, an unconstrained generator's fakes had norm 1.25 and class means 0.3 from the
+    real ones, twice the distance between neighbouring real classes)."""
 
     def __init__(self, semantic_dim: int, noise_dim: int, feature_dim: int, hidden: int = 4096,
-                 activation: str = "relu"):
+                 activation: str = "relu", unit_norm: bool = False):
         super().__init__()
         self.semantic_dim, self.noise_dim, self.feature_dim = semantic_dim, noise_dim, feature_dim
+        self.unit_norm = unit_norm
         self.hidden = nn.Linear(noise_dim + semantic_dim, hidden)
         self.output = nn.Linear(hidden, feature_dim)
         self.output_activation = _activation(activation)
@@ -52,7 +56,8 @@ class FeatureGenerator(nn.Module):
         h = F.leaky_relu(self.hidden(torch.cat([noise, semantics], dim=1)), 0.2)
         if feedback is not None:
             h = h + feedback
-        return self.output_activation(self.output(h))
+        out = self.output_activation(self.output(h))
+        return F.normalize(out, dim=1) if self.unit_norm else out
 
 
 class Critic(nn.Module):

@@ -55,7 +55,7 @@ def build_networks(config: BSeGNConfig, feature_dim: int, semantic_dim: int) -> 
     noise_dim = config.noise_dim or semantic_dim
     modules = nn.ModuleDict({
         "generator": FeatureGenerator(semantic_dim, noise_dim, feature_dim, config.generator_hidden,
-                                      config.generator_activation),
+                                      config.generator_activation, config.generator_unit_norm),
         "critic": Critic(feature_dim, semantic_dim, config.critic_hidden),
     })
     if config.cycle:

@@ -165,3 +165,14 @@ def test_eszsl_closed_form_solves_a_linear_problem():
     test = semantics[test_labels] @ mapping + 0.1 * torch.randn(len(test_labels), 20, generator=g)
     predicted = unseen[eszsl_scores(projection, test, semantics, unseen).argmax(1)]
     assert (predicted == test_labels).float().mean() > 0.5  # chance 0.25; measured 0.6
+
+
+def test_unit_norm_generator_outputs_lie_on_the_sphere():
+    torch.manual_seed(0)
+    generator = FeatureGenerator(6, 6, 10, hidden=16, unit_norm=True)
+    out = generator(torch.randn(5, 6), torch.rand(5, 6))
+    assert torch.allclose(out.norm(dim=1), torch.ones(5), atol=1e-5) and (out >= 0).all()
+    loose = FeatureGenerator(6, 6, 10, hidden=16)
+    loose.load_state_dict(generator.state_dict())
+    raw = loose(torch.randn(5, 6), torch.rand(5, 6))
+    assert not torch.allclose(raw.norm(dim=1), torch.ones(5), atol=1e-2)
