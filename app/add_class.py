@@ -62,11 +62,12 @@ def _normalised_like_bundle(bundle: Bundle, vector: torch.Tensor) -> torch.Tenso
 
 def _refit_and_save(bundle: Bundle, class_names: list[str], out: str | Path) -> Path:
     from bsegn.generative.classifier import fit_final_classifier
+    from bsegn.generative.experiment import split_classes
 
     trained = bundle.trained
     if bundle.train_features is None:
         raise BundleError(f"{bundle.path} holds no training features; it cannot be refitted")
-    all_classes = torch.arange(trained.num_classes)
+    all_classes = split_classes(trained.seen_classes, trained.unseen_classes)
     classifier = fit_final_classifier(trained, bundle.train_features.float(), bundle.train_labels, all_classes)
     zsl_classifier = fit_final_classifier(trained, None, None, trained.unseen_classes)  # unseen-only label space
     return save_bundle(out, backbone=bundle.backbone, trained=trained, classifier=classifier,

@@ -104,8 +104,15 @@ def backbone_stage(config: RunConfig, benchmark, split, protocol: str, run_dir: 
             return create_backbone(config.backbone.model, str(finetuned))
     _reset_if_changed(folder, key, accelerator)
     _log(accelerator, f"backbone: fine-tuning {config.backbone.model} on the seen classes ({protocol} protocol)")
+    indices = None
+    if protocol == "validation":
+        # the validation-seen images (held out of the train images) must not train the backbone either,
+        # or the validation S that picks gamma would be measured on images the features were fitted to
+        from bsegn.datasets.protocol import validation_protocol
+
+        indices = validation_protocol(split, seed=config.run.seed).loc("trainval")
     backbone = finetune_backbone(backbone, benchmark.image_root, split, config.finetune_config(),
-                                 protocol=protocol, output_dir=folder, accelerator=accelerator)
+                                 protocol=protocol, output_dir=folder, indices=indices, accelerator=accelerator)
     if accelerator.is_main_process:
         _mark_stage(folder, key)
     accelerator.wait_for_everyone()

@@ -30,6 +30,13 @@ def _part(feature_set, split, name):
     return torch.from_numpy(feature_set.features[index]), torch.from_numpy(feature_set.labels[index])
 
 
+def split_classes(seen: torch.Tensor, unseen: torch.Tensor) -> torch.Tensor:
+    """The GZSL label space of a split: its seen and unseen classes (sorted). In the validation protocol
+    the test-unseen classes are NOT in it: they must not act as decoys there, or validation would
+    measure a different problem from the final one (which has every class)."""
+    return torch.sort(torch.cat([seen, unseen])).values
+
+
 def run_bsegn(feature_set, split, config: BSeGNConfig, *, gamma: float | None = None, accelerator=None,
               run_dir=None, show_progress: bool = True):
     """Train on split's trainval, fit the GZSL (all classes) and ZSL (unseen) classifiers, evaluate.
@@ -42,7 +49,7 @@ def run_bsegn(feature_set, split, config: BSeGNConfig, *, gamma: float | None = 
     trained = train_bsegn(train_x, train_y, semantics, seen, unseen, config, accelerator=accelerator,
                           run_dir=run_dir, show_progress=show_progress)
     train_seconds = time.perf_counter() - started
-    all_classes = torch.arange(semantics.shape[0])
+    all_classes = split_classes(seen, unseen)
     gzsl = fit_final_classifier(trained, train_x, train_y, all_classes)
     zsl = fit_final_classifier(trained, None, None, unseen)
     seen_x, seen_y = _part(feature_set, split, "test_seen")
@@ -79,7 +86,7 @@ def run_bsegn_oracle(feature_set, split, config: BSeGNConfig, run_dir, *, show_p
     train_x, train_y = _part(feature_set, split, "trainval")
     seen_x, seen_y = _part(feature_set, split, "test_seen")
     unseen_x, unseen_y = _part(feature_set, split, "test_unseen")
-    all_classes = torch.arange(semantics.shape[0])
+    all_classes = split_classes(seen, unseen)
     best_t1, best_h = None, None
     for epoch in range(1, config.epochs + 1):
         trained = train_bsegn(train_x, train_y, semantics, seen, unseen, config, run_dir=run_dir,
@@ -101,8 +108,9 @@ def run_bsegn_oracle(feature_set, split, config: BSeGNConfig, run_dir, *, show_p
 def run_eszsl(feature_set, split, gamma_reg: float, lam: float) -> dict:
     """ESZSL on split's trainval with the given (gamma, lambda), evaluated like BSeGN (uncalibrated)."""
     seen = torch.as_tensor(split.seen_classes, dtype=torch.long)
+    unseen = torch.as_tensor(split.unseen_classes, dtype=torch.long)
     semantics = torch.as_tensor(split.semantics, dtype=torch.float32)
-    all_classes = torch.arange(semantics.shape[0])
+    all_classes = split_classes(seen, unseen)
     projection = fit_eszsl(*_part(feature_set, split, "trainval"), semantics, seen, gamma_reg, lam)
     seen_x, seen_y = _part(feature_set, split, "test_seen")
     unseen_x, unseen_y = _part(feature_set, split, "test_unseen")

@@ -108,6 +108,10 @@ class BSeGNTrainer:
         self.seen_class_mask[self.seen_classes] = True
         if self.seen_class_mask[self.unseen_classes].any():
             raise ValueError("a class is listed both as seen and unseen")
+        # Rows of `semantics` that are neither seen nor unseen here (the test-unseen classes during a
+        # validation-protocol run) take no part: the FEM's softmax runs over seen + unseen classes only.
+        self.split_class_mask = self.seen_class_mask.clone()
+        self.split_class_mask[self.unseen_classes] = True
         if not self.seen_class_mask[self.labels].all():
             raise ValueError("training labels must all be seen classes (real unseen features are never used)")
         self.fingerprint = data_fingerprint(self.features, self.labels, self.semantics)
@@ -187,11 +191,13 @@ class BSeGNTrainer:
 
     def _fem_losses(self, features: torch.Tensor, labels: torch.Tensor,
                     from_seen_domain: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L_bicon + lambda_bal L_bal of the FEM on a mixed batch; scores over ALL classes."""
+        """L_bicon + lambda_bal L_bal of the FEM on a mixed batch; scores over all seen + unseen classes."""
         cfg = self.config
         embedder = self.prepared["embedder"]
         with self.accelerator.autocast():
             logits = embedder(features, self.semantics).float()
+        if not bool(self.split_class_mask.all()):
+            logits = logits.masked_fill(~self.split_class_mask, -1e9)
         f2s, s2f = contrastive_from_logits(logits, labels, cfg.fem_s2f)
         loss = f2s + s2f
         bal = torch.zeros((), device=logits.device)
