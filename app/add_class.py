@@ -77,7 +77,8 @@ def _refit_and_save(bundle: Bundle, class_names: list[str], out: str | Path) -> 
                        metrics={"note": "classes changed after evaluation: metrics of the original model",
                                 **{k: v for k, v in bundle.metrics.items() if k != "note"}},
                        train_features=bundle.train_features, train_labels=bundle.train_labels,
-                       benchmark=bundle.info.get("benchmark", ""), run_config=bundle.info.get("run_config"))
+                       benchmark=bundle.info.get("benchmark", ""), run_config=bundle.info.get("run_config"),
+                       semantic_kind=bundle.semantic_kind)
 
 
 def add_classes(bundle_path: str | Path, new_classes: list[tuple[str, list[float]]], out: str | Path) -> Path:

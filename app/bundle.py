@@ -9,8 +9,8 @@ executing code.
       model.safetensors  backbone.*  timm state_dict of the (fine-tuned) backbone
                          bsegn.*     TrainedBSeGN: generator, decoder, embedder, mFIM statistics
                          gzsl.* / zsl.*  final classifiers (all classes / unseen classes)
-                         replay.features / replay.labels  a few real seen features per class, so
-                                     add-class can refit the GZSL classifier on real seen data
+                         replay.features / replay.labels  the real seen trainval features (float16), so
+                                     add-class refits the GZSL classifier on the same real data as training
       README.md          model card
 
     save_bundle(bundle, folder); bundle = load_bundle(RUN_OR_BUNDLE_DIR)
@@ -36,7 +36,6 @@ BUNDLE_FORMAT = "bsegn-bundle"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 MODEL_NAME = "model.safetensors"
-REPLAY_PER_CLASS = 20  # real seen features kept per class for add-class refits
 
 
 class BundleError(DataError):
@@ -129,20 +128,6 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def replay_sample(features: torch.Tensor, labels: torch.Tensor, per_class: int = REPLAY_PER_CLASS,
-                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to `per_class` random rows of each class: (N, d), (N,) -> (M, d), (M,)."""
-    features = torch.as_tensor(features, dtype=torch.float32)
-    labels = torch.as_tensor(labels, dtype=torch.long)
-    generator = torch.Generator().manual_seed(seed)
-    keep = []
-    for c in torch.unique(labels).tolist():
-        rows = torch.nonzero(labels == c).flatten()
-        keep.append(rows[torch.randperm(len(rows), generator=generator)[:per_class]])
-    index = torch.sort(torch.cat(keep)).values if keep else torch.zeros(0, dtype=torch.long)
-    return features[index], labels[index]
 
 
 def save_bundle(bundle_or_folder, folder: str | os.PathLike | None = None, *, backbone=None, trained=None,

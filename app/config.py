@@ -104,8 +104,11 @@ class RunConfig:
         if unknown:
             raise ConfigFileError(f"finetune section: unknown key(s) {', '.join(unknown)}; "
                                   f"valid: enabled, {', '.join(sorted(known))}")
-        config = FinetuneConfig(**values)
-        config.validate()
+        try:
+            config = FinetuneConfig(**values)
+            config.validate()
+        except (TypeError, ValueError) as error:
+            raise ConfigFileError(f"finetune section: {error}") from None
         return config
 
     def validate(self) -> None:

@@ -29,6 +29,13 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _fingerprint(features) -> str:
+    """A short hash of a FeatureSet's values and labels (the same features, re-read from a cache, match)."""
+    digest = hashlib.sha256(np.ascontiguousarray(features.features).tobytes())
+    digest.update(np.ascontiguousarray(features.labels).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _log(accelerator, message: str) -> None:
     accelerator.print(f"[bsegn] {message}", flush=True)
 
@@ -94,8 +101,12 @@ def backbone_stage(config: RunConfig, benchmark, split, protocol: str, run_dir: 
     if not config.finetune_enabled:
         return backbone
     folder = run_dir / "backbone"
-    key = _digest({"backbone": config.to_dict()["backbone"], "finetune": config.finetune, "protocol": protocol,
-                   "data": config.to_dict()["data"], "weights": backbone.weights_id})
+    from dataclasses import asdict
+
+    finetune = {k: v for k, v in asdict(config.finetune_config()).items()
+                if k not in ("num_workers", "progress", "max_epochs_this_run")}  # these do not change the weights
+    key = _digest({"model": config.backbone.model, "image_size": config.backbone.image_size, "finetune": finetune,
+                   "protocol": protocol, "data": config.to_dict()["data"], "weights": backbone.weights_id})
     finetuned = folder / "backbone.safetensors"
     if _stage_done(folder, key) and finetuned.is_file():
         _log(accelerator, f"backbone: fine-tuned weights found in {folder}, stage skipped")
@@ -113,7 +124,8 @@ def backbone_stage(config: RunConfig, benchmark, split, protocol: str, run_dir: 
         indices = validation_protocol(split, seed=config.run.seed).loc("trainval")
     backbone = finetune_backbone(backbone, benchmark.image_root, split, config.finetune_config(),
                                  protocol=protocol, output_dir=folder, indices=indices, accelerator=accelerator)
-    if accelerator.is_main_process:
+    finished = config.finetune_config().max_epochs_this_run is None  # a deliberately partial run is not done
+    if accelerator.is_main_process and finished:
         _mark_stage(folder, key)
     accelerator.wait_for_everyone()
     return backbone
@@ -172,6 +184,7 @@ def data_config_of(config: RunConfig, backbone) -> dict:
     data_config = dict(backbone.data_config)
     if config.backbone.image_size:
         data_config["input_size"] = (3, config.backbone.image_size, config.backbone.image_size)
+    data_config["flip_average"] = bool(config.backbone.flip_average)  # predict must see features made the same way
     return data_config
 
 
@@ -195,10 +208,19 @@ def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *
         features, split = feature_stage(config, benchmark, split, backbone, run_dir, accelerator)
     else:
         backbone, features = None, given[0]
+        split = drop_images(split, features.meta.get("bad_indices", []))  # rows a bsegn cache marked unreadable
         _log(accelerator, f"features: pre-extracted {features.features.shape} ({features.meta.get('source', split.benchmark)});"
                           " backbone stages skipped, so the bundle classifies features, not images")
     eval_split = validation_protocol(split, seed=config.run.seed) if protocol == "validation" else split
+    if not len(eval_split.unseen_classes):
+        from bsegn.datasets.splits import DataError
+
+        raise DataError(f"{split.benchmark}: no unseen classes; zero-shot training needs at least one class known "
+                        "only by its attributes (mark some classes `unseen` in the attributes CSV).")
     bsegn_config = config.bsegn_config()
+    # a generator checkpoint of another config or other features is never resumed: the stage starts over
+    _reset_if_changed(run_dir / "generative", _digest({"generative": bsegn_config.to_dict(), "protocol": protocol,
+                                                       "features": _fingerprint(features)}), accelerator)
     _log(accelerator, f"generative: training BSeGN on {len(eval_split.loc('trainval'))} real seen features "
                       f"({bsegn_config.epochs} epochs; checkpoints in {run_dir / 'generative'})")
     started = time.perf_counter()
@@ -209,11 +231,26 @@ def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *
             "features": features, "split": eval_split, "benchmark": benchmark}
 
 
+def accelerator_options(config: RunConfig) -> dict:
+    """One Accelerator serves every stage of a process: mixed precision and gradient accumulation come
+    from the config; fine-tuning and BSeGN may not ask for different precisions."""
+    from bsegn.app.config import ConfigFileError
+
+    finetune = config.finetune_config() if config.finetune_enabled else None
+    wanted = {mp for mp in (finetune.mixed_precision if finetune else "no", config.bsegn_config().mixed_precision)
+              if mp != "no"}
+    if len(wanted) > 1:
+        raise ConfigFileError(f"finetune.mixed_precision and generative.mixed_precision differ ({sorted(wanted)}); "
+                              "one run uses one precision: set both to the same value")
+    return {"mixed_precision": wanted.pop() if wanted else "no",
+            "gradient_accumulation_steps": finetune.grad_accum_steps if finetune else 1}
+
+
 def run_pipeline(config: RunConfig, *, accelerator=None) -> dict:
     """Train and evaluate as `config` says; write the run folder; return metrics (percent)."""
     from accelerate import Accelerator
 
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or Accelerator(**accelerator_options(config))
     run_dir = config.output_dir()
     protocol = config.run.protocol
     if accelerator.is_main_process:
@@ -279,14 +316,14 @@ def write_outputs(config: RunConfig, outcome: dict, metrics: dict, run_dir: Path
                 data_config=data_config_of(config, outcome["backbone"]), gamma=metrics["gamma"],
                 metrics={k: metrics[k] for k in ("T1", "U", "S", "H", "protocol", "split_evaluated")},
                 train_features=features.features[trainval], train_labels=features.labels[trainval],
-                benchmark=config.data.benchmark, run_config=config.to_dict())
+                benchmark=config.data.benchmark, run_config=config.to_dict(), semantic_kind=split.semantic_kind)
     if config.run.plots:
         try:
             from bsegn.app.plots import write_plots
 
             write_plots(run_dir, metrics, outcome)
         except ImportError as error:
-            print(f"[bsegn] plots skipped: {error} (pip install matplotlib)")
+            print(f"[bsegn] plots skipped: {error} (matplotlib is a dependency of bsegn: reinstall it)")
 
 
 def demo_prediction(run_dir: Path, outcome_split, image_root: Path) -> str | None:

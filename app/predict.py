@@ -70,7 +70,10 @@ class Predictor:
         from bsegn.generative.classifier import class_log_probs
 
         with torch.no_grad():
-            features = self.bundle.backbone(images.to(self.device)).float()
+            images = images.to(self.device)
+            features = self.bundle.backbone(images).float()
+            if self.bundle.data_config.get("flip_average"):  # as the training features were extracted
+                features = (features + self.bundle.backbone(torch.flip(images, dims=[3])).float()) / 2
             if self.mode == "zsl" and self.bundle.zsl is not None:
                 return features, class_log_probs(self.bundle.trained, self.bundle.zsl, features).cpu(), \
                     self.bundle.zsl.class_ids.cpu()

@@ -5,7 +5,6 @@
     bidirectional_contrastive   (L_f2s, L_s2f) of the FEM
     balance_loss                (m_S - m_U)^2, max-response consistency between seen and unseen
     cycle_loss                  mean over the batch of ||a_hat - a||_1
-    classification_loss         softmax cross-entropy
 """
 from __future__ import annotations
 
@@ -93,8 +92,3 @@ def balance_loss(probabilities: torch.Tensor, seen_class_mask: torch.Tensor,
 def cycle_loss(decoded: torch.Tensor, semantics: torch.Tensor) -> torch.Tensor:
     """decoded a_hat (B, k), semantics a (B, k) -> mean_i ||a_hat_i - a_i||_1."""
     return (decoded - semantics).abs().sum(1).mean()
-
-
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logits (B, C), labels (B,) -> softmax cross-entropy."""
-    return F.cross_entropy(logits, labels)

@@ -390,7 +390,7 @@ class BSeGNTrainer:
             if new:
                 writer.writeheader()
             writer.writerow(row)
-        try:  # TensorBoard is optional (the `plots` extra)
+        try:  # TensorBoard is a dependency, but a broken install must not stop training
             from torch.utils.tensorboard import SummaryWriter
         except Exception:  # noqa: BLE001 - any import problem just means no TensorBoard log
             return

@@ -54,6 +54,12 @@ def test_every_shipped_config_is_valid(name):
         assert config.data.benchmark.lower().replace("_", "-") == name
 
 
+def test_awa1_lampert_config_trains_on_features_without_fine_tuning():
+    config = load_run_config(CONFIGS / "awa1-lampert.yaml")
+    assert config.data.benchmark == "AWA1-Lampert2009" and not config.finetune_enabled
+    assert config.bsegn_config().calibration
+
+
 def test_parse_overrides_needs_a_value():
     with pytest.raises(ConfigFileError, match="needs a value"):
         parse_overrides(["--generative.epochs"])

@@ -68,3 +68,30 @@ def test_a_feature_file_of_other_images_is_refused(demo_features, tmp_path, monk
     wrong = write_res101_mat(tmp_path / "wrong.mat", swapped)
     with pytest.raises(DataError, match="label"):
         run_pipeline(_config(wrong, cache, tmp_path))
+
+
+def test_changed_generative_config_restarts_the_stage_and_validation_excludes_test_classes(
+        demo_features, tmp_path, monkeypatch):
+    """Rerunning a run folder with another generative config retrains BSeGN (no stale checkpoint, no
+    traceback); the validation protocol's label space is its train + val classes only, so the
+    test-unseen classes never act as decoys there."""
+    from bsegn.app.bundle import load_bundle
+    from bsegn.app.pipeline import run_pipeline
+    from bsegn.datasets.protocol import validation_protocol
+
+    path, cache = demo_features
+    monkeypatch.setenv("BSEGN_CACHE", str(cache))
+    run_pipeline(_config(path, cache, tmp_path, "--run.protocol", "validation"))
+    run_pipeline(_config(path, cache, tmp_path, "--run.protocol", "validation", "--generative.epochs", "4"))
+    losses = (tmp_path / "run" / "generative" / "losses.csv").read_text().splitlines()[1:]
+    assert [int(float(line.split(",")[0])) for line in losses] == [1, 2, 3, 4]  # started over, 4 epochs
+    bundle = load_bundle(tmp_path / "run", with_backbone=False)
+    split = validation_protocol(read_split(cache), seed=0)
+    expected = sorted(set(split.seen_classes.tolist()) | set(split.unseen_classes.tolist()))
+    assert bundle.gzsl.class_ids.tolist() == expected and len(expected) < len(split.class_names)
+
+
+def read_split(cache):
+    from bsegn.datasets.demo import ensure_demo_dataset
+
+    return ensure_demo_dataset(cache, images_per_class=24, image_size=32, seed=0)[1]
