@@ -181,9 +181,7 @@ def pre_extracted_features(config: RunConfig, benchmark):
 def data_config_of(config: RunConfig, backbone) -> dict:
     if backbone is None:
         return {}
-    data_config = dict(backbone.data_config)
-    if config.backbone.image_size:
-        data_config["input_size"] = (3, config.backbone.image_size, config.backbone.image_size)
+    data_config = backbone.data_config_at(config.backbone.image_size)
     data_config["flip_average"] = bool(config.backbone.flip_average)  # predict must see features made the same way
     return data_config
 

@@ -51,7 +51,7 @@ def extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, i
     from tqdm.auto import tqdm
 
     accelerator = accelerator or Accelerator()
-    transform = build_eval_transform(_data_config(backbone, image_size))
+    transform = build_eval_transform(backbone.data_config_at(image_size))
     dataset = ImageFolderDataset(image_root, image_files, labels, transform)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_flagged, pin_memory=accelerator.device.type == "cuda")
@@ -96,7 +96,7 @@ def feature_cache_key(backbone: FeatureBackbone, image_files: Sequence[str], lab
     header = {
         "model_name": backbone.model_name,
         "weights_hash": weights_hash(backbone.model),
-        "transform": build_eval_transform(_data_config(backbone, image_size)).describe(),
+        "transform": build_eval_transform(backbone.data_config_at(image_size)).describe(),
         "flip_average": bool(flip_average),
         "dataset": {"id": dataset_id, "num_images": len(image_files), "files_sha256": files_digest,
                     "labels_sha256": labels_digest},
@@ -132,10 +132,3 @@ def cached_extract_features(backbone: FeatureBackbone, image_root: str | os.Path
         save_feature_cache(path, feature_set, {**header, "bad_files": bad_files, "cache_key": key})
     accelerator.wait_for_everyone()
     return feature_set, bad_files, path, False
-
-
-def _data_config(backbone: FeatureBackbone, image_size: int | None) -> dict:
-    config = dict(backbone.data_config)
-    if image_size:
-        config["input_size"] = (3, image_size, image_size)
-    return config

@@ -59,6 +59,13 @@ class FeatureBackbone(nn.Module):
         self.weights_id = weights_id
         self.weights_source = weights_source
 
+    def data_config_at(self, image_size: int | None = None) -> dict[str, Any]:
+        """A copy of the data config, its input size overridden when `image_size` is given (small demo images)."""
+        config = dict(self.data_config)
+        if image_size:
+            config["input_size"] = (3, int(image_size), int(image_size))
+        return config
+
     @property
     def num_classes(self) -> int:
         return int(getattr(self.model, "num_classes", 0) or 0)

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bsegn.backbone.factory import FeatureBackbone
-from bsegn.datasets.image_dataset import ImageFolderDataset, collate_skip_bad
+from bsegn.datasets.image_dataset import ImageFolderDataset, collate_flagged, collate_skip_bad
 from bsegn.datasets.images import ImageError, open_rgb
 from bsegn.datasets.splits import DataError, ZSLSplit
 from bsegn.datasets.transforms import build_eval_transform, build_train_transform
@@ -238,9 +238,7 @@ def finetune_backbone(backbone: FeatureBackbone, image_root: str | os.PathLike, 
     to_column[seen_classes] = np.arange(len(seen_classes))
     head_labels = to_column[labels]
 
-    data_config = dict(backbone.data_config)
-    if config.image_size:
-        data_config["input_size"] = (3, config.image_size, config.image_size)
+    data_config = backbone.data_config_at(config.image_size)
     train_images = ImageFolderDataset(image_root, split.image_files, head_labels,
                                       build_eval_transform(data_config), indices=train_idx)
     train_set = _AugmentedImages(train_images, build_train_transform(data_config), config.seed)
@@ -251,8 +249,9 @@ def finetune_backbone(backbone: FeatureBackbone, image_root: str | os.PathLike, 
     if len(val_idx):
         val_set = ImageFolderDataset(image_root, split.image_files, head_labels,
                                      build_eval_transform(data_config), indices=val_idx)
+        # every process must gather equal batches, so unreadable images stay as flagged placeholders
         val_loader = DataLoader(val_set, batch_size=config.batch_size, shuffle=False,
-                                num_workers=config.num_workers, collate_fn=collate_skip_bad)
+                                num_workers=config.num_workers, collate_fn=collate_flagged)
 
     if config.head == "softmax":
         head = SeenClassHead(backbone.num_features, len(seen_classes))
@@ -388,9 +387,12 @@ def _evaluate(model, loader, loss_fn, accelerator) -> tuple[float | None, float 
         return None, None
     model.eval()
     losses, hits, count = 0.0, 0, 0
-    for batch in loader:
-        logits = model(batch.images)
-        logits, labels = accelerator.gather_for_metrics((logits, batch.labels))
+    for images, labels, _, ok in loader:
+        logits = model(images)
+        logits, labels, ok = accelerator.gather_for_metrics((logits, labels, ok))
+        logits, labels = logits[ok], labels[ok]  # unreadable images do not count
+        if not len(labels):
+            continue
         losses += float(loss_fn(logits.float(), labels)) * len(labels)
         hits += int((logits.argmax(-1) == labels).sum())
         count += len(labels)
