@@ -25,7 +25,9 @@ TRAIN_ARGS: list[str] = []  # configs/demo.yaml as shipped: `python train.py` it
 pytestmark = pytest.mark.slow
 
 
-def _train(output: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+# Generous limits: the demo takes about 4 minutes on an idle 2-core machine, but shared CI machines are
+# noisy (measured: over 10 minutes beside two CPU-bound processes). A hang still ends.
+def _train(output: Path, *extra: str, timeout: int = 2400) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "train.py", "--output", str(output), *TRAIN_ARGS, *extra], cwd=REPO,
                           env=ENV, capture_output=True, text=True, timeout=timeout)
 
@@ -230,7 +232,7 @@ def test_killed_training_resumes_from_the_generator_checkpoint(run, tmp_path):
     process = subprocess.Popen([sys.executable, "train.py", "--output", str(output), *TRAIN_ARGS, *extra], cwd=REPO,
                                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     state = output / "generative" / "checkpoint" / "state.json"
-    deadline = time.time() + 300
+    deadline = time.time() + 900
     while not state.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.5)
     assert state.exists(), "no generator checkpoint appeared"
