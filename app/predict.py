@@ -116,18 +116,33 @@ class Predictor:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr)
-        for start in range(0, len(paths), self.batch_size):
+        def load(path):
+            """(tensor, None) or (None, message); runs in worker threads (PIL decoding releases the GIL)."""
+            try:
+                return self.transform(open_rgb(path)), None
+            except ImageError as error:
+                return None, str(error)
+            except (OSError, ValueError) as error:  # anything PIL raises past open_rgb's checks
+                return None, f"{path}: cannot read image ({error})"
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        # Decoding the next batch overlaps the network's work on this one (measured on the demo bundle:
+        # sequential decoding made predict 0.67x the bare forward's images/s).
+        pool = ThreadPoolExecutor(max_workers=2)
+        batches = [paths[i:i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
+        pending = [pool.submit(load, p) for p in batches[0]] if batches else []
+        for index, batch in enumerate(batches):
+            loaded = [future.result() for future in pending]
+            pending = [pool.submit(load, p) for p in batches[index + 1]] if index + 1 < len(batches) else []
             batch_paths, tensors = [], []
-            for path in paths[start:start + self.batch_size]:
-                try:
-                    tensors.append(self.transform(open_rgb(path)))
+            for path, (tensor, message) in zip(batch, loaded):
+                if tensor is None:
+                    if on_error:
+                        on_error(path, message)
+                else:
+                    tensors.append(tensor)
                     batch_paths.append(path)
-                except ImageError as error:
-                    if on_error:
-                        on_error(path, str(error))
-                except (OSError, ValueError) as error:  # anything PIL raises past open_rgb's checks
-                    if on_error:
-                        on_error(path, f"{path}: cannot read image ({error})")
             if tensors:
                 features, scores, class_ids = self.scores(torch.stack(tensors))
                 probabilities = torch.softmax(scores, dim=1)
@@ -145,7 +160,8 @@ class Predictor:
                         result["explain"] = self.explain(features[row], top[0]["class_id"])
                     results.append(result)
             if bar is not None:
-                bar.update(len(paths[start:start + self.batch_size]))
+                bar.update(len(batch))
+        pool.shutdown()
         if bar is not None:
             bar.close()
         return results
