@@ -37,26 +37,38 @@ def split_classes(seen: torch.Tensor, unseen: torch.Tensor) -> torch.Tensor:
     return torch.sort(torch.cat([seen, unseen])).values
 
 
+def _split_tensors(feature_set, split) -> dict:
+    """The tensors every method needs from one split: class ids, semantics, the GZSL label space and the
+    trainval / test_seen / test_unseen (features, labels) pairs."""
+    seen = torch.as_tensor(split.seen_classes, dtype=torch.long)
+    unseen = torch.as_tensor(split.unseen_classes, dtype=torch.long)
+    return {"seen": seen, "unseen": unseen, "all_classes": split_classes(seen, unseen),
+            "semantics": torch.as_tensor(split.semantics, dtype=torch.float32),
+            **{name: _part(feature_set, split, name) for name in ("trainval", "test_seen", "test_unseen")}}
+
+
+def _fit_and_score(trained, data: dict):
+    """Fit the GZSL (split's classes, real seen + synthetic unseen) and ZSL (unseen, synthetic only)
+    classifiers; score the test images. Returns (gzsl, zsl, seen_scores, unseen_scores, zsl_scores)."""
+    gzsl = fit_final_classifier(trained, *data["trainval"], data["all_classes"])
+    zsl = fit_final_classifier(trained, None, None, data["unseen"])
+    return (gzsl, zsl, class_log_probs(trained, gzsl, data["test_seen"][0]).cpu(),
+            class_log_probs(trained, gzsl, data["test_unseen"][0]).cpu(),
+            class_log_probs(trained, zsl, data["test_unseen"][0]).cpu())
+
+
 def run_bsegn(feature_set, split, config: BSeGNConfig, *, gamma: float | None = None, accelerator=None,
               run_dir=None, show_progress: bool = True):
     """Train on split's trainval, fit the GZSL (all classes) and ZSL (unseen) classifiers, evaluate.
     Returns (result dict in percent + "train_seconds" + "seconds_per_epoch", trained, (gzsl, zsl))."""
-    seen = torch.as_tensor(split.seen_classes, dtype=torch.long)
-    unseen = torch.as_tensor(split.unseen_classes, dtype=torch.long)
-    semantics = torch.as_tensor(split.semantics, dtype=torch.float32)
-    train_x, train_y = _part(feature_set, split, "trainval")
+    data = _split_tensors(feature_set, split)
+    seen, unseen, all_classes = data["seen"], data["unseen"], data["all_classes"]
     started = time.perf_counter()
-    trained = train_bsegn(train_x, train_y, semantics, seen, unseen, config, accelerator=accelerator,
+    trained = train_bsegn(*data["trainval"], data["semantics"], seen, unseen, config, accelerator=accelerator,
                           run_dir=run_dir, show_progress=show_progress)
     train_seconds = time.perf_counter() - started
-    all_classes = split_classes(seen, unseen)
-    gzsl = fit_final_classifier(trained, train_x, train_y, all_classes)
-    zsl = fit_final_classifier(trained, None, None, unseen)
-    seen_x, seen_y = _part(feature_set, split, "test_seen")
-    unseen_x, unseen_y = _part(feature_set, split, "test_unseen")
-    seen_scores = class_log_probs(trained, gzsl, seen_x).cpu()
-    unseen_scores = class_log_probs(trained, gzsl, unseen_x).cpu()
-    zsl_scores = class_log_probs(trained, zsl, unseen_x).cpu()
+    gzsl, zsl, seen_scores, unseen_scores, zsl_scores = _fit_and_score(trained, data)
+    seen_y, unseen_y = data["test_seen"][1], data["test_unseen"][1]
     curve = None
     if config.calibration and gamma is None:
         gamma, curve = choose_calibration(seen_scores, seen_y, unseen_scores, unseen_y, all_classes, seen,
@@ -80,22 +92,15 @@ def run_bsegn_oracle(feature_set, split, config: BSeGNConfig, run_dir, *, show_p
     (each its own best epoch, no calibration). Never use it to choose anything; it exists so that our
     numbers can be set beside published ones. `run_dir` holds the checkpoints it steps through.
     Returns {"T1", "U", "S", "H" (of the best-H epoch), "T1_epoch", "H_epoch", "oracle": ORACLE_LABEL}."""
-    seen = torch.as_tensor(split.seen_classes, dtype=torch.long)
-    unseen = torch.as_tensor(split.unseen_classes, dtype=torch.long)
-    semantics = torch.as_tensor(split.semantics, dtype=torch.float32)
-    train_x, train_y = _part(feature_set, split, "trainval")
-    seen_x, seen_y = _part(feature_set, split, "test_seen")
-    unseen_x, unseen_y = _part(feature_set, split, "test_unseen")
-    all_classes = split_classes(seen, unseen)
+    data = _split_tensors(feature_set, split)
     best_t1, best_h = None, None
     for epoch in range(1, config.epochs + 1):
-        trained = train_bsegn(train_x, train_y, semantics, seen, unseen, config, run_dir=run_dir,
-                              show_progress=show_progress, max_epochs=1)  # resumes, one more epoch
-        gzsl = fit_final_classifier(trained, train_x, train_y, all_classes)
-        zsl = fit_final_classifier(trained, None, None, unseen)
-        result = evaluate_scores(class_log_probs(trained, gzsl, seen_x).cpu(), seen_y,
-                                 class_log_probs(trained, gzsl, unseen_x).cpu(), unseen_y, all_classes, seen,
-                                 zsl_unseen_scores=class_log_probs(trained, zsl, unseen_x).cpu(), zsl_class_ids=unseen)
+        trained = train_bsegn(*data["trainval"], data["semantics"], data["seen"], data["unseen"], config,
+                              run_dir=run_dir, show_progress=show_progress, max_epochs=1)  # resumes, one more epoch
+        _, _, seen_scores, unseen_scores, zsl_scores = _fit_and_score(trained, data)
+        result = evaluate_scores(seen_scores, data["test_seen"][1], unseen_scores, data["test_unseen"][1],
+                                 data["all_classes"], data["seen"], zsl_unseen_scores=zsl_scores,
+                                 zsl_class_ids=data["unseen"])
         if best_t1 is None or result["T1"] > best_t1[0]:
             best_t1 = (result["T1"], epoch)
         if best_h is None or result["H"] > best_h[0]["H"]:
@@ -107,12 +112,9 @@ def run_bsegn_oracle(feature_set, split, config: BSeGNConfig, run_dir, *, show_p
 
 def run_eszsl(feature_set, split, gamma_reg: float, lam: float) -> dict:
     """ESZSL on split's trainval with the given (gamma, lambda), evaluated like BSeGN (uncalibrated)."""
-    seen = torch.as_tensor(split.seen_classes, dtype=torch.long)
-    unseen = torch.as_tensor(split.unseen_classes, dtype=torch.long)
-    semantics = torch.as_tensor(split.semantics, dtype=torch.float32)
-    all_classes = split_classes(seen, unseen)
-    projection = fit_eszsl(*_part(feature_set, split, "trainval"), semantics, seen, gamma_reg, lam)
-    seen_x, seen_y = _part(feature_set, split, "test_seen")
-    unseen_x, unseen_y = _part(feature_set, split, "test_unseen")
+    data = _split_tensors(feature_set, split)
+    seen, semantics, all_classes = data["seen"], data["semantics"], data["all_classes"]
+    projection = fit_eszsl(*data["trainval"], semantics, seen, gamma_reg, lam)
+    (seen_x, seen_y), (unseen_x, unseen_y) = data["test_seen"], data["test_unseen"]
     return evaluate_scores(eszsl_scores(projection, seen_x, semantics, all_classes), seen_y,
                            eszsl_scores(projection, unseen_x, semantics, all_classes), unseen_y, all_classes, seen)
