@@ -231,7 +231,9 @@ def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *
 
 def accelerator_options(config: RunConfig) -> dict:
     """One Accelerator serves every stage of a process: mixed precision and gradient accumulation come
-    from the config; fine-tuning and BSeGN may not ask for different precisions."""
+    from the config; fine-tuning and BSeGN may not ask for different precisions. A config that asks for
+    none ("no", the default) leaves the choice to accelerate, so `accelerate launch --mixed_precision fp16
+    train.py` (or `accelerate config`) works as accelerate's users expect; a precision set in the config wins."""
     from bsegn.app.config import ConfigFileError
 
     finetune = config.finetune_config() if config.finetune_enabled else None
@@ -240,7 +242,7 @@ def accelerator_options(config: RunConfig) -> dict:
     if len(wanted) > 1:
         raise ConfigFileError(f"finetune.mixed_precision and generative.mixed_precision differ ({sorted(wanted)}); "
                               "one run uses one precision: set both to the same value")
-    return {"mixed_precision": wanted.pop() if wanted else "no",
+    return {"mixed_precision": wanted.pop() if wanted else None,
             "gradient_accumulation_steps": finetune.grad_accum_steps if finetune else 1}
 
 
@@ -275,6 +277,8 @@ def run_pipeline(config: RunConfig, *, accelerator=None) -> dict:
                "gamma": result.get("gamma", 0.0), "gamma_chosen_on": "validation" if validation else
                ("given" if config.run.gamma is not None else "none"),
                "seeds": [config.run.seed],
+               "device": str(accelerator.device), "processes": accelerator.num_processes,
+               "mixed_precision": str(accelerator.mixed_precision),
                "per_class_gzsl": _named(result["per_class_gzsl"], outcome["split"].class_names),
                "per_class_zsl": _named(result["per_class_zsl"], outcome["split"].class_names),
                "calibration_curve": (validation or outcome)["result"].get("calibration_curve"),

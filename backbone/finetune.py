@@ -225,7 +225,8 @@ def finetune_backbone(backbone: FeatureBackbone, image_root: str | os.PathLike, 
     if chosen.size == 0:
         raise DataError(f"{split.benchmark}: no {PROTOCOL_TRAIN_SPLIT[protocol]} images of seen classes to fine-tune on")
     if accelerator is None:
-        accelerator = Accelerator(mixed_precision=config.mixed_precision,
+        # "no" (the default) leaves the precision to accelerate's launcher (`--mixed_precision fp16`)
+        accelerator = Accelerator(mixed_precision=None if config.mixed_precision == "no" else config.mixed_precision,
                                   gradient_accumulation_steps=config.grad_accum_steps)
     set_seed(config.seed)
     output_dir = Path(output_dir)

@@ -2,14 +2,16 @@
 
     python bench/awa1_lampert.py [--seeds 3] [--json OUT] [--features-dir DIR] [--feature-type lss]
                                  [--config configs/awa1-lampert.yaml] [--methods eszsl,f-clswgan,bsegn,...]
-                                 [--epochs N]
+                                 [--epochs N] [--select-epochs 3,6,12]
 
 Methods: eszsl, f-clswgan (all switches off), bsegn, bsegn-no-<switch> for fem, fem_s2f, balance,
 fem_boosts_g, cycle, mfim_levels. Every choice is made on the VALIDATION protocol
 (bsegn.datasets.protocol.validation_protocol: train classes as seen, val classes as unseen, test_seen
 images removed): ESZSL's (gamma, lambda) and each generative method's calibration gamma. Then each method is
-retrained on trainval and evaluated once on test, for each seed. Prints one table (mean ± std over
-seeds, percent) and the seconds per generator epoch; `--json OUT` writes
+retrained on trainval and evaluated once on test, for each seed. With `--select-epochs E1,E2,...` the
+validation run also picks each generative method's number of generator epochs among those (by validation
+T1 + H; otherwise the config's epochs are used). Prints one table (mean ± std over seeds, percent) and the
+seconds per generator epoch; `--json OUT` writes (after every method, so a stopped run keeps what it did)
 {"methods": {name: {"T1", "U", "S", "H", "T1_std", "H_std", ...}}, "seconds_per_epoch": ...}.
 """
 from __future__ import annotations
@@ -64,6 +66,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML of BSeGNConfig fields")
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated subset of " + ", ".join(ALL_METHODS))
     parser.add_argument("--epochs", type=int, default=None, help="override the config's generator epochs")
+    parser.add_argument("--select-epochs", default=None,
+                        help="comma-separated generator epoch counts; the validation run picks one per method")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--oracle", action="store_true",
                         help="also report each generative method's ORACLE numbers (best epoch picked on test, as "
@@ -77,7 +81,8 @@ def main(argv=None) -> int:
     from bsegn.datasets.protocol import validation_protocol
     from bsegn.datasets.splits import DataError
     from bsegn.generative.config import BSeGNConfig
-    from bsegn.generative.experiment import ORACLE_LABEL, run_bsegn, run_bsegn_oracle, run_eszsl
+    from bsegn.generative.experiment import (ORACLE_LABEL, run_bsegn, run_bsegn_oracle, run_eszsl,
+                                             select_on_validation)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +96,12 @@ def main(argv=None) -> int:
     base = BSeGNConfig.from_dict(values)
     if args.epochs:
         base = base.replace(epochs=args.epochs)
+    try:
+        candidate_epochs = sorted({int(e) for e in args.select_epochs.split(",")}) if args.select_epochs else None
+    except ValueError:
+        parser.error(f"--select-epochs {args.select_epochs!r}: expected comma-separated whole numbers, e.g. 3,6,12")
+    if candidate_epochs and candidate_epochs[0] < 1:
+        parser.error("--select-epochs: every epoch count must be >= 1")
     started = time.perf_counter()
     try:
         features, split = load_awa1_lampert(args.features_dir, args.splits_dir, args.feature_type)
@@ -101,6 +112,21 @@ def main(argv=None) -> int:
     log(f"{features.features.shape[0]} images, {features.dim}-d {args.feature_type}; validation: "
         f"{len(validation.seen_classes)} train / {len(validation.unseen_classes)} val classes; "
         f"final: {len(split.seen_classes)} seen / {len(split.unseen_classes)} unseen")
+
+    def write_json(table, oracle_table, chosen, epoch_seconds) -> None:
+        if not args.json:
+            return
+        payload = {"methods": table,
+                   "seconds_per_epoch": float(sum(epoch_seconds) / len(epoch_seconds)) if epoch_seconds else None,
+                   "feature_type": args.feature_type, "seeds": args.seeds, "config": base.to_dict(),
+                   "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                   "select_epochs": candidate_epochs, "chosen_on_validation": chosen,
+                   "oracle": {"label": ORACLE_LABEL, "methods": oracle_table} if oracle_table else None,
+                   "wall_seconds": time.perf_counter() - started}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        temp = args.json.with_suffix(args.json.suffix + ".tmp")
+        temp.write_text(json.dumps(payload, indent=1))
+        os.replace(temp, args.json)
 
     table: dict[str, dict] = {}
     oracle_table: dict[str, dict] = {}
@@ -119,10 +145,24 @@ def main(argv=None) -> int:
             table[method] = summarise([result])
             log(f"eszsl (gamma {best[0]}, lambda {best[1]} from validation): "
                 f"T1 {result['T1']:.1f} U {result['U']:.1f} S {result['S']:.1f} H {result['H']:.1f}")
+            write_json(table, oracle_table, chosen, epoch_seconds)
             continue
         config = method_config(method, base)
         gamma = None
-        if config.calibration:
+        if candidate_epochs:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as folder:
+                picked = select_on_validation(features, validation, config, folder, candidate_epochs)
+            config = config.replace(epochs=picked["epochs"])
+            gamma, val_result = picked["gamma"], picked["validation"]
+            chosen[method] = {"epochs": picked["epochs"], "calibration_gamma": gamma,
+                              "validation": {k: val_result[k] for k in "T1 U S H".split()},
+                              "validation_by_epoch": {r["epoch"]: {k: r[k] for k in "T1 U S H gamma".split()}
+                                                      for r in picked["rows"]}}
+            log(f"{method}: validation picks {picked['epochs']} epochs (T1 {val_result['T1']:.1f} "
+                f"H {val_result['H']:.1f}), gamma {gamma}")
+        elif config.calibration:
             val_result, _, _ = run_bsegn(features, validation, config, show_progress=False)
             gamma = val_result["gamma"]
             chosen[method] = {"calibration_gamma": gamma,
@@ -136,6 +176,7 @@ def main(argv=None) -> int:
             log(f"{method} seed {seed}: T1 {result['T1']:.1f} U {result['U']:.1f} S {result['S']:.1f} "
                 f"H {result['H']:.1f} ({result['seconds_per_epoch']:.1f} s/epoch)")
         table[method] = summarise(results)
+        table[method]["epochs"] = config.epochs
         if gamma is not None:
             table[method]["gamma"] = gamma
         if args.oracle:
@@ -148,6 +189,8 @@ def main(argv=None) -> int:
                 log(f"{method} seed {seed} ORACLE (best epoch on test): T1 {oracle_results[-1]['T1']:.1f} "
                     f"H {oracle_results[-1]['H']:.1f}")
             oracle_table[method] = summarise(oracle_results)
+
+        write_json(table, oracle_table, chosen, epoch_seconds)
 
     seconds_per_epoch = float(sum(epoch_seconds) / len(epoch_seconds)) if epoch_seconds else None
     print(f"AwA1 proposed split, Lampert 2009 {args.feature_type} features; per-class mean accuracy, percent; "
@@ -165,14 +208,7 @@ def main(argv=None) -> int:
         print(f"seconds per generator epoch: {seconds_per_epoch:.1f} (batch {base.batch_size}, "
               f"{torch.get_num_threads()} threads)")
     print(f"wall time: {time.perf_counter() - started:.0f} s")
-    if args.json:
-        payload = {"methods": table, "seconds_per_epoch": seconds_per_epoch,
-                   "feature_type": args.feature_type, "seeds": args.seeds, "config": base.to_dict(),
-                   "chosen_on_validation": chosen,
-                   "oracle": {"label": ORACLE_LABEL, "methods": oracle_table} if oracle_table else None,
-                   "wall_seconds": time.perf_counter() - started}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=1))
+    write_json(table, oracle_table, chosen, epoch_seconds)
     return 0
 
 

@@ -1,7 +1,8 @@
 """Trainer speed: achieved GFLOP/s of BSeGN's generator/critic training vs a bare matmul roofline.
 
     python bench/trainer_speed.py [--batch-size 64] [--hidden 4096] [--feature-dim 2048] [--semantic-dim 85]
-                                  [--iterations 5] [--threads N]
+                                  [--iterations 5] [--threads N] [--mixed-precision no|fp16|bf16]
+                                  [--complete [--epoch-images 19832]]
 
 Trains the WGAN-GP generator and critic alone (fem and cycle off: the G/D MLPs) through BSeGNTrainer
 for a few generator iterations. The matmuls one generator iteration performs are listed explicitly
@@ -10,6 +11,12 @@ gradient penalty's second-order pass, and of the generator step); their FLOPs di
 iteration time is the trainer's GFLOP/s. The roofline is the same list of shapes run as bare
 torch.matmul calls on the same threads: the ratio is then the share of the time the trainer spends
 doing useful matmul work rather than framework overhead, elementwise ops and optimiser steps.
+Runs on the accelerator accelerate picks (a GPU when there is one; timings are synchronised there).
+
+`--complete` also times the COMPLETE BSeGN (FEM, cycle branch, all losses) at the same sizes on
+`--epoch-images` real-sized training features, and prints seconds per generator iteration, the projected
+seconds per epoch (ceil(images / batch) iterations, as f-CLSWGAN counts an epoch) and the peak memory
+(the process's peak RSS on a CPU, peak allocated GPU memory on a GPU).
 """
 from __future__ import annotations
 
@@ -51,6 +58,11 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--n-critic", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    parser.add_argument("--complete", action="store_true",
+                        help="also time the complete BSeGN (FEM + cycle) and report seconds per epoch and peak memory")
+    parser.add_argument("--epoch-images", type=int, default=19832,
+                        help="training images per epoch for --complete (default: AwA1 trainval, 19,832)")
     args = parser.parse_args(argv)
 
     import torch
@@ -70,25 +82,28 @@ def main(argv=None) -> int:
     labels = torch.randint(40, (n,), generator=generator)
     semantics = torch.rand(50, k, generator=generator)
     config = BSeGNConfig(generator_hidden=h, critic_hidden=h, batch_size=b, n_critic=args.n_critic,
-                         fem=False, cycle=False, mfim_levels=("x",), epochs=1, iterations_per_epoch=2)
+                         fem=False, cycle=False, mfim_levels=("x",), epochs=1, iterations_per_epoch=2,
+                         mixed_precision=args.mixed_precision)
     trainer = BSeGNTrainer(features, labels, semantics, torch.arange(40), torch.arange(40, 50), config,
                            show_progress=False)
-    trainer.fit()  # warm-up (allocator, kernels)
-    trainer.config = config.replace(epochs=2, iterations_per_epoch=args.iterations)
-    started = time.perf_counter()
-    trainer.fit()
-    seconds = (time.perf_counter() - started) / args.iterations
+    device = trainer.accelerator.device
+    seconds = time_iterations(trainer, config, args.iterations, device)
     achieved = flops / seconds / 1e9
 
-    operands = [(torch.rand(m, kk), torch.rand(kk, n), count) for m, kk, n, count in shapes]
+    # The roofline multiplies in the precision the trainer's autocast uses for its matmuls.
+    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
+    operands = [(torch.rand(m, kk, device=device, dtype=dtype), torch.rand(kk, n, device=device, dtype=dtype), count)
+                for m, kk, n, count in shapes]
     for a, w, _ in operands:
         torch.matmul(a, w)  # warm-up
     best = float("inf")
     for _ in range(3):  # best of 3: the machine is shared
+        synchronize(device)
         started = time.perf_counter()
         for a, w, count in operands:
             for _ in range(count):
                 torch.matmul(a, w)
+        synchronize(device)
         best = min(best, time.perf_counter() - started)
     roofline = flops / best / 1e9
 
@@ -97,7 +112,60 @@ def main(argv=None) -> int:
     print(f"trainer: {seconds * 1000:.1f} ms per generator iteration, {flops / 1e9:.1f} GFLOP -> {achieved:.1f} GFLOP/s")
     print(f"bare matmul roofline of the same {sum(c for *_, c in shapes)} matmul shapes: {roofline:.1f} GFLOP/s")
     print(f"ratio: {achieved / roofline:.2f}")
+    if args.complete:
+        complete_bsegn(args, device)
     return 0
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_iterations(trainer, config, iterations: int, device) -> float:
+    """Seconds per generator iteration over `iterations` iterations, after a 2-iteration warm-up."""
+    trainer.fit()  # warm-up (allocator, kernels)
+    trainer.config = config.replace(epochs=2, iterations_per_epoch=iterations)
+    synchronize(device)
+    started = time.perf_counter()
+    trainer.fit()
+    synchronize(device)
+    return (time.perf_counter() - started) / iterations
+
+
+def complete_bsegn(args, device) -> None:
+    """The complete BSeGN (bsegn.md defaults: FEM with embedder 2048, cycle branch, every loss) at the
+    bench's sizes on --epoch-images random features: seconds per iteration and epoch, peak memory."""
+    import math
+    import resource
+
+    import torch
+
+    from bsegn.generative.config import BSeGNConfig
+    from bsegn.generative.trainer import BSeGNTrainer
+
+    b, h, d, k = args.batch_size, args.hidden, args.feature_dim, args.semantic_dim
+    generator = torch.Generator().manual_seed(1)
+    features = torch.rand(args.epoch_images, d, generator=generator)
+    labels = torch.randint(40, (args.epoch_images,), generator=generator)
+    semantics = torch.rand(50, k, generator=generator)
+    config = BSeGNConfig(generator_hidden=h, critic_hidden=h, decoder_hidden=h, batch_size=b, n_critic=args.n_critic,
+                         epochs=1, iterations_per_epoch=2, mixed_precision=args.mixed_precision)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer = BSeGNTrainer(features, labels, semantics, torch.arange(40), torch.arange(40, 50), config,
+                           show_progress=False)
+    seconds = time_iterations(trainer, config, args.iterations, device)
+    per_epoch = math.ceil(args.epoch_images / b)
+    if device.type == "cuda":
+        peak = f"peak GPU memory allocated {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+    else:
+        peak = f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    print(f"complete BSeGN (FEM {config.embedder_hidden}, cycle, hidden {h}, {args.mixed_precision} precision): "
+          f"{seconds * 1000:.1f} ms per generator iteration; one epoch of {args.epoch_images} images = {per_epoch} "
+          f"iterations = {seconds * per_epoch:.1f} s; {peak}")
 
 
 if __name__ == "__main__":

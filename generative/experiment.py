@@ -2,6 +2,7 @@
 
     run_bsegn(feature_set, split, config, *, gamma=None, accelerator=None, run_dir=None) -> (result, trained, classifiers)
     run_eszsl(feature_set, split, gamma_reg, lam) -> result
+    select_on_validation(feature_set, validation_split, config, run_dir, epochs) -> {"epochs", "gamma", ...}
     run_bsegn_oracle(feature_set, split, config, run_dir) -> result   # best epoch ON TEST, labelled; papers only
 
 `split` is a ZSLSplit with seen_classes / unseen_classes and locs trainval / test_seen / test_unseen
@@ -86,28 +87,58 @@ def run_bsegn(feature_set, split, config: BSeGNConfig, *, gamma: float | None = 
 ORACLE_LABEL = "ORACLE: best epoch picked on TEST (as TF-VAEGAN's and CE-GZSL's code do); for comparison with papers only"
 
 
+def score_epochs(feature_set, split, config: BSeGNConfig, run_dir, epochs, *, choose_gamma: bool,
+                 show_progress: bool = False) -> list[dict]:
+    """Train on split's trainval up to max(epochs); after each epoch in `epochs` refit the classifiers and
+    score split's test locs. With choose_gamma (config.calibration on a VALIDATION split) each row's gamma
+    is the best-H gamma of that epoch's scores; otherwise rows are uncalibrated. `run_dir` holds the
+    checkpoint training resumes from between scored epochs.
+    Returns one result dict per scored epoch (evaluate_scores' keys + "epoch"), in epoch order."""
+    data = _split_tensors(feature_set, split)
+    wanted = sorted({int(e) for e in epochs})
+    if not wanted or wanted[0] < 1:
+        raise ValueError(f"epochs to score must be >= 1, got {list(epochs)}")
+    config = config.replace(epochs=wanted[-1])
+    rows, done = [], 0
+    for epoch in wanted:
+        trained = train_bsegn(*data["trainval"], data["semantics"], data["seen"], data["unseen"], config,
+                              run_dir=run_dir, show_progress=show_progress, max_epochs=epoch - done)
+        done = epoch
+        _, _, seen_scores, unseen_scores, zsl_scores = _fit_and_score(trained, data)
+        scored = (seen_scores, data["test_seen"][1], unseen_scores, data["test_unseen"][1], data["all_classes"],
+                  data["seen"])
+        gamma, curve = 0.0, None
+        if choose_gamma:
+            gamma, curve = choose_calibration(*scored, config.calibration_grid)
+        result = evaluate_scores(*scored, zsl_unseen_scores=zsl_scores, zsl_class_ids=data["unseen"],
+                                 gamma=float(gamma))
+        result.update(epoch=epoch, calibration_curve=curve)
+        rows.append(result)
+    return rows
+
+
+def select_on_validation(feature_set, validation, config: BSeGNConfig, run_dir, epochs) -> dict:
+    """The number of generator epochs (among `epochs`) and, with calibration on, gamma: both chosen on the
+    VALIDATION split by T1 + H (gamma by H at each epoch). Returns {"epochs", "gamma", "validation": the
+    chosen row, "rows": every scored epoch}."""
+    rows = score_epochs(feature_set, validation, config, run_dir, epochs, choose_gamma=config.calibration)
+    best = max(rows, key=lambda r: (r["T1"] + r["H"], -r["epoch"]))  # ties: the cheaper, earlier epoch
+    return {"epochs": best["epoch"], "gamma": best["gamma"] if config.calibration else None,
+            "validation": best, "rows": rows}
+
+
 def run_bsegn_oracle(feature_set, split, config: BSeGNConfig, run_dir, *, show_progress: bool = False) -> dict:
     """The oracle mode the field's public code uses, labelled as such: after EVERY generator epoch the
     classifiers are refitted and scored on test, and the best T1 and the best H over epochs are reported
     (each its own best epoch, no calibration). Never use it to choose anything; it exists so that our
     numbers can be set beside published ones. `run_dir` holds the checkpoints it steps through.
     Returns {"T1", "U", "S", "H" (of the best-H epoch), "T1_epoch", "H_epoch", "oracle": ORACLE_LABEL}."""
-    data = _split_tensors(feature_set, split)
-    best_t1, best_h = None, None
-    for epoch in range(1, config.epochs + 1):
-        trained = train_bsegn(*data["trainval"], data["semantics"], data["seen"], data["unseen"], config,
-                              run_dir=run_dir, show_progress=show_progress, max_epochs=1)  # resumes, one more epoch
-        _, _, seen_scores, unseen_scores, zsl_scores = _fit_and_score(trained, data)
-        result = evaluate_scores(seen_scores, data["test_seen"][1], unseen_scores, data["test_unseen"][1],
-                                 data["all_classes"], data["seen"], zsl_unseen_scores=zsl_scores,
-                                 zsl_class_ids=data["unseen"])
-        if best_t1 is None or result["T1"] > best_t1[0]:
-            best_t1 = (result["T1"], epoch)
-        if best_h is None or result["H"] > best_h[0]["H"]:
-            best_h = (result, epoch)
-    result, h_epoch = best_h
-    return {"T1": best_t1[0], "U": result["U"], "S": result["S"], "H": result["H"], "T1_epoch": best_t1[1],
-            "H_epoch": h_epoch, "oracle": ORACLE_LABEL}
+    rows = score_epochs(feature_set, split, config, run_dir, range(1, config.epochs + 1), choose_gamma=False,
+                        show_progress=show_progress)
+    best_t1 = max(rows, key=lambda r: r["T1"])
+    best_h = max(rows, key=lambda r: r["H"])
+    return {"T1": best_t1["T1"], "U": best_h["U"], "S": best_h["S"], "H": best_h["H"], "T1_epoch": best_t1["epoch"],
+            "H_epoch": best_h["epoch"], "oracle": ORACLE_LABEL}
 
 
 def run_eszsl(feature_set, split, gamma_reg: float, lam: float) -> dict:

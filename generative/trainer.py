@@ -96,7 +96,9 @@ class BSeGNTrainer:
         from accelerate import Accelerator
 
         self.config = config
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        # "no" (the default) leaves the precision to accelerate's launcher (`--mixed_precision fp16`)
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=None if config.mixed_precision == "no" else config.mixed_precision)
         device = self.accelerator.device
         self.features = torch.as_tensor(features, dtype=torch.float32).to(device)
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)

@@ -63,3 +63,25 @@ def test_awa1_lampert_config_trains_on_features_without_fine_tuning():
 def test_parse_overrides_needs_a_value():
     with pytest.raises(ConfigFileError, match="needs a value"):
         parse_overrides(["--generative.epochs"])
+
+
+def test_mixed_precision_is_left_to_accelerate_unless_the_config_sets_it(tmp_path):
+    """`accelerate launch --mixed_precision fp16 train.py` must work: a config that asks for no precision
+    passes None, so accelerate reads its launcher's choice; a precision in the config wins."""
+    import os
+    import subprocess
+    import sys
+
+    from bsegn.app.pipeline import accelerator_options
+
+    assert accelerator_options(load_run_config(None, []))["mixed_precision"] is None
+    chosen = load_run_config(None, ["--generative.mixed_precision", "bf16", "--finetune.mixed_precision", "bf16"])
+    assert accelerator_options(chosen)["mixed_precision"] == "bf16"
+    # In a fresh process (accelerate's state is per process): the launcher's setting is what the run gets.
+    code = ("from accelerate import Accelerator; from bsegn.app.config import load_run_config; "
+            "from bsegn.app.pipeline import accelerator_options; "
+            "print(Accelerator(**accelerator_options(load_run_config(None, []))).mixed_precision)")
+    env = {**os.environ, "ACCELERATE_MIXED_PRECISION": "bf16"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "bf16"

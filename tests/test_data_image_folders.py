@@ -89,3 +89,20 @@ def test_demo_check_names_a_deleted_file(tmp_path, capsys):
     assert main(["data", "check", "--benchmark", "demo", "--images", str(benchmark.image_root), "--json"]) == 1
     out = capsys.readouterr().out
     assert victim in out and '"ok": false' in out
+
+
+def test_image_batch_moves_with_accelerate_send_to_device():
+    """accelerate's prepared DataLoader moves batches with send_to_device, which calls `.to()` on objects
+    it does not know: ImageBatch must move ALL its tensors (the first GPU run found the images left on
+    the CPU beside a model on the GPU). The meta device stands in for a GPU."""
+    import torch
+    from accelerate.utils import send_to_device
+
+    from bsegn.datasets.image_dataset import ImageBatch
+
+    batch = ImageBatch(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), torch.tensor([4, 5]), torch.tensor([7]))
+    moved = send_to_device(batch, torch.device("meta"))
+    assert isinstance(moved, ImageBatch)
+    assert {t.device.type for t in (moved.images, moved.labels, moved.indices, moved.bad_indices)} == {"meta"}
+    assert moved.images.shape == (2, 3, 8, 8) and len(moved) == 2
+    assert batch.images.device.type == "cpu"  # the original is untouched

@@ -224,16 +224,12 @@ def test_optional_parts_feedback_fake_seen_fusion_and_add_class():
     assert classifier.class_ids.tolist()[-1] == 25
 
 
-def test_oracle_mode_is_labelled_and_never_below_the_last_epoch(tmp_path):
-    """The oracle (best epoch on TEST, as public ZSL code does) steps through the same epochs as a normal
-    run: its best H can only be >= the last epoch's H, and every result carries the label."""
+def feature_split(data):
+    """The gaussian benchmark as (feature_set, split) objects with the attributes experiment.py reads."""
     import types
 
     import numpy as np
 
-    from bsegn.generative.experiment import ORACLE_LABEL, run_bsegn, run_bsegn_oracle
-
-    data = gaussian_benchmark()
     parts = [data["train"], data["test_seen"], data["test_unseen"]]
     features = types.SimpleNamespace(features=torch.cat([p[0] for p in parts]).numpy(),
                                      labels=torch.cat([p[1] for p in parts]).numpy())
@@ -241,9 +237,37 @@ def test_oracle_mode_is_labelled_and_never_below_the_last_epoch(tmp_path):
     locs = {name: np.arange(sizes[i], sizes[i + 1]) for i, name in enumerate(["trainval", "test_seen", "test_unseen"])}
     split = types.SimpleNamespace(seen_classes=data["seen"].numpy(), unseen_classes=data["unseen"].numpy(),
                                   semantics=data["semantics"].numpy(), loc=lambda name: locs[name])
+    return features, split
+
+
+def test_oracle_mode_is_labelled_and_never_below_the_last_epoch(tmp_path):
+    """The oracle (best epoch on TEST, as public ZSL code does) steps through the same epochs as a normal
+    run: its best H can only be >= the last epoch's H, and every result carries the label."""
+    from bsegn.generative.experiment import ORACLE_LABEL, run_bsegn, run_bsegn_oracle
+
+    features, split = feature_split(gaussian_benchmark())
     config = BSeGNConfig.from_dict({**TINY, "epochs": 3})
     oracle = run_bsegn_oracle(features, split, config, tmp_path / "oracle")
     last, _, _ = run_bsegn(features, split, config, show_progress=False)
     assert oracle["oracle"] == ORACLE_LABEL and "TEST" in ORACLE_LABEL
     assert 1 <= oracle["H_epoch"] <= 3 and 1 <= oracle["T1_epoch"] <= 3
     assert oracle["H"] >= last["H"] - 1e-6 and oracle["T1"] >= last["T1"] - 1e-6
+
+
+def test_validation_picks_epochs_and_gamma_from_rows_equal_to_separate_runs(tmp_path):
+    """select_on_validation scores each candidate epoch count through checkpoints; every row must equal a
+    separate run of that many epochs (same gamma chosen, same T1/H), and the pick is the best T1 + H row."""
+    from bsegn.generative.experiment import run_bsegn, select_on_validation
+
+    features, split = feature_split(gaussian_benchmark(seed=3))
+    config = BSeGNConfig.from_dict({**TINY, "epochs": 9, "calibration": True})
+    picked = select_on_validation(features, split, config, tmp_path / "select", [3, 1])
+    assert [row["epoch"] for row in picked["rows"]] == [1, 3]
+    for row in picked["rows"]:
+        alone, _, _ = run_bsegn(features, split, config.replace(epochs=row["epoch"]), show_progress=False)
+        assert alone["gamma"] == row["gamma"]
+        assert abs(alone["T1"] - row["T1"]) < 1e-6 and abs(alone["H"] - row["H"]) < 1e-6
+    best = max(picked["rows"], key=lambda r: r["T1"] + r["H"])
+    assert picked["epochs"] == best["epoch"] and picked["gamma"] == best["gamma"]
+    with pytest.raises(ValueError, match="epochs to score"):
+        select_on_validation(features, split, config, tmp_path / "bad", [0, 2])

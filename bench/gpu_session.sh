@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One prepared session on a lent GPU (an H100/H200), every stage time-boxed so that one call of a
+# few minutes brings back what it measured even when a stage runs long:
+#   speed     bench/trainer_speed.py in fp32 and bf16, with --complete: the complete BSeGN at bsegn.md
+#             sizes (hidden 4096, batch 64), seconds per AwA1 epoch and peak GPU memory;
+#   main      bench/awa1_lampert.py: BSeGN, f-CLSWGAN and ESZSL, the validation run choosing the number
+#             of generator epochs among $EPOCHS (and gamma), 3 seeds;
+#   demo      the demo pipeline in fp16: `accelerate launch --mixed_precision fp16 train.py`;
+#   ablations the six BSeGN ablations of bench/awa1_lampert.py, as `main`, one process each, side by
+#             side (one process leaves the GPU mostly idle between its small kernels);
+#   longer    f-CLSWGAN and BSeGN (one process each) choosing among longer trainings ($LONGER_EPOCHS).
+# Usage: BSEGN_SHARED_DATA=/path/to/shared/data [STAGES="speed main"] bash bench/gpu_session.sh OUT_DIR
+# Stages run in the background where they can share the machine (demo, ablations, longer). Nothing
+# here is GPU-specific code: the same commands run on a CPU, only slower. OUT_DIR gets awa1_runs.json
+# (every bench process's --json, by stage name), demo_metrics.json and logs.txt (every stage's log).
+set -u
+out=${1:?usage: bench/gpu_session.sh OUT_DIR}
+mkdir -p "$out"
+export HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
+STAGES=${STAGES:-speed main demo ablations}
+EPOCHS=${EPOCHS:-2,3,6,12}
+LONGER_EPOCHS=${LONGER_EPOCHS:-2,3,6,12,24}
+CONFIG=${CONFIG:-configs/awa1-lampert.yaml}
+logs=${LOGS:-/tmp/bsegn-gpu-logs}
+mkdir -p "$logs"
+cd "$(dirname "$0")/.."
+
+stage() {  # stage NAME LIMIT_SECONDS COMMAND...: run time-boxed, log to $logs/NAME.log, print its tail
+    local name=$1 limit=$2 t
+    shift 2
+    echo "=== $name (limit ${limit} s) at $(date +%T)"
+    t=$(date +%s)
+    timeout "$limit" "$@" >"$logs/$name.log" 2>&1
+    echo "=== $name: exit $? after $(( $(date +%s) - t )) s"
+    tail -n "${TAIL:-15}" "$logs/$name.log"
+}
+wants() { [[ " $STAGES " == *" $1 "* ]]; }
+awa1() {  # awa1 NAME LIMIT METHODS EPOCHS
+    stage "$1" "$2" python3 bench/awa1_lampert.py --methods "$3" --config "$CONFIG" --select-epochs "$4" \
+        --seeds 3 --threads "${THREADS:-2}" --json "$logs/$1.json"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, accelerate, timm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| accelerate', accelerate.__version__, '| timm', timm.__version__)"
+} 2>&1 | tee "$logs/environment.log"
+
+# Decode the AwA1-Lampert features into the cache once, while the first stage runs.
+python3 -c "from bsegn.datasets.lampert import load_awa1_lampert; load_awa1_lampert(None, None, 'lss')" \
+    >"$logs/decode.log" 2>&1 &
+decoding=$!
+
+if wants speed; then
+    stage trainer_speed 100 bash -c "python3 bench/trainer_speed.py --iterations ${SPEED_ITERATIONS:-30} --complete \
+        --mixed-precision no; python3 bench/trainer_speed.py --iterations ${SPEED_ITERATIONS:-30} --complete \
+        --mixed-precision bf16"
+fi
+if wants demo; then
+    TAIL=25 stage demo_fp16 "${DEMO_LIMIT:-300}" python3 -m accelerate.commands.launch --mixed_precision fp16 \
+        --num_processes 1 --num_machines 1 --dynamo_backend no train.py --output "${DEMO_RUN:-/tmp/bsegn-demo-fp16}" &
+fi
+wait "$decoding"
+if wants main; then
+    awa1 awa1_main "${MAIN_LIMIT:-260}" bsegn,f-clswgan,eszsl "$EPOCHS"
+fi
+if wants ablations; then
+    for switch in fem fem_s2f balance fem_boosts_g cycle mfim_levels; do
+        awa1 "awa1_no_$switch" "${ABLATION_LIMIT:-300}" "bsegn-no-$switch" "$EPOCHS" &
+    done
+fi
+if wants longer; then
+    for method in f-clswgan bsegn; do
+        awa1 "awa1_longer_$method" "${LONGER_LIMIT:-330}" "$method" "$LONGER_EPOCHS" &
+    done
+fi
+wait
+cp "${DEMO_RUN:-/tmp/bsegn-demo-fp16}/metrics.json" "$out/demo_metrics.json" 2>/dev/null
+python3 - "$logs" "$out/awa1_runs.json" <<'PY'
+import json, pathlib, sys
+runs = {p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("awa1_*.json"))}
+pathlib.Path(sys.argv[2]).write_text(json.dumps(runs, indent=1))
+PY
+for f in "$logs"/*.log; do echo "##### $(basename "$f")"; cat "$f"; done >"$out/logs.txt"
+echo "=== done at $(date +%T)"
