@@ -1,0 +1,45 @@
+"""Markdown table of one or more bench/awa1_lampert.py --json files (or gpu_session.sh's awa1_runs.json).
+
+    python bench/table.py bench/results/awa1_lampert_lss_cpu_part1.json bench/results/awa1_lampert_lss_cpu_part2.json
+
+One row per method, in the order given: T1, U, S, H as mean ± std over seeds (percent), then what the
+validation protocol chose (generator epochs, calibration gamma).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def bench_payloads(path: Path) -> list[dict]:
+    """The bench payloads in a file: one (a --json file) or several (gpu_session.sh's merged file)."""
+    data = json.loads(path.read_text())
+    return [data] if "methods" in data else list(data.values())
+
+
+def rows(payloads: list[dict]) -> list[str]:
+    out = ["| method | T1 | U | S | H | epochs | gamma |", "|---|---|---|---|---|---|---|"]
+    for payload in payloads:
+        for name, row in payload["methods"].items():
+            chosen = (payload.get("chosen_on_validation") or {}).get(name, {})
+            cells = [f"{row[k]:.1f} ± {row[k + '_std']:.1f}" if row["seeds"] > 1 else f"{row[k]:.1f}"
+                     for k in ("T1", "U", "S", "H")]
+            epochs = chosen.get("epochs", row.get("epochs", "")) if name != "eszsl" else ""
+            gamma = chosen.get("calibration_gamma", "") if name != "eszsl" else ""
+            out.append(f"| {name} | " + " | ".join(cells) + f" | {epochs} | {gamma} |")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    payloads = [p for path in args.files for p in bench_payloads(path)]
+    print("\n".join(rows(payloads)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
