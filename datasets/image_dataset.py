@@ -53,12 +53,6 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def to(self, device, non_blocking: bool = False) -> "ImageBatch":
-        """The batch on `device`. accelerate's prepared DataLoader moves every batch with `.to()`: without
-        this method it left the images on the CPU beside a model on the GPU (found on the first GPU run)."""
-        return ImageBatch(**{name: getattr(self, name).to(device, non_blocking=non_blocking)
-                             for name in ("images", "labels", "indices", "bad_indices")})
-
     def __getitem__(self, position: int):
         """-> (image (3, H, W) float32, label int, index into `files` int, ok bool)."""
         index = int(self.indices[position])
