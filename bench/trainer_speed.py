@@ -68,7 +68,6 @@ def main(argv=None) -> int:
     import torch
 
     from bsegn.generative.config import BSeGNConfig
-    from bsegn.generative.trainer import BSeGNTrainer
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,16 +75,10 @@ def main(argv=None) -> int:
     shapes = iteration_matmuls(b, h, d, k, k, args.n_critic)
     flops = sum(2 * m * kk * n * count for m, kk, n, count in shapes)
 
-    generator = torch.Generator().manual_seed(0)
-    n = 4096
-    features = torch.rand(n, d, generator=generator)
-    labels = torch.randint(40, (n,), generator=generator)
-    semantics = torch.rand(50, k, generator=generator)
     config = BSeGNConfig(generator_hidden=h, critic_hidden=h, batch_size=b, n_critic=args.n_critic,
                          fem=False, cycle=False, mfim_levels=("x",), epochs=1, iterations_per_epoch=2,
                          mixed_precision=args.mixed_precision)
-    trainer = BSeGNTrainer(features, labels, semantics, torch.arange(40), torch.arange(40, 50), config,
-                           show_progress=False)
+    trainer = random_data_trainer(config, 4096, d, k, seed=0)
     device = trainer.accelerator.device
     seconds = time_iterations(trainer, config, args.iterations, device)
     achieved = flops / seconds / 1e9
@@ -117,6 +110,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def random_data_trainer(config, n: int, d: int, k: int, *, seed: int):
+    """A BSeGNTrainer on n random (d,) features of 40 seen classes, 10 more unseen, (k,) semantics."""
+    import torch
+
+    from bsegn.generative.trainer import BSeGNTrainer
+
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.rand(n, d, generator=generator)
+    labels = torch.randint(40, (n,), generator=generator)
+    semantics = torch.rand(50, k, generator=generator)
+    return BSeGNTrainer(features, labels, semantics, torch.arange(40), torch.arange(40, 50), config,
+                        show_progress=False)
+
+
 def synchronize(device) -> None:
     import torch
 
@@ -144,19 +151,13 @@ def complete_bsegn(args, device) -> None:
     import torch
 
     from bsegn.generative.config import BSeGNConfig
-    from bsegn.generative.trainer import BSeGNTrainer
 
     b, h, d, k = args.batch_size, args.hidden, args.feature_dim, args.semantic_dim
-    generator = torch.Generator().manual_seed(1)
-    features = torch.rand(args.epoch_images, d, generator=generator)
-    labels = torch.randint(40, (args.epoch_images,), generator=generator)
-    semantics = torch.rand(50, k, generator=generator)
     config = BSeGNConfig(generator_hidden=h, critic_hidden=h, decoder_hidden=h, batch_size=b, n_critic=args.n_critic,
                          epochs=1, iterations_per_epoch=2, mixed_precision=args.mixed_precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    trainer = BSeGNTrainer(features, labels, semantics, torch.arange(40), torch.arange(40, 50), config,
-                           show_progress=False)
+    trainer = random_data_trainer(config, args.epoch_images, d, k, seed=1)
     seconds = time_iterations(trainer, config, args.iterations, device)
     per_epoch = math.ceil(args.epoch_images / b)
     if device.type == "cuda":
