@@ -51,6 +51,10 @@ def summarise(results: list[dict]) -> dict:
         values = np.array([r[key] for r in results])
         out[key] = float(values.mean())
         out[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    for key in ("U", "S", "H"):  # the same scores before calibrated stacking (gamma 0)
+        raw = [r[f"{key}_uncalibrated"] for r in results if f"{key}_uncalibrated" in r]
+        if raw:
+            out[f"{key}_uncalibrated"] = float(np.mean(raw))
     out["seeds"] = len(results)
     return out
 

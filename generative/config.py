@@ -15,7 +15,9 @@ Switches (each removes its part; see bsegn.md "Switches"):
     fusion         (off by default) the FEM's log-probabilities, weighted by fusion_weight, are added to the
                    final classifier's; only when fem is on
 Options beyond bsegn.md: generator_unit_norm (L2-normalise G's output, for unit-norm features such as
-Hellinger-mapped histograms), feedback (TF-VAEGAN's decoder feedback), fem_fake_seen.
+Hellinger-mapped histograms), feedback (TF-VAEGAN's decoder feedback), fem_fake_seen; and variants of the
+FEM's losses, measured on AwA1-Lampert validation (configs/awa1-lampert.yaml) and off by default:
+lambda_s2f (weight of L_s2f), balance_reference "fake" (m_S over fake seen features), balance_one_sided.
 All of fem, cycle, cls_loss off and mfim_levels = ("x",) is f-CLSWGAN (`BSeGNConfig.f_clswgan()`).
 """
 from __future__ import annotations
@@ -67,6 +69,13 @@ class BSeGNConfig:
     # --- loss weights and temperatures
     tau: float = 0.1
     lambda_bal: float = 1.0
+    # "real": m_S of the balance loss over the real seen batch (bsegn.md); "fake": over G's fake features
+    # of the same seen classes, so both sides of m_S - m_U are generated (see BSeGNTrainer.fem_loss)
+    balance_reference: str = "real"
+    lambda_s2f: float = 1.0  # weight of L_s2f in L_bicon (bsegn.md: 1)
+    # True: L_bal = relu(m_S - m_U)^2, only a seen domain answered MORE confidently is penalised (the
+    # sentence of bsegn.md taken literally); False: (m_S - m_U)^2 (bsegn.md's formula, RGEN's form)
+    balance_one_sided: bool = False
     lambda_emb: float = 0.001
     lambda_cyc: float = 0.1
     lambda_cls: float = 0.01
@@ -123,6 +132,10 @@ class BSeGNConfig:
         for name in ("epochs", "batch_size", "n_critic", "syn_num", "classifier_epochs", "classifier_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.balance_reference not in ("real", "fake"):
+            raise ConfigError(f"balance_reference {self.balance_reference!r}: expected 'real' or 'fake'")
+        if self.lambda_s2f < 0:
+            raise ConfigError(f"lambda_s2f must be >= 0, got {self.lambda_s2f}")
         if self.tau <= 0:
             raise ConfigError(f"tau must be > 0, got {self.tau}")
 

@@ -78,6 +78,10 @@ def run_bsegn(feature_set, split, config: BSeGNConfig, *, gamma: float | None = 
                              zsl_unseen_scores=zsl_scores, zsl_class_ids=unseen,
                              gamma=float(gamma) if config.calibration else 0.0)
     result["calibration_curve"] = curve
+    # The bias the model itself leaves, before calibrated stacking hides it: the parts meant to balance
+    # seen and unseen (balance loss, FEM) should show here even where a validation-chosen gamma evens out H.
+    raw = evaluate_scores(seen_scores, seen_y, unseen_scores, unseen_y, all_classes, seen, gamma=0.0)
+    result.update({f"{k}_uncalibrated": raw[k] for k in ("U", "S", "H")})
     result["train_seconds"] = train_seconds
     epoch_seconds = [row["seconds"] for row in getattr(trained, "history", [])]
     result["seconds_per_epoch"] = float(np.mean(epoch_seconds)) if epoch_seconds else None

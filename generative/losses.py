@@ -3,7 +3,7 @@
     gradient_penalty            WGAN-GP: E[(||grad_xhat D(xhat, a)||_2 - 1)^2]
     critic_loss                 L_D = E[D(fake)] - E[D(real)] + lambda_gp * GP, ONE critic forward
     bidirectional_contrastive   (L_f2s, L_s2f) of the FEM
-    balance_loss                (m_S - m_U)^2, max-response consistency between seen and unseen
+    balance_gap / balance_loss  m_S - m_U / (m_S - m_U)^2, max-response consistency between seen and unseen
     cycle_loss                  mean over the batch of ||a_hat - a||_1
 """
 from __future__ import annotations
@@ -70,23 +70,27 @@ def contrastive_from_logits(logits: torch.Tensor, labels: torch.Tensor,
     return f2s, -per_class.mean()
 
 
-def balance_loss(probabilities: torch.Tensor, seen_class_mask: torch.Tensor,
-                 from_seen_domain: torch.Tensor) -> torch.Tensor:
+def balance_gap(probabilities: torch.Tensor, seen_class_mask: torch.Tensor,
+                from_seen_domain: torch.Tensor) -> torch.Tensor:
     """probabilities (B, C) softmax over ALL classes; seen_class_mask (C,) bool; from_seen_domain (B,)
-    bool (True: a real seen sample, False: a fake unseen one).
+    bool (True: a seen-domain sample, False: an unseen-domain one).
 
-    m_S = mean over seen-domain samples of max_{c in S} p(c|x);
-    m_U = mean over unseen-domain samples of max_{c in U} p(c|x); returns (m_S - m_U)^2, or 0 when
-    either group is empty."""
+    m_S - m_U, signed: m_S = mean over seen-domain samples of max_{c in S} p(c|x), m_U = mean over
+    unseen-domain samples of max_{c in U} p(c|x); 0 when either group is empty. Positive: the model
+    answers the seen domain more confidently than the unseen one."""
     seen_mask = seen_class_mask.to(torch.bool)
     if from_seen_domain.all() or not from_seen_domain.any():
         return probabilities.sum() * 0.0
     neg = torch.finfo(probabilities.dtype).min
     max_seen = probabilities.masked_fill(~seen_mask, neg).amax(1)
     max_unseen = probabilities.masked_fill(seen_mask, neg).amax(1)
-    m_s = max_seen[from_seen_domain].mean()
-    m_u = max_unseen[~from_seen_domain].mean()
-    return (m_s - m_u).pow(2)
+    return max_seen[from_seen_domain].mean() - max_unseen[~from_seen_domain].mean()
+
+
+def balance_loss(probabilities: torch.Tensor, seen_class_mask: torch.Tensor,
+                 from_seen_domain: torch.Tensor) -> torch.Tensor:
+    """(m_S - m_U)^2 (see balance_gap for the arguments): max-response consistency between seen and unseen."""
+    return balance_gap(probabilities, seen_class_mask, from_seen_domain).pow(2)
 
 
 def cycle_loss(decoded: torch.Tensor, semantics: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from bsegn.generative.config import BSeGNConfig
-from bsegn.generative.losses import balance_loss, contrastive_from_logits, critic_loss, cycle_loss
+from bsegn.generative.losses import balance_gap, contrastive_from_logits, critic_loss, cycle_loss
 from bsegn.generative.networks import (Critic, FeatureGenerator, FeedbackModule, SemanticDecoder,
                                        SemanticEmbedder)
 
@@ -191,22 +191,28 @@ class BSeGNTrainer:
                 feedback = self.config.feedback_weight * self.prepared["feedback"](hidden)
             return generator(noise, semantics, feedback=feedback).float()
 
-    def _fem_losses(self, features: torch.Tensor, labels: torch.Tensor,
-                    from_seen_domain: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L_bicon + lambda_bal L_bal of the FEM on a mixed batch; scores over all seen + unseen classes."""
+    def _fem_losses(self, features: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor,
+                    contrastive: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_f2s + lambda_s2f L_s2f + lambda_bal L_bal of the FEM on a mixed batch (B, d); scores over all
+        seen + unseen classes. domain (B,): 1 seen-domain and 0 unseen-domain rows of the balance loss,
+        -1 rows outside it; contrastive (B,) bool: rows of the contrastive losses (None: all)."""
         cfg = self.config
         embedder = self.prepared["embedder"]
         with self.accelerator.autocast():
             logits = embedder(features, self.semantics).float()
         if not bool(self.split_class_mask.all()):
             logits = logits.masked_fill(~self.split_class_mask, -1e9)
-        f2s, s2f = contrastive_from_logits(logits, labels, cfg.fem_s2f)
-        loss = f2s + s2f
+        rows = logits if contrastive is None else logits[contrastive]
+        f2s, s2f = contrastive_from_logits(rows, labels if contrastive is None else labels[contrastive],
+                                           cfg.fem_s2f and cfg.lambda_s2f > 0)
+        loss = f2s + cfg.lambda_s2f * s2f
+        in_balance = domain >= 0
+        gap = balance_gap(torch.softmax(logits[in_balance], dim=1), self.seen_class_mask, domain[in_balance] == 1)
         bal = torch.zeros((), device=logits.device)
         if cfg.balance:
-            bal = balance_loss(torch.softmax(logits, dim=1), self.seen_class_mask, from_seen_domain)
+            bal = (gap.clamp(min=0) if cfg.balance_one_sided else gap).pow(2)
             loss = loss + cfg.lambda_bal * bal
-        return loss, {"f2s": f2s.detach(), "s2f": s2f.detach(), "balance": bal.detach()}
+        return loss, {"f2s": f2s.detach(), "s2f": s2f.detach(), "balance": bal.detach(), "balance_gap": gap.detach()}
 
     # --- one generator iteration -------------------------------------------------------------
 
@@ -254,20 +260,32 @@ class BSeGNTrainer:
         return real, labels, semantics
 
     def fem_loss(self, draws, real, labels) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The FEM step's loss on B real seen + B_u fake unseen (+ fake seen) features, G detached."""
+        """The FEM step's loss on B real seen + B_u fake unseen (+ fake seen) features, G detached.
+
+        The balance loss compares the seen domain with the fake unseen features; with
+        balance_reference "real" (bsegn.md) the seen domain is the real seen batch, with "fake" it is
+        G's fake features of the same seen classes, so that both sides of m_S - m_U are generated and the
+        gap measures the seen/unseen bias, not real against fake."""
         device = self.accelerator.device
+        cfg = self.config
         unseen_labels = self.unseen_classes[draws["unseen_pick"]]
         fake_unseen = self._generate(draws["noise_unseen"], self.semantics[unseen_labels], grad=False)
+        n, nu = len(real), len(fake_unseen)
+        real_side = 1 if cfg.balance_reference == "real" else -1
         feats, labs = [real, fake_unseen], [labels, unseen_labels]
-        domain = [torch.ones(len(real), dtype=torch.bool, device=device),
-                  torch.zeros(len(fake_unseen), dtype=torch.bool, device=device)]
-        if self.config.fem_fake_seen:
+        domain = [torch.full((n,), real_side, dtype=torch.int8, device=device),
+                  torch.zeros(nu, dtype=torch.int8, device=device)]
+        contrastive = [torch.ones(n + nu, dtype=torch.bool, device=device)]
+        if cfg.fem_fake_seen or cfg.balance_reference == "fake":
             fake_seen = self._generate(draws["noise_fem_seen"], self.semantics[labels], grad=False)
             feats.append(fake_seen)
             labs.append(labels)
-            # Fake seen features belong to the seen domain for the balance loss.
-            domain.append(torch.ones(len(fake_seen), dtype=torch.bool, device=device))
-        return self._fem_losses(torch.cat(feats), torch.cat(labs), torch.cat(domain))
+            # Fake seen features are seen-domain rows of the balance loss (its reference with "fake"); they
+            # enter the contrastive losses only when fem_fake_seen asks for them.
+            domain.append(torch.ones(len(fake_seen), dtype=torch.int8, device=device))
+            contrastive.append(torch.full((len(fake_seen),), bool(cfg.fem_fake_seen), dtype=torch.bool, device=device))
+        mask = torch.cat(contrastive)
+        return self._fem_losses(torch.cat(feats), torch.cat(labs), torch.cat(domain), None if mask.all() else mask)
 
     def generator_loss(self, draws, labels) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_G for the seen batch `labels` and the drawn unseen conditions; one G forward on both."""
@@ -298,11 +316,12 @@ class BSeGNTrainer:
             loss = loss + cfg.lambda_cyc * cyc
             logs["cycle"] = cyc.detach()
         if "embedder" in self.prepared and cfg.fem_boosts_g:
-            domain = torch.cat([torch.ones(len(z_seen), dtype=torch.bool, device=device),
-                                torch.zeros(len(z_unseen), dtype=torch.bool, device=device)])
-            emb, _ = self._fem_losses(fake_all, torch.cat([labels, unseen_labels]), domain)
+            domain = torch.cat([torch.ones(len(z_seen), dtype=torch.int8, device=device),
+                                torch.zeros(len(z_unseen), dtype=torch.int8, device=device)])
+            emb, parts = self._fem_losses(fake_all, torch.cat([labels, unseen_labels]), domain)
             loss = loss + cfg.lambda_emb * emb
             logs["generator_fem"] = emb.detach()
+            logs["generator_balance_gap"] = parts["balance_gap"]
         logs["generator"] = loss.detach()
         return loss, logs
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bsegn.generative.config import BSeGNConfig, ConfigError
-from bsegn.generative.losses import (balance_loss, bidirectional_contrastive, critic_loss, cycle_loss,
+from bsegn.generative.losses import (balance_gap, balance_loss, bidirectional_contrastive, critic_loss, cycle_loss,
                                      gradient_penalty)
 from bsegn.generative.metrics import calibrated_predictions, harmonic_mean, mean_per_class_accuracy, per_class_accuracy
 from bsegn.generative.networks import (Critic, FeatureGenerator, FeedbackModule, FinalClassifier,
@@ -110,6 +110,11 @@ def test_balance_loss_hand_computed():
     loss = balance_loss(probs, torch.tensor([True, True, False]), torch.tensor([True, True, False]))
     assert loss.item() == pytest.approx((0.6 - 0.3) ** 2)
     assert balance_loss(probs, torch.tensor([True, True, False]), torch.tensor([True, True, True])).item() == 0.0
+    # The signed gap m_S - m_U: positive when the seen domain is answered more confidently.
+    assert balance_gap(probs, torch.tensor([True, True, False]), torch.tensor([True, True, False])).item() == \
+        pytest.approx(0.6 - 0.3)
+    assert balance_gap(probs, torch.tensor([False, False, True]), torch.tensor([False, False, True])).item() == \
+        pytest.approx(0.3 - 0.6)  # seen class {2}: row 2 gives 0.3; rows 0, 1 over {0, 1}: 0.7, 0.5
 
 
 def test_cycle_loss_hand_computed():

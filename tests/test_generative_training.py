@@ -114,6 +114,44 @@ def test_switches_really_remove_their_terms(switch):
     assert all(p.grad is not None for p in ablated.prepared["generator"].parameters())
 
 
+def test_s2f_weight_and_balance_variants():
+    data = gaussian_benchmark()
+    base = BSeGNConfig(epochs=1, iterations_per_epoch=1, **TINY)
+    draws = make_trainer(data, base).draw(torch.Generator().manual_seed(3))
+    trainer = make_trainer(data, base)
+    real, labels = trainer.features[draws["batches"][-1]], trainer.labels[draws["batches"][-1]]
+    loss_one, parts_one = trainer.fem_loss(draws, real, labels)
+    weighted = make_trainer(data, base.replace(lambda_s2f=0.25))
+    loss_quarter, parts_quarter = weighted.fem_loss(draws, real, labels)
+    assert parts_quarter["s2f"] == parts_one["s2f"] > 0  # same modules (same seed), same batch
+    assert torch.isclose(loss_quarter, parts_quarter["f2s"] + 0.25 * parts_quarter["s2f"] +
+                         base.lambda_bal * parts_quarter["balance"])
+    assert torch.isclose(loss_one - loss_quarter, 0.75 * parts_one["s2f"])
+
+    # balance_reference "fake": m_S over G's fake features of the batch's seen classes, not the real batch.
+    fake_ref = make_trainer(data, base.replace(balance_reference="fake"))
+    _, parts_fake = fake_ref.fem_loss(draws, real, labels)
+    with torch.no_grad():
+        fake_seen = fake_ref._generate(draws["noise_fem_seen"], fake_ref.semantics[labels], grad=False)
+        unseen_labels = fake_ref.unseen_classes[draws["unseen_pick"]]
+        fake_unseen = fake_ref._generate(draws["noise_unseen"], fake_ref.semantics[unseen_labels], grad=False)
+        probs = torch.softmax(fake_ref.prepared["embedder"](torch.cat([fake_seen, fake_unseen]),
+                                                            fake_ref.semantics), dim=1)
+    seen_cols = fake_ref.seen_class_mask
+    m_s = probs[:len(fake_seen)][:, seen_cols].amax(1).mean()
+    m_u = probs[len(fake_seen):][:, ~seen_cols].amax(1).mean()
+    assert parts_fake["balance_gap"] == pytest.approx(float(m_s - m_u), abs=1e-6)
+    assert parts_fake["balance"] == pytest.approx(float(m_s - m_u) ** 2, abs=1e-6)
+    assert parts_fake["balance_gap"] != pytest.approx(float(parts_one["balance_gap"]), abs=1e-6)
+    # balance_one_sided: only a seen domain answered MORE confidently than the unseen one is penalised.
+    _, parts_hinge = make_trainer(data, base.replace(balance_one_sided=True)).fem_loss(draws, real, labels)
+    gap = float(parts_hinge["balance_gap"])
+    assert gap == pytest.approx(float(parts_one["balance_gap"]), abs=1e-6) and gap != 0
+    assert parts_hinge["balance"] == pytest.approx(max(gap, 0.0) ** 2, abs=1e-7)
+    # The contrastive losses still see only the real seen + fake unseen rows (fem_fake_seen off).
+    assert torch.isclose(parts_fake["f2s"], parts_one["f2s"]) and torch.isclose(parts_fake["s2f"], parts_one["s2f"])
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     data = gaussian_benchmark()
     config = BSeGNConfig(epochs=2, iterations_per_epoch=3, **TINY)
