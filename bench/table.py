@@ -3,7 +3,8 @@
     python bench/table.py bench/results/awa1_lampert_lss_cpu_part1.json bench/results/awa1_lampert_lss_cpu_part2.json
 
 One row per method, in the order given: T1, U, S, H as mean ± std over seeds (percent), then what the
-validation protocol chose (generator epochs, calibration gamma).
+validation protocol chose (generator epochs, calibration gamma) and what it measured there (T1 / H on
+the validation classes: the numbers those choices were made on).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def bench_payloads(path: Path) -> list[dict]:
 
 
 def rows(payloads: list[dict]) -> list[str]:
-    out = ["| method | T1 | U | S | H | epochs | gamma |", "|---|---|---|---|---|---|---|"]
+    out = ["| method | T1 | U | S | H | epochs | gamma | validation T1 / H |", "|---|---|---|---|---|---|---|---|"]
     for payload in payloads:
         for name, row in payload["methods"].items():
             chosen = (payload.get("chosen_on_validation") or {}).get(name, {})
@@ -28,7 +29,9 @@ def rows(payloads: list[dict]) -> list[str]:
                      for k in ("T1", "U", "S", "H")]
             epochs = chosen.get("epochs", row.get("epochs", "")) if name != "eszsl" else ""
             gamma = chosen.get("calibration_gamma", "") if name != "eszsl" else ""
-            out.append(f"| {name} | " + " | ".join(cells) + f" | {epochs} | {gamma} |")
+            val = chosen.get("validation")
+            val = f"{val['T1']:.1f} / {val['H']:.1f}" if val else ""
+            out.append(f"| {name} | " + " | ".join(cells) + f" | {epochs} | {gamma} | {val} |")
     return out
 
 

@@ -24,12 +24,13 @@ def test_table_renders_a_bench_json_and_a_merged_gpu_session_file(tmp_path):
                                      "S_std": 2.0, "H_std": 1.1, "seeds": 3, "epochs": 6},
                            "eszsl": {"T1": 20.8, "U": 17.9, "S": 8.6, "H": 11.6, "T1_std": 0.0, "U_std": 0.0,
                                      "S_std": 0.0, "H_std": 0.0, "seeds": 1}},
-               "chosen_on_validation": {"bsegn": {"epochs": 6, "calibration_gamma": 12.0}}}
+               "chosen_on_validation": {"bsegn": {"epochs": 6, "calibration_gamma": 12.0,
+                                                "validation": {"T1": 20.44, "U": 13.7, "S": 19.8, "H": 16.19}}}}
     single = tmp_path / "one.json"
     single.write_text(json.dumps(payload))
     merged = tmp_path / "runs.json"
     merged.write_text(json.dumps({"awa1_main": payload}))
     for path in (single, merged):
         lines = table.rows(table.bench_payloads(path))
-        assert lines[2] == "| bsegn | 26.2 ± 1.4 | 19.1 ± 2.2 | 12.6 ± 2.0 | 15.0 ± 1.1 | 6 | 12.0 |"
-        assert lines[3] == "| eszsl | 20.8 | 17.9 | 8.6 | 11.6 |  |  |"
+        assert lines[2] == "| bsegn | 26.2 ± 1.4 | 19.1 ± 2.2 | 12.6 ± 2.0 | 15.0 ± 1.1 | 6 | 12.0 | 20.4 / 16.2 |"
+        assert lines[3] == "| eszsl | 20.8 | 17.9 | 8.6 | 11.6 |  |  |  |"
