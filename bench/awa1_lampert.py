@@ -2,7 +2,7 @@
 
     python bench/awa1_lampert.py [--seeds 3] [--json OUT] [--features-dir DIR] [--feature-type lss]
                                  [--config configs/awa1-lampert.yaml] [--methods eszsl,f-clswgan,bsegn,...]
-                                 [--epochs N] [--select-epochs 3,6,12]
+                                 [--epochs N] [--select-epochs 3,6,12 [--validation-seeds 2]]
 
 Methods: eszsl, f-clswgan (all switches off), bsegn, bsegn-no-<switch> for fem, fem_s2f, balance,
 fem_boosts_g, cycle, mfim_levels. Every choice is made on the VALIDATION protocol
@@ -10,7 +10,8 @@ fem_boosts_g, cycle, mfim_levels. Every choice is made on the VALIDATION protoco
 images removed): ESZSL's (gamma, lambda) and each generative method's calibration gamma. Then each method is
 retrained on trainval and evaluated once on test, for each seed. With `--select-epochs E1,E2,...` the
 validation run also picks each generative method's number of generator epochs among those (by validation
-T1 + H; otherwise the config's epochs are used). Prints one table (mean ± std over seeds, percent) and the
+T1 + H; otherwise the config's epochs are used); `--validation-seeds N` trains N validation models per method
+and chooses on their mean (gamma on the mean H curve). Prints one table (mean ± std over seeds, percent) and the
 seconds per generator epoch; `--json OUT` writes (after every method, so a stopped run keeps what it did)
 {"methods": {name: {"T1", "U", "S", "H", "T1_std", "H_std", ...}}, "seconds_per_epoch": ...}.
 """
@@ -72,6 +73,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the config's generator epochs")
     parser.add_argument("--select-epochs", default=None,
                         help="comma-separated generator epoch counts; the validation run picks one per method")
+    parser.add_argument("--validation-seeds", type=int, default=1,
+                        help="with --select-epochs: validation models per method (seeds 0..N-1); epochs and gamma "
+                             "are chosen on their mean")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--oracle", action="store_true",
                         help="also report each generative method's ORACLE numbers (best epoch picked on test, as "
@@ -104,6 +108,8 @@ def main(argv=None) -> int:
         candidate_epochs = sorted({int(e) for e in args.select_epochs.split(",")}) if args.select_epochs else None
     except ValueError:
         parser.error(f"--select-epochs {args.select_epochs!r}: expected comma-separated whole numbers, e.g. 3,6,12")
+    if args.validation_seeds < 1:
+        parser.error("--validation-seeds must be >= 1")
     if candidate_epochs and candidate_epochs[0] < 1:
         parser.error("--select-epochs: every epoch count must be >= 1")
     started = time.perf_counter()
@@ -124,7 +130,8 @@ def main(argv=None) -> int:
                    "seconds_per_epoch": float(sum(epoch_seconds) / len(epoch_seconds)) if epoch_seconds else None,
                    "feature_type": args.feature_type, "seeds": args.seeds, "config": base.to_dict(),
                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                   "select_epochs": candidate_epochs, "chosen_on_validation": chosen,
+                   "select_epochs": candidate_epochs, "validation_seeds": args.validation_seeds,
+                   "chosen_on_validation": chosen,
                    "oracle": {"label": ORACLE_LABEL, "methods": oracle_table} if oracle_table else None,
                    "wall_seconds": time.perf_counter() - started}
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +164,8 @@ def main(argv=None) -> int:
             import tempfile
 
             with tempfile.TemporaryDirectory() as folder:
-                picked = select_on_validation(features, validation, config, folder, candidate_epochs)
+                picked = select_on_validation(features, validation, config, folder, candidate_epochs,
+                                              seeds=range(args.validation_seeds))
             config = config.replace(epochs=picked["epochs"])
             gamma, val_result = picked["gamma"], picked["validation"]
             chosen[method] = {"epochs": picked["epochs"], "calibration_gamma": gamma,

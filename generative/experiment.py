@@ -2,7 +2,7 @@
 
     run_bsegn(feature_set, split, config, *, gamma=None, accelerator=None, run_dir=None) -> (result, trained, classifiers)
     run_eszsl(feature_set, split, gamma_reg, lam) -> result
-    select_on_validation(feature_set, validation_split, config, run_dir, epochs) -> {"epochs", "gamma", ...}
+    select_on_validation(feature_set, validation_split, config, run_dir, epochs, seeds=None) -> {"epochs", "gamma", ...}
     run_bsegn_oracle(feature_set, split, config, run_dir) -> result   # best epoch ON TEST, labelled; papers only
 
 `split` is a ZSLSplit with seen_classes / unseen_classes and locs trainval / test_seen / test_unseen
@@ -121,11 +121,38 @@ def score_epochs(feature_set, split, config: BSeGNConfig, run_dir, epochs, *, ch
     return rows
 
 
-def select_on_validation(feature_set, validation, config: BSeGNConfig, run_dir, epochs) -> dict:
+def _mean_over_seeds(rows: list[dict], calibrated: bool) -> dict:
+    """One validation row per seed for the same epoch -> their mean: T1 averaged, and with calibration the
+    gamma whose H AVERAGED over the seeds is best (so one seed's lucky peak does not set gamma)."""
+    out = {"epoch": rows[0]["epoch"], "T1": float(np.mean([r["T1"] for r in rows])), "seeds": len(rows)}
+    if not calibrated:
+        out.update({k: float(np.mean([r[k] for r in rows])) for k in ("U", "S", "H")}, gamma=0.0)
+        return out
+    curves = [r["calibration_curve"] for r in rows]
+    mean_curve = [{"gamma": points[0]["gamma"], **{k: float(np.mean([p[k] for p in points])) for k in ("U", "S", "H")}}
+                  for points in zip(*curves)]
+    best = max(mean_curve, key=lambda row: (row["H"], -abs(row["gamma"])))  # choose_calibration's rule
+    out.update(best, calibration_curve=mean_curve)
+    return out
+
+
+def select_on_validation(feature_set, validation, config: BSeGNConfig, run_dir, epochs, *, seeds=None) -> dict:
     """The number of generator epochs (among `epochs`) and, with calibration on, gamma: both chosen on the
-    VALIDATION split by T1 + H (gamma by H at each epoch). Returns {"epochs", "gamma", "validation": the
-    chosen row, "rows": every scored epoch}."""
-    rows = score_epochs(feature_set, validation, config, run_dir, epochs, choose_gamma=config.calibration)
+    VALIDATION split by T1 + H (gamma by H at each epoch). `seeds` (default: config.seed alone) trains one
+    validation model per seed and chooses on their mean (gamma on the mean H curve), which steadies the
+    choice where the H-against-gamma curve peaks sharply. Returns {"epochs", "gamma", "validation": the
+    chosen row, "rows": every scored epoch (averaged over seeds)}."""
+    from pathlib import Path
+
+    seeds = [config.seed] if seeds is None else [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds: at least one validation seed is needed")
+    per_seed = [score_epochs(feature_set, validation, config.replace(seed=seed), Path(run_dir) / f"seed-{seed}",
+                             epochs, choose_gamma=config.calibration) for seed in seeds]
+    if len(seeds) == 1:
+        rows = per_seed[0]
+    else:
+        rows = [_mean_over_seeds(list(same_epoch), config.calibration) for same_epoch in zip(*per_seed)]
     best = max(rows, key=lambda r: (r["T1"] + r["H"], -r["epoch"]))  # ties: the cheaper, earlier epoch
     return {"epochs": best["epoch"], "gamma": best["gamma"] if config.calibration else None,
             "validation": best, "rows": rows}

@@ -309,3 +309,26 @@ def test_validation_picks_epochs_and_gamma_from_rows_equal_to_separate_runs(tmp_
     assert picked["epochs"] == best["epoch"] and picked["gamma"] == best["gamma"]
     with pytest.raises(ValueError, match="epochs to score"):
         select_on_validation(features, split, config, tmp_path / "bad", [0, 2])
+
+
+def test_validation_over_several_seeds_chooses_on_their_mean(tmp_path):
+    """With seeds, each row is the mean of the per-seed rows of that epoch: T1 averaged, gamma the best of
+    the seed-averaged H curve (not any one seed's best), and the pick is the best mean T1 + H."""
+    from bsegn.generative.experiment import score_epochs, select_on_validation
+
+    features, split = feature_split(gaussian_benchmark(seed=3))
+    config = BSeGNConfig.from_dict({**TINY, "epochs": 9, "calibration": True})
+    picked = select_on_validation(features, split, config, tmp_path / "two", [1, 2], seeds=[0, 1])
+    alone = [score_epochs(features, split, config.replace(seed=s), tmp_path / f"alone-{s}", [1, 2],
+                          choose_gamma=True) for s in (0, 1)]
+    for j, row in enumerate(picked["rows"]):
+        assert row["epoch"] == j + 1 and row["seeds"] == 2
+        assert row["T1"] == pytest.approx((alone[0][j]["T1"] + alone[1][j]["T1"]) / 2)
+        mean_h = {p0["gamma"]: (p0["H"] + p1["H"]) / 2
+                  for p0, p1 in zip(alone[0][j]["calibration_curve"], alone[1][j]["calibration_curve"])}
+        assert row["H"] == pytest.approx(max(mean_h.values()))
+        assert mean_h[row["gamma"]] == pytest.approx(row["H"])
+    best = max(picked["rows"], key=lambda r: r["T1"] + r["H"])
+    assert picked["epochs"] == best["epoch"] and picked["gamma"] == best["gamma"]
+    with pytest.raises(ValueError, match="at least one"):
+        select_on_validation(features, split, config, tmp_path / "none", [1], seeds=[])
