@@ -15,6 +15,7 @@ returned as result["gamma"] with the curve in result["calibration_curve"].
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -142,8 +143,6 @@ def select_on_validation(feature_set, validation, config: BSeGNConfig, run_dir, 
     validation model per seed and chooses on their mean (gamma on the mean H curve), which steadies the
     choice where the H-against-gamma curve peaks sharply. Returns {"epochs", "gamma", "validation": the
     chosen row, "rows": every scored epoch (averaged over seeds)}."""
-    from pathlib import Path
-
     seeds = [config.seed] if seeds is None else [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds: at least one validation seed is needed")
