@@ -64,8 +64,13 @@ def choose_calibration(seen_scores, seen_labels, unseen_scores, unseen_labels, c
         r = evaluate_scores(seen_scores, seen_labels, unseen_scores, unseen_labels, class_ids, seen_classes,
                             gamma=float(gamma))
         curve.append({"gamma": float(gamma), "U": r["U"], "S": r["S"], "H": r["H"]})
-    best = max(curve, key=lambda row: (row["H"], -abs(row["gamma"])))
-    return best["gamma"], curve
+    return best_calibration_point(curve)["gamma"], curve
+
+
+def best_calibration_point(curve: list[dict]) -> dict:
+    """The point of a calibration curve ([{"gamma", "U", "S", "H"}, ...]) with the best H; ties go to the
+    smallest |gamma| (the least correction)."""
+    return max(curve, key=lambda row: (row["H"], -abs(row["gamma"])))
 
 
 def evaluate(trained, gzsl_classifier, seen_test, unseen_test, *, zsl_classifier=None, gamma: float = 0.0) -> dict:

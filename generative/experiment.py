@@ -23,7 +23,7 @@ import torch
 from bsegn.generative.classifier import class_log_probs, fit_final_classifier
 from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.eszsl import eszsl_scores, fit_eszsl
-from bsegn.generative.evaluation import choose_calibration, evaluate_scores
+from bsegn.generative.evaluation import best_calibration_point, choose_calibration, evaluate_scores
 from bsegn.generative.model import train_bsegn
 
 
@@ -132,8 +132,7 @@ def _mean_over_seeds(rows: list[dict], calibrated: bool) -> dict:
     curves = [r["calibration_curve"] for r in rows]
     mean_curve = [{"gamma": points[0]["gamma"], **{k: float(np.mean([p[k] for p in points])) for k in ("U", "S", "H")}}
                   for points in zip(*curves)]
-    best = max(mean_curve, key=lambda row: (row["H"], -abs(row["gamma"])))  # choose_calibration's rule
-    out.update(best, calibration_curve=mean_curve)
+    out.update(best_calibration_point(mean_curve), calibration_curve=mean_curve)
     return out
 
 

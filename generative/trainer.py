@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from bsegn.generative.config import BSeGNConfig
-from bsegn.generative.losses import balance_gap, contrastive_from_logits, critic_loss, cycle_loss
+from bsegn.generative.losses import (balance_gap, balance_penalty, contrastive_from_logits, critic_loss,
+                                     cycle_loss)
 from bsegn.generative.networks import (Critic, FeatureGenerator, FeedbackModule, SemanticDecoder,
                                        SemanticEmbedder)
 
@@ -210,7 +211,7 @@ class BSeGNTrainer:
         gap = balance_gap(torch.softmax(logits[in_balance], dim=1), self.seen_class_mask, domain[in_balance] == 1)
         bal = torch.zeros((), device=logits.device)
         if cfg.balance:
-            bal = (gap.clamp(min=0) if cfg.balance_one_sided else gap).pow(2)
+            bal = balance_penalty(gap, cfg.balance_one_sided)
             loss = loss + cfg.lambda_bal * bal
         return loss, {"f2s": f2s.detach(), "s2f": s2f.detach(), "balance": bal.detach(), "balance_gap": gap.detach()}
 

@@ -110,6 +110,11 @@ def test_balance_loss_hand_computed():
     loss = balance_loss(probs, torch.tensor([True, True, False]), torch.tensor([True, True, False]))
     assert loss.item() == pytest.approx((0.6 - 0.3) ** 2)
     assert balance_loss(probs, torch.tensor([True, True, False]), torch.tensor([True, True, True])).item() == 0.0
+    # One-sided: a seen domain answered more confidently (gap +0.3) is penalised, the reverse is not.
+    assert balance_loss(probs, torch.tensor([True, True, False]), torch.tensor([True, True, False]),
+                        one_sided=True).item() == pytest.approx((0.6 - 0.3) ** 2)
+    assert balance_loss(probs, torch.tensor([False, False, True]), torch.tensor([False, False, True]),
+                        one_sided=True).item() == 0.0
     # The signed gap m_S - m_U: positive when the seen domain is answered more confidently.
     assert balance_gap(probs, torch.tensor([True, True, False]), torch.tensor([True, True, False])).item() == \
         pytest.approx(0.6 - 0.3)
