@@ -67,7 +67,7 @@ class Predictor:
         """images (B, 3, H, W) normalised -> (features (B, d), scores (B, K), class_ids (K,))."""
         import torch
 
-        from bsegn.generative.classifier import class_log_probs
+        from bsegn.generative.classifier import class_log_probs, gzsl_scores
 
         with torch.no_grad():
             images = images.to(self.device)
@@ -77,7 +77,10 @@ class Predictor:
             if self.mode == "zsl" and self.bundle.zsl is not None:
                 return features, class_log_probs(self.bundle.trained, self.bundle.zsl, features).cpu(), \
                     self.bundle.zsl.class_ids.cpu()
-            scores = class_log_probs(self.bundle.trained, self.bundle.gzsl, features).cpu()
+            if self.mode == "gzsl":  # the scores calibration was chosen on (config.unseen_ranking applied)
+                scores = gzsl_scores(self.bundle.trained, self.bundle.gzsl, self.bundle.zsl, features).cpu()
+            else:
+                scores = class_log_probs(self.bundle.trained, self.bundle.gzsl, features).cpu()
             class_ids = self.bundle.gzsl.class_ids.cpu()
             seen = self.bundle.seen_mask[class_ids]
             if self.mode == "seen":

@@ -2,6 +2,7 @@
 
     classifier = fit_final_classifier(trained, real_features, real_labels, class_ids, semantics=None, config=None)
     log_probs = class_log_probs(trained, classifier, features)     # (N, K) over classifier.class_ids
+    scores = gzsl_scores(trained, gzsl, zsl, features)             # (N, C): config.unseen_ranking applied
 
 GZSL: class_ids = all classes, real seen trainval features + config.syn_num synthetic features per
 class that has no real feature. ZSL: class_ids = unseen classes, real_features None (synthetic only).
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from bsegn.generative.config import BSeGNConfig
+from bsegn.generative.metrics import rank_unseen_with
 from bsegn.generative.networks import FinalClassifier
 
 
@@ -83,3 +85,23 @@ def class_log_probs(trained, classifier: FinalClassifier, features, *, fusion: b
             scores = scores + trained.config.fusion_weight * trained.fem_log_probs(chunk, classifier.class_ids)
         out.append(scores)
     return torch.cat(out) if out else torch.zeros(0, len(classifier.class_ids), device=trained.device)
+
+
+@torch.no_grad()
+def gzsl_scores(trained, gzsl: FinalClassifier, zsl: FinalClassifier | None, features) -> torch.Tensor:
+    """The GZSL scores (N, C) over gzsl.class_ids that predictions and calibration use: class_log_probs of
+    the GZSL classifier, with the unseen columns re-ranked by the ZSL classifier when
+    config.unseen_ranking is "zsl" (which unseen class wins is then the ZSL classifier's choice)."""
+    scores = class_log_probs(trained, gzsl, features)
+    if trained.config.unseen_ranking != "zsl":
+        return scores
+    if zsl is None:
+        raise ValueError("unseen_ranking 'zsl' needs the ZSL (unseen-only) classifier; none was given")
+    unseen_columns = ~torch.isin(gzsl.class_ids.cpu(), trained.seen_classes)
+    unseen_ids = gzsl.class_ids.cpu()[unseen_columns]
+    position = {int(c): j for j, c in enumerate(zsl.class_ids.cpu().tolist())}
+    if sorted(position) != sorted(unseen_ids.tolist()):
+        raise ValueError(f"the ZSL classifier's classes {sorted(position)} differ from the GZSL classifier's "
+                         f"unseen classes {unseen_ids.tolist()}; refit both (they must cover the same classes)")
+    within = class_log_probs(trained, zsl, features)[:, [position[int(c)] for c in unseen_ids.tolist()]]
+    return rank_unseen_with(scores, unseen_columns.to(scores.device), within)

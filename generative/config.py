@@ -63,8 +63,16 @@ class BSeGNConfig:
     cls_loss: bool = False
     feedback: bool = False
     fem_fake_seen: bool = False
+    # fraction of each critic batch replaced by virtual classes (mixtures of two training images and of their
+    # semantics; BSeGNTrainer.critic_batch); 0 = bsegn.md
+    virtual_classes: float = 0.0
     fusion: bool = False
     calibration: bool = False
+    # Which classifier names the unseen class of an image the GZSL classifier calls unseen: "gzsl" (its own
+    # unseen columns; bsegn.md) or "zsl" (the unseen-only classifier trained on synthetic features alone,
+    # whose top-1 is T1). The seen-vs-unseen decision, and calibrated stacking's gamma, stay the GZSL
+    # classifier's (generative/metrics.py: rank_unseen_with).
+    unseen_ranking: str = "gzsl"
 
     # --- loss weights and temperatures
     tau: float = 0.1
@@ -134,6 +142,10 @@ class BSeGNConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.balance_reference not in ("real", "fake"):
             raise ConfigError(f"balance_reference {self.balance_reference!r}: expected 'real' or 'fake'")
+        if self.unseen_ranking not in ("gzsl", "zsl"):
+            raise ConfigError(f"unseen_ranking {self.unseen_ranking!r}: expected 'gzsl' or 'zsl'")
+        if not 0.0 <= self.virtual_classes <= 1.0:
+            raise ConfigError(f"virtual_classes is a fraction of the critic batch, in [0, 1]; got {self.virtual_classes}")
         if self.lambda_s2f < 0:
             raise ConfigError(f"lambda_s2f must be >= 0, got {self.lambda_s2f}")
         if self.tau <= 0:

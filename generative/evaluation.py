@@ -75,11 +75,12 @@ def best_calibration_point(curve: list[dict]) -> dict:
 
 def evaluate(trained, gzsl_classifier, seen_test, unseen_test, *, zsl_classifier=None, gamma: float = 0.0) -> dict:
     """seen_test / unseen_test: (features (N, d), labels (N,)) pairs of real test features.
-    gzsl_classifier over all classes; zsl_classifier (over unseen classes) gives T1 when passed."""
-    from bsegn.generative.classifier import class_log_probs
+    gzsl_classifier over all classes; zsl_classifier (over unseen classes) gives T1 when passed (and is
+    needed when the model's config.unseen_ranking is "zsl")."""
+    from bsegn.generative.classifier import class_log_probs, gzsl_scores
 
-    seen_scores = class_log_probs(trained, gzsl_classifier, seen_test[0])
-    unseen_scores = class_log_probs(trained, gzsl_classifier, unseen_test[0])
+    seen_scores = gzsl_scores(trained, gzsl_classifier, zsl_classifier, seen_test[0])
+    unseen_scores = gzsl_scores(trained, gzsl_classifier, zsl_classifier, unseen_test[0])
     zsl_scores = zsl_ids = None
     if zsl_classifier is not None:
         zsl_scores = class_log_probs(trained, zsl_classifier, unseen_test[0])

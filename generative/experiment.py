@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bsegn.generative.classifier import class_log_probs, fit_final_classifier
+from bsegn.generative.classifier import class_log_probs, fit_final_classifier, gzsl_scores
 from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.eszsl import eszsl_scores, fit_eszsl
 from bsegn.generative.evaluation import best_calibration_point, choose_calibration, evaluate_scores
@@ -54,8 +54,8 @@ def _fit_and_score(trained, data: dict):
     classifiers; score the test images. Returns (gzsl, zsl, seen_scores, unseen_scores, zsl_scores)."""
     gzsl = fit_final_classifier(trained, *data["trainval"], data["all_classes"])
     zsl = fit_final_classifier(trained, None, None, data["unseen"])
-    return (gzsl, zsl, class_log_probs(trained, gzsl, data["test_seen"][0]).cpu(),
-            class_log_probs(trained, gzsl, data["test_unseen"][0]).cpu(),
+    return (gzsl, zsl, gzsl_scores(trained, gzsl, zsl, data["test_seen"][0]).cpu(),
+            gzsl_scores(trained, gzsl, zsl, data["test_unseen"][0]).cpu(),
             class_log_probs(trained, zsl, data["test_unseen"][0]).cpu())
 
 

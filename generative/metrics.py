@@ -34,3 +34,19 @@ def calibrated_predictions(scores: torch.Tensor, seen_columns: torch.Tensor, gam
     """scores (N, C) over classes in column order; seen_columns (C,) bool. Calibrated stacking
     (Chao et al. 2016): subtract gamma from seen-class scores, then argmax -> (N,) column indices."""
     return (scores - gamma * seen_columns.to(scores.dtype)).argmax(1)
+
+
+def rank_unseen_with(scores: torch.Tensor, unseen_columns: torch.Tensor, unseen_scores: torch.Tensor) -> torch.Tensor:
+    """GZSL scores (N, C) whose unseen columns (C,) bool are re-ranked by `unseen_scores` (N, U), the
+    scores of a classifier over those U unseen columns in the same order (the ZSL classifier).
+
+    Returns (N, C): seen columns unchanged; unseen column j becomes max_u scores[:, u] + (unseen_scores[:, j]
+    - max_j unseen_scores). So the seen-vs-unseen decision (and calibrated stacking's gamma, which only
+    moves seen columns) is that of `scores`, and which unseen class wins is that of `unseen_scores`."""
+    if unseen_scores.shape != (scores.shape[0], int(unseen_columns.sum())):
+        raise ValueError(f"unseen_scores {tuple(unseen_scores.shape)} must be (N, number of unseen columns) = "
+                         f"({scores.shape[0]}, {int(unseen_columns.sum())})")
+    out = scores.clone()
+    best_unseen = scores[:, unseen_columns].max(1, keepdim=True).values
+    out[:, unseen_columns] = best_unseen + unseen_scores - unseen_scores.max(1, keepdim=True).values
+    return out

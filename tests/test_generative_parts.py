@@ -7,7 +7,8 @@ import torch
 from bsegn.generative.config import BSeGNConfig, ConfigError
 from bsegn.generative.losses import (balance_gap, balance_loss, bidirectional_contrastive, critic_loss, cycle_loss,
                                      gradient_penalty)
-from bsegn.generative.metrics import calibrated_predictions, harmonic_mean, mean_per_class_accuracy, per_class_accuracy
+from bsegn.generative.metrics import (calibrated_predictions, harmonic_mean, mean_per_class_accuracy, per_class_accuracy,
+                                     rank_unseen_with)
 from bsegn.generative.networks import (Critic, FeatureGenerator, FeedbackModule, FinalClassifier,
                                        MultilevelIntegration, SemanticDecoder, SemanticEmbedder)
 
@@ -158,6 +159,29 @@ def test_choose_calibration_picks_best_h_gamma():
     result = evaluate_scores(seen_scores, torch.tensor([0, 1]), unseen_scores, torch.tensor([2, 2]), class_ids,
                              seen, gamma=0.0)
     assert result["S"] == 100.0 and result["U"] == 0.0 and result["T1"] == 100.0  # T1: among unseen only
+
+
+def test_rank_unseen_with_keeps_the_domain_decision_and_takes_the_unseen_class_from_the_zsl_scores():
+    # columns: seen 0, unseen 1, seen 2, unseen 3
+    unseen = torch.tensor([False, True, False, True])
+    scores = torch.tensor([[-1.0, -2.0, -3.0, -0.5],    # unseen wins (column 3) before and after
+                           [-0.2, -2.5, -3.0, -1.0]])   # seen 0 wins by 0.8 over the best unseen
+    zsl = torch.tensor([[-0.1, -2.0],                   # the ZSL classifier prefers unseen column 1
+                        [-3.0, -0.3]])
+    merged = rank_unseen_with(scores, unseen, zsl)
+    assert torch.equal(merged[:, ~unseen], scores[:, ~unseen])
+    # unseen column j = best unseen GZSL score + zsl_j - max zsl
+    assert merged[0, [1, 3]].tolist() == pytest.approx([-0.5, -0.5 - 1.9])
+    assert merged[1, [1, 3]].tolist() == pytest.approx([-1.0 - 2.7, -1.0])
+    assert merged.argmax(1).tolist() == [1, 0]
+    # calibrated stacking moves the same images to the unseen side as without re-ranking
+    for gamma in (0.0, 0.7, 0.9, 5.0):
+        before = unseen[calibrated_predictions(scores, ~unseen, gamma)]
+        after = calibrated_predictions(merged, ~unseen, gamma)
+        assert torch.equal(before, unseen[after])
+    assert calibrated_predictions(merged, ~unseen, 0.9).tolist() == [1, 3]
+    with pytest.raises(ValueError, match="unseen columns"):
+        rank_unseen_with(scores, unseen, zsl[:, :1])
 
 
 def test_eszsl_closed_form_solves_a_linear_problem():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bsegn.generative.classifier import fit_final_classifier
+from bsegn.generative.classifier import class_log_probs, fit_final_classifier, gzsl_scores
 from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.evaluation import evaluate
 from bsegn.generative.model import TrainedBSeGN, train_bsegn
@@ -68,6 +68,18 @@ def test_short_training_recognises_unseen_classes_far_above_chance():
     a, la = rebuilt.synthesize([21, 22], 3, seed=5)
     b, lb = trained.synthesize([21, 22], 3, seed=5)
     assert torch.equal(a, b) and la.tolist() == [21] * 3 + [22] * 3
+    # unseen_ranking "zsl": the GZSL classifier still decides seen against unseen, the ZSL one which unseen.
+    x = data["test_unseen"][0]
+    plain = class_log_probs(trained, gzsl, x)
+    trained.config = config.replace(unseen_ranking="zsl")
+    ranked = gzsl_scores(trained, gzsl, zsl, x)
+    unseen_columns = ~torch.isin(gzsl.class_ids, data["seen"])
+    assert torch.equal(unseen_columns[plain.argmax(1)], unseen_columns[ranked.argmax(1)])
+    zsl_choice = zsl.class_ids[class_log_probs(trained, zsl, x).argmax(1)]
+    assert torch.equal(gzsl.class_ids[unseen_columns][ranked[:, unseen_columns].argmax(1)], zsl_choice)
+    assert not torch.equal(ranked, plain)
+    with pytest.raises(ValueError, match="ZSL"):
+        gzsl_scores(trained, gzsl, None, x)
 
 
 SWITCH_CASES = {
@@ -150,6 +162,46 @@ def test_s2f_weight_and_balance_variants():
     assert parts_hinge["balance"] == pytest.approx(max(gap, 0.0) ** 2, abs=1e-7)
     # The contrastive losses still see only the real seen + fake unseen rows (fem_fake_seen off).
     assert torch.isclose(parts_fake["f2s"], parts_one["f2s"]) and torch.isclose(parts_fake["s2f"], parts_one["s2f"])
+
+
+def test_virtual_classes_mix_critic_rows_and_keep_them_out_of_single_label_losses():
+    data = gaussian_benchmark()
+    base = BSeGNConfig(epochs=1, iterations_per_epoch=1, **TINY)
+    plain = make_trainer(data, base)
+    plain_draws = plain.draw(torch.Generator().manual_seed(3))
+    assert "mix_mask" not in plain_draws
+    x, a, mixed = plain.critic_batch(plain_draws, 2)
+    index = plain_draws["batches"][2]
+    assert mixed is None and torch.equal(x, plain.features[index])
+
+    virtual = make_trainer(data, base.replace(virtual_classes=0.5))
+    draws = virtual.draw(torch.Generator().manual_seed(3))
+    for key in plain_draws:  # the mixing draws come last: every other draw is unchanged
+        assert torch.equal(draws[key], plain_draws[key]), key
+    x, a, mixed = virtual.critic_batch(draws, -1)
+    assert 0 < int(mixed.sum()) < len(mixed)
+    i = int(torch.nonzero(mixed)[0])
+    j, w = int(draws["mix_partner"][-1][i]), float(draws["mix_weight"][-1][i])
+    first = int(draws["batches"][-1][i])
+    assert torch.allclose(x[i], w * virtual.features[first] + (1 - w) * virtual.features[j])
+    assert torch.allclose(a[i], w * virtual.semantics[virtual.labels[first]] +
+                          (1 - w) * virtual.semantics[virtual.labels[j]])
+    assert torch.equal(x[~mixed], virtual.features[draws["batches"][-1][~mixed]])
+
+    # Every seen row virtual: the generator's FEM term sees only the fake unseen rows, so it equals the
+    # FEM's losses on those rows alone (no balance term: no seen row is left in it).
+    every = make_trainer(data, base.replace(virtual_classes=1.0, balance=False))
+    draws = every.draw(torch.Generator().manual_seed(3))
+    labels = every.labels[draws["batches"][-1]]
+    _, logs = every.generator_loss(draws, labels)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        unseen_labels = every.unseen_classes[draws["unseen_pick"]]
+        fake_unseen = every._generate(draws["noise_unseen"], every.semantics[unseen_labels], grad=False)
+        alone, _ = every._fem_losses(fake_unseen, unseen_labels, torch.zeros(len(unseen_labels), dtype=torch.int8))
+    assert logs["generator_fem"] == pytest.approx(float(alone), rel=1e-5)
+    with pytest.raises(ValueError, match="virtual_classes"):
+        base.replace(virtual_classes=1.5)
 
 
 def test_resume_equals_uninterrupted(tmp_path):
