@@ -17,7 +17,8 @@ Switches (each removes its part; see bsegn.md "Switches"):
 Options beyond bsegn.md: generator_unit_norm (L2-normalise G's output, for unit-norm features such as
 Hellinger-mapped histograms), feedback (TF-VAEGAN's decoder feedback), fem_fake_seen; and variants of the
 FEM's losses, measured on AwA1-Lampert validation (configs/awa1-lampert.yaml) and off by default:
-lambda_s2f (weight of L_s2f), balance_reference "fake" (m_S over fake seen features), balance_one_sided.
+lambda_s2f (weight of L_s2f), balance_reference "fake" (m_S over fake seen features), balance_one_sided;
+and unseen_ranking (which classifier names the unseen class in GZSL predictions).
 All of fem, cycle, cls_loss off and mfim_levels = ("x",) is f-CLSWGAN (`BSeGNConfig.f_clswgan()`).
 """
 from __future__ import annotations
@@ -63,9 +64,6 @@ class BSeGNConfig:
     cls_loss: bool = False
     feedback: bool = False
     fem_fake_seen: bool = False
-    # fraction of each critic batch replaced by virtual classes (mixtures of two training images and of their
-    # semantics; BSeGNTrainer.critic_batch); 0 = bsegn.md
-    virtual_classes: float = 0.0
     fusion: bool = False
     calibration: bool = False
     # Which classifier names the unseen class of an image the GZSL classifier calls unseen: "gzsl" (its own
@@ -144,8 +142,6 @@ class BSeGNConfig:
             raise ConfigError(f"balance_reference {self.balance_reference!r}: expected 'real' or 'fake'")
         if self.unseen_ranking not in ("gzsl", "zsl"):
             raise ConfigError(f"unseen_ranking {self.unseen_ranking!r}: expected 'gzsl' or 'zsl'")
-        if not 0.0 <= self.virtual_classes <= 1.0:
-            raise ConfigError(f"virtual_classes is a fraction of the critic batch, in [0, 1]; got {self.virtual_classes}")
         if self.lambda_s2f < 0:
             raise ConfigError(f"lambda_s2f must be >= 0, got {self.lambda_s2f}")
         if self.tau <= 0:

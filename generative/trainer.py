@@ -230,12 +230,8 @@ class BSeGNTrainer:
             "noise_unseen": torch.randn(bu, self.noise_dim, generator=rng),
             "noise_fem_seen": torch.randn(b, self.noise_dim, generator=rng),
         }
-        if cfg.virtual_classes > 0:  # drawn last, so the other draws stay those of a run without them
-            draws["mix_mask"] = torch.rand(cfg.n_critic, b, generator=rng) < cfg.virtual_classes
-            draws["mix_partner"] = torch.randint(n, (cfg.n_critic, b), generator=rng)
-            draws["mix_weight"] = torch.rand(cfg.n_critic, b, 1, generator=rng)
         device = self.accelerator.device
-        dims = {"batches": 1, "noise": 1, "alphas": 1, "mix_mask": 1, "mix_partner": 1, "mix_weight": 1}
+        dims = {"batches": 1, "noise": 1, "alphas": 1}
         return {k: self._rank_slice(v, dims.get(k, 0)).to(device) for k, v in draws.items()}
 
     def _critic_steps(self, draws: dict[str, torch.Tensor], logs: dict[str, torch.Tensor]):
@@ -247,11 +243,9 @@ class BSeGNTrainer:
             index = draws["batches"][step]
             real, labels = self.features[index], self.labels[index]
             semantics = self.semantics[labels]
-            critic_real, condition, _ = self.critic_batch(draws, step)
-            fake = self._generate(draws["noise"][step], condition, grad=False)
+            fake = self._generate(draws["noise"][step], semantics, grad=False)
             with self.accelerator.autocast():
-                loss_d, parts = critic_loss(critic, critic_real, fake, condition, cfg.lambda_gp,
-                                            alpha=draws["alphas"][step])
+                loss_d, parts = critic_loss(critic, real, fake, semantics, cfg.lambda_gp, alpha=draws["alphas"][step])
             opt_critic.zero_grad(set_to_none=True)
             self.accelerator.backward(loss_d)
             opt_critic.step()
@@ -265,24 +259,6 @@ class BSeGNTrainer:
                 logs["decoder"] = loss_r.detach()
         logs.update(parts)
         return real, labels, semantics
-
-    def critic_batch(self, draws, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The real features and conditions the critic sees in critic step `step` (-1: the last, whose
-        conditions the generator step reuses): (features (B, d), semantics (B, k), mixed (B,) bool or None).
-
-        With config.virtual_classes > 0, the drawn rows are VIRTUAL classes: w x_i + (1 - w) x_j with
-        semantics w a_i + (1 - w) a_j, j a random training image and w ~ U(0, 1). The adversarial game then
-        covers attribute vectors between the seen classes, not only the 27-40 seen points themselves,
-        which is where the unseen classes' vectors lie. Only the adversarial and cycle terms use them; the
-        decoder, the FEM and L_cls keep real, single-class rows (their losses need one label per row)."""
-        index = draws["batches"][step]
-        real, semantics = self.features[index], self.semantics[self.labels[index]]
-        if "mix_mask" not in draws:
-            return real, semantics, None
-        mixed, partner = draws["mix_mask"][step], draws["mix_partner"][step]
-        weight = torch.where(mixed[:, None], draws["mix_weight"][step], torch.ones_like(draws["mix_weight"][step]))
-        return (weight * real + (1 - weight) * self.features[partner],
-                weight * semantics + (1 - weight) * self.semantics[self.labels[partner]], mixed)
 
     def fem_loss(self, draws, real, labels) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The FEM step's loss on B real seen + B_u fake unseen (+ fake seen) features, G detached.
@@ -317,8 +293,7 @@ class BSeGNTrainer:
         cfg = self.config
         device = self.accelerator.device
         logs: dict[str, torch.Tensor] = {}
-        _, semantics, mixed = self.critic_batch(draws, -1)  # the last critic step's conditions
-        single = torch.ones(len(labels), dtype=torch.bool, device=device) if mixed is None else ~mixed
+        semantics = self.semantics[labels]
         z_seen = draws["noise"][-1]
         unseen_labels = self.unseen_classes[draws["unseen_pick"]]
         z_unseen = draws["noise_unseen"]
@@ -332,7 +307,7 @@ class BSeGNTrainer:
         loss = adversarial
         logs["adversarial"] = adversarial.detach()
         if self.seen_classifier is not None:
-            cls = nn.functional.cross_entropy(self.seen_classifier(fake_seen[single]), self.seen_index[labels[single]])
+            cls = nn.functional.cross_entropy(self.seen_classifier(fake_seen), self.seen_index[labels])
             loss = loss + cfg.lambda_cls * cls
             logs["cls"] = cls.detach()
         if "decoder" in self.prepared:
@@ -342,11 +317,9 @@ class BSeGNTrainer:
             loss = loss + cfg.lambda_cyc * cyc
             logs["cycle"] = cyc.detach()
         if "embedder" in self.prepared and cfg.fem_boosts_g:
-            # virtual-class rows (no single label) stay out of the contrastive and balance terms
-            domain = torch.cat([single.to(torch.int8) * 2 - 1, torch.zeros(len(z_unseen), dtype=torch.int8, device=device)])
-            contrastive = torch.cat([single, torch.ones(len(z_unseen), dtype=torch.bool, device=device)])
-            emb, parts = self._fem_losses(fake_all, torch.cat([labels, unseen_labels]), domain,
-                                          None if mixed is None else contrastive)
+            domain = torch.cat([torch.ones(len(z_seen), dtype=torch.int8, device=device),
+                                torch.zeros(len(z_unseen), dtype=torch.int8, device=device)])
+            emb, parts = self._fem_losses(fake_all, torch.cat([labels, unseen_labels]), domain)
             loss = loss + cfg.lambda_emb * emb
             logs["generator_fem"] = emb.detach()
             logs["generator_balance_gap"] = parts["balance_gap"]

@@ -164,46 +164,6 @@ def test_s2f_weight_and_balance_variants():
     assert torch.isclose(parts_fake["f2s"], parts_one["f2s"]) and torch.isclose(parts_fake["s2f"], parts_one["s2f"])
 
 
-def test_virtual_classes_mix_critic_rows_and_keep_them_out_of_single_label_losses():
-    data = gaussian_benchmark()
-    base = BSeGNConfig(epochs=1, iterations_per_epoch=1, **TINY)
-    plain = make_trainer(data, base)
-    plain_draws = plain.draw(torch.Generator().manual_seed(3))
-    assert "mix_mask" not in plain_draws
-    x, a, mixed = plain.critic_batch(plain_draws, 2)
-    index = plain_draws["batches"][2]
-    assert mixed is None and torch.equal(x, plain.features[index])
-
-    virtual = make_trainer(data, base.replace(virtual_classes=0.5))
-    draws = virtual.draw(torch.Generator().manual_seed(3))
-    for key in plain_draws:  # the mixing draws come last: every other draw is unchanged
-        assert torch.equal(draws[key], plain_draws[key]), key
-    x, a, mixed = virtual.critic_batch(draws, -1)
-    assert 0 < int(mixed.sum()) < len(mixed)
-    i = int(torch.nonzero(mixed)[0])
-    j, w = int(draws["mix_partner"][-1][i]), float(draws["mix_weight"][-1][i])
-    first = int(draws["batches"][-1][i])
-    assert torch.allclose(x[i], w * virtual.features[first] + (1 - w) * virtual.features[j])
-    assert torch.allclose(a[i], w * virtual.semantics[virtual.labels[first]] +
-                          (1 - w) * virtual.semantics[virtual.labels[j]])
-    assert torch.equal(x[~mixed], virtual.features[draws["batches"][-1][~mixed]])
-
-    # Every seen row virtual: the generator's FEM term sees only the fake unseen rows, so it equals the
-    # FEM's losses on those rows alone (no balance term: no seen row is left in it).
-    every = make_trainer(data, base.replace(virtual_classes=1.0, balance=False))
-    draws = every.draw(torch.Generator().manual_seed(3))
-    labels = every.labels[draws["batches"][-1]]
-    _, logs = every.generator_loss(draws, labels)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        unseen_labels = every.unseen_classes[draws["unseen_pick"]]
-        fake_unseen = every._generate(draws["noise_unseen"], every.semantics[unseen_labels], grad=False)
-        alone, _ = every._fem_losses(fake_unseen, unseen_labels, torch.zeros(len(unseen_labels), dtype=torch.int8))
-    assert logs["generator_fem"] == pytest.approx(float(alone), rel=1e-5)
-    with pytest.raises(ValueError, match="virtual_classes"):
-        base.replace(virtual_classes=1.5)
-
-
 def test_resume_equals_uninterrupted(tmp_path):
     data = gaussian_benchmark()
     config = BSeGNConfig(epochs=2, iterations_per_epoch=3, **TINY)
