@@ -256,3 +256,22 @@ def test_predict_cold_path_imports_no_heavy_training_libraries(run):
     done = subprocess.run([sys.executable, "-c", code, str(image), "--model", str(run[0])], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr[-2000:]
+
+
+def test_predict_gzsl_uses_the_models_unseen_ranking(run):
+    import torch
+
+    from bsegn.app.predict import Predictor
+
+    bundle = load_bundle(run[0])
+    size = bundle.data_config["input_size"][-1]
+    images = torch.randn(6, 3, size, size, generator=torch.Generator().manual_seed(0))
+    _, plain, class_ids = Predictor(bundle, gamma=0.0).scores(images)
+    bundle.trained.config = bundle.trained.config.replace(unseen_ranking="zsl")
+    _, ranked, same_ids = Predictor(bundle, gamma=0.0).scores(images)
+    _, zsl, zsl_ids = Predictor(bundle, mode="zsl").scores(images)
+    assert torch.equal(class_ids, same_ids)
+    unseen = ~bundle.seen_mask[class_ids]
+    # seen against unseen as before; among the unseen classes, the ZSL classifier's choice
+    assert torch.equal(unseen[plain.argmax(1)], unseen[ranked.argmax(1)])
+    assert torch.equal(class_ids[unseen][ranked[:, unseen].argmax(1)], zsl_ids[zsl.argmax(1)])
