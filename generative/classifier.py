@@ -88,10 +88,12 @@ def class_log_probs(trained, classifier: FinalClassifier, features, *, fusion: b
 
 
 @torch.no_grad()
-def gzsl_scores(trained, gzsl: FinalClassifier, zsl: FinalClassifier | None, features) -> torch.Tensor:
+def gzsl_scores(trained, gzsl: FinalClassifier, zsl: FinalClassifier | None, features, *,
+                zsl_scores: torch.Tensor | None = None) -> torch.Tensor:
     """The GZSL scores (N, C) over gzsl.class_ids that predictions and calibration use: class_log_probs of
     the GZSL classifier, with the unseen columns re-ranked by the ZSL classifier when
-    config.unseen_ranking is "zsl" (which unseen class wins is then the ZSL classifier's choice)."""
+    config.unseen_ranking is "zsl" (which unseen class wins is then the ZSL classifier's choice).
+    zsl_scores: class_log_probs(trained, zsl, features) when the caller has them already (saves a pass)."""
     scores = class_log_probs(trained, gzsl, features)
     if trained.config.unseen_ranking != "zsl":
         return scores
@@ -103,5 +105,7 @@ def gzsl_scores(trained, gzsl: FinalClassifier, zsl: FinalClassifier | None, fea
     if sorted(position) != sorted(unseen_ids.tolist()):
         raise ValueError(f"the ZSL classifier's classes {sorted(position)} differ from the GZSL classifier's "
                          f"unseen classes {unseen_ids.tolist()}; refit both (they must cover the same classes)")
-    within = class_log_probs(trained, zsl, features)[:, [position[int(c)] for c in unseen_ids.tolist()]]
+    if zsl_scores is None:
+        zsl_scores = class_log_probs(trained, zsl, features)
+    within = zsl_scores.to(scores.device)[:, [position[int(c)] for c in unseen_ids.tolist()]]
     return rank_unseen_with(scores, unseen_columns.to(scores.device), within)

@@ -79,12 +79,12 @@ def evaluate(trained, gzsl_classifier, seen_test, unseen_test, *, zsl_classifier
     needed when the model's config.unseen_ranking is "zsl")."""
     from bsegn.generative.classifier import class_log_probs, gzsl_scores
 
-    seen_scores = gzsl_scores(trained, gzsl_classifier, zsl_classifier, seen_test[0])
-    unseen_scores = gzsl_scores(trained, gzsl_classifier, zsl_classifier, unseen_test[0])
     zsl_scores = zsl_ids = None
     if zsl_classifier is not None:
         zsl_scores = class_log_probs(trained, zsl_classifier, unseen_test[0])
         zsl_ids = zsl_classifier.class_ids
+    seen_scores = gzsl_scores(trained, gzsl_classifier, zsl_classifier, seen_test[0])
+    unseen_scores = gzsl_scores(trained, gzsl_classifier, zsl_classifier, unseen_test[0], zsl_scores=zsl_scores)
     return evaluate_scores(seen_scores, seen_test[1], unseen_scores, unseen_test[1],
                            gzsl_classifier.class_ids, trained.seen_classes,
                            zsl_unseen_scores=zsl_scores, zsl_class_ids=zsl_ids, gamma=gamma)

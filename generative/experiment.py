@@ -54,9 +54,9 @@ def _fit_and_score(trained, data: dict):
     classifiers; score the test images. Returns (gzsl, zsl, seen_scores, unseen_scores, zsl_scores)."""
     gzsl = fit_final_classifier(trained, *data["trainval"], data["all_classes"])
     zsl = fit_final_classifier(trained, None, None, data["unseen"])
+    zsl_unseen = class_log_probs(trained, zsl, data["test_unseen"][0])
     return (gzsl, zsl, gzsl_scores(trained, gzsl, zsl, data["test_seen"][0]).cpu(),
-            gzsl_scores(trained, gzsl, zsl, data["test_unseen"][0]).cpu(),
-            class_log_probs(trained, zsl, data["test_unseen"][0]).cpu())
+            gzsl_scores(trained, gzsl, zsl, data["test_unseen"][0], zsl_scores=zsl_unseen).cpu(), zsl_unseen.cpu())
 
 
 def run_bsegn(feature_set, split, config: BSeGNConfig, *, gamma: float | None = None, accelerator=None,
