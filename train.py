@@ -28,6 +28,7 @@ def main(argv=None) -> int:
 
     from bsegn.app.config import load_run_config
     from bsegn.app.pipeline import run_pipeline
+    from bsegn.app.processes import end_process_group
     from bsegn.datasets.splits import DataError
 
     try:
@@ -36,6 +37,7 @@ def main(argv=None) -> int:
     except DataError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
+    end_process_group()  # under `accelerate launch`: a clean exit for every rank (see bsegn.app.processes)
     return 0
 
 

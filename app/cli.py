@@ -40,16 +40,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(func, args) -> int:
     """Run a handler; a user-data error is one clear line and exit status 2, not a traceback."""
+    from bsegn.app.processes import end_process_group
     from bsegn.datasets.splits import DataError
 
     try:
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
     except DataError as error:
         print(f"bsegn: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bsegn: interrupted", file=sys.stderr)
         return 130
+    end_process_group()  # extract/finetune run under `accelerate launch`: every rank exits cleanly
+    return code
 
 
 def predict_main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,10 @@
 trained and evaluated on the features, its bundle has no backbone and says so when asked to read an image,
 and a feature file that does not match the split is refused by name."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,11 +31,14 @@ def demo_features(tmp_path_factory):
     return path, root / "cache"
 
 
+def _overrides(path, tmp_path, *extra):
+    return ["--data.features_file", str(path), "--data.demo_images_per_class", "24", "--data.demo_image_size", "32",
+            "--run.output", str(tmp_path / "run"), "--run.plots", "false", "--generative.calibration", "false",
+            "--generative.epochs", "6", "--generative.syn_num", "50", *extra]
+
+
 def _config(path, cache, tmp_path, *extra):
-    return load_run_config(None, ["--data.features_file", str(path), "--data.demo_images_per_class", "24",
-                                  "--data.demo_image_size", "32", "--run.output", str(tmp_path / "run"),
-                                  "--run.plots", "false", "--generative.calibration", "false",
-                                  "--generative.epochs", "6", "--generative.syn_num", "50", *extra])
+    return load_run_config(None, _overrides(path, tmp_path, *extra))
 
 
 def test_training_on_a_feature_file_skips_the_backbone(demo_features, tmp_path, monkeypatch, capsys):
@@ -95,3 +102,28 @@ def read_split(cache):
     from bsegn.datasets.demo import ensure_demo_dataset
 
     return ensure_demo_dataset(cache, images_per_class=24, image_size=32, seed=0)[1]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_train_py_under_accelerate_launch_with_two_processes(demo_features, tmp_path):
+    """`accelerate launch --num_processes 2 train.py` (gloo on CPU): both ranks train and exit with status
+    0 (the process group is destroyed before exit; without that a rank could abort at interpreter
+    shutdown and the launcher fail the finished run), one report, one run folder written by rank 0."""
+    from bsegn.app.bundle import load_bundle
+
+    path, cache = demo_features
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "NO_ALBUMENTATIONS_UPDATE": "1", "BSEGN_CACHE": str(cache)}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", "29518", "train.py", *_overrides(path, tmp_path)]
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "terminate called" not in result.stderr
+    assert result.stdout.count("final protocol on demo: T1") == 1, result.stdout[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["processes"] == 2
+    assert metrics["T1"] > 3 * 100 / 10, metrics  # as one process: far above chance on features with signal
+    assert load_bundle(tmp_path / "run", with_backbone=False).gzsl.class_ids.numel() == 40

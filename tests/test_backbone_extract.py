@@ -140,6 +140,8 @@ def _worker(root, weights, out, files):
     if accelerator.is_main_process:
         np.save(out, features.features)
         print(f"processes={accelerator.num_processes}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroys the gloo group: without it a rank could abort at exit (SIGABRT)
 
 
 if __name__ == "__main__":

@@ -223,6 +223,8 @@ out["flat"] = flat.tolist()
 out["moved"] = (flat - initial).abs().max().item()
 with open(f"{sys.argv[1]}/rank{accelerator.process_index}-of{accelerator.num_processes}.json", "w") as f:
     json.dump(out, f)
+from bsegn.app.processes import end_process_group
+end_process_group()  # the gloo group is closed before exit, as train.py does
 '''
 
 

@@ -1,0 +1,25 @@
+"""The end of a (possibly multi-process) run: tear down torch.distributed before the interpreter does.
+
+`accelerate launch` starts one process per device and accelerate opens a process group in each
+(gloo on CPU, NCCL on GPU). If a process exits with that group still open, its backend's worker
+threads are destroyed during interpreter finalisation, and with gloo a rank can abort there
+(SIGABRT, "terminate called without an active exception") after all its work is done and written;
+the launcher then reports the whole run as failed. PyTorch's own guidance is to call
+`destroy_process_group()` once per process when communication is over.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def end_process_group() -> bool:
+    """Destroy the default process group if this process opened one; return whether it did.
+
+    Call it only after the run succeeded on this process: after an error another rank may still be
+    inside a collective, and destroying the group could then hang instead of letting the launcher stop
+    the job. Never imports torch itself (so `predict` and `bsegn --help` stay fast)."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        return False
+    distributed.destroy_process_group()
+    return True
