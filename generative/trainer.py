@@ -32,6 +32,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -247,7 +248,13 @@ class BSeGNTrainer:
             with self.accelerator.autocast():
                 loss_d, parts = critic_loss(critic, real, fake, semantics, cfg.lambda_gp, alpha=draws["alphas"][step])
             opt_critic.zero_grad(set_to_none=True)
-            self.accelerator.backward(loss_d)
+            with warnings.catch_warnings():
+                # The gradient penalty's double backward leaves the critic's output weight (1, hidden) a
+                # gradient with strides (1, 1) instead of (hidden, 1): the same memory order for a single
+                # row, but DDP compares strides and warns on every rank that it copies those `hidden`
+                # floats into its bucket. Harmless at this size; silenced here only.
+                warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+                self.accelerator.backward(loss_d)
             opt_critic.step()
             if "decoder" in self.prepared:
                 with self.accelerator.autocast():

@@ -122,6 +122,7 @@ def test_train_py_under_accelerate_launch_with_two_processes(demo_features, tmp_
     result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "terminate called" not in result.stderr
+    assert "Grad strides do not match" not in result.stderr  # the critic's known, harmless DDP warning is silenced
     assert result.stdout.count("final protocol on demo: T1") == 1, result.stdout[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["processes"] == 2
