@@ -12,14 +12,12 @@ from __future__ import annotations
 import sys
 
 
-def end_process_group() -> bool:
-    """Destroy the default process group if this process opened one; return whether it did.
+def end_process_group() -> None:
+    """Destroy the default process group if this process opened one.
 
     Call it only after the run succeeded on this process: after an error another rank may still be
     inside a collective, and destroying the group could then hang instead of letting the launcher stop
     the job. Never imports torch itself (so `predict` and `bsegn --help` stay fast)."""
     distributed = sys.modules.get("torch.distributed")
-    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
-        return False
-    distributed.destroy_process_group()
-    return True
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()

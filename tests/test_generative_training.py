@@ -223,8 +223,7 @@ out["flat"] = flat.tolist()
 out["moved"] = (flat - initial).abs().max().item()
 with open(f"{sys.argv[1]}/rank{accelerator.process_index}-of{accelerator.num_processes}.json", "w") as f:
     json.dump(out, f)
-from bsegn.app.processes import end_process_group
-end_process_group()  # the gloo group is closed before exit, as train.py does
+accelerator.end_training()  # destroys the gloo group: without it a rank could abort at exit (SIGABRT)
 '''
 
 
