@@ -248,13 +248,7 @@ class BSeGNTrainer:
             with self.accelerator.autocast():
                 loss_d, parts = critic_loss(critic, real, fake, semantics, cfg.lambda_gp, alpha=draws["alphas"][step])
             opt_critic.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():
-                # The gradient penalty's double backward leaves the critic's output weight (1, hidden) a
-                # gradient with strides (1, 1) instead of (hidden, 1): the same memory order for a single
-                # row, but DDP compares strides and warns on every rank that it copies those `hidden`
-                # floats into its bucket. Harmless at this size; silenced here only.
-                warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-                self.accelerator.backward(loss_d)
+            self.accelerator.backward(loss_d)
             opt_critic.step()
             if "decoder" in self.prepared:
                 with self.accelerator.autocast():
@@ -372,6 +366,19 @@ class BSeGNTrainer:
         main = self.accelerator.is_main_process
         bar = tqdm(total=last - self.epoch, desc="BSeGN epochs", disable=not (main and self.show_progress),
                    leave=False)
+        with warnings.catch_warnings():  # entered once per fit: it resets Python's shown-once warning records
+            # The gradient penalty's double backward leaves the critic's output weight (1, hidden) a gradient
+            # with strides (1, 1) instead of (hidden, 1): the same memory order for a single row, but DDP
+            # compares strides and warns on every rank that it copies those `hidden` floats into its bucket.
+            # Harmless at this size; silenced during training only.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            self._train_epochs(last, bar)
+        bar.close()
+        return self
+
+    def _train_epochs(self, last: int, bar) -> None:
+        """The epoch loop of `fit`: train up to epoch `last`, log each epoch, checkpoint."""
+        cfg = self.config
         while self.epoch < last:
             started = time.perf_counter()
             rng = self._epoch_generator(self.epoch)
@@ -400,8 +407,6 @@ class BSeGNTrainer:
                 self._append_csv(row)
                 if self.epoch % cfg.checkpoint_every == 0 or self.epoch == last:
                     self.save_checkpoint()
-        bar.close()
-        return self
 
     @property
     def checkpoint_dir(self) -> Path:
