@@ -1,15 +1,22 @@
 """One epoch checkpoint for every training loop (backbone fine-tuning and BSeGN).
 
     checkpoint = EpochCheckpoint(run_dir / "checkpoint", accelerator, kind="bsegn", key=digest_json(...))
-    state = checkpoint.resume()             # None, or the dict given to the last save (epoch included)
+    state = checkpoint.resume(modules, optimizers, extras)   # None, or the JSON state of the last save
     ...
-    checkpoint.save(epoch, history=history) # every rank calls it
+    checkpoint.save(epoch, modules, optimizers, extras, history=history)   # every rank calls it
 
-The folder holds accelerate's own state (`accelerator.save_state`: every prepared model as
-safetensors, every optimizer, every object registered with `register_for_checkpointing`, and the RNG
-states) plus `bsegn.json` (format, kind, key, epoch and the caller's small JSON state). It is written
-to `<folder>.tmp` by every rank and renamed into place by the main process, so a kill never leaves a
-half checkpoint (a kill between the two renames leaves `<folder>.old`, which `resume` reads).
+A checkpoint folder holds
+    modules.safetensors   every module's state_dict, keys prefixed "<name>."
+    optimizers.pt         optimizer / scheduler / grad-scaler state dicts (tensors and numbers only:
+                          read back with torch.load(weights_only=True), so loading never runs code)
+    bsegn.json            format, kind, key, epoch and the caller's small JSON state
+It is written to a temporary folder and renamed into place (core.files.atomic_folder) by the main
+process, so a kill never leaves half a checkpoint.
+
+Why not accelerate's save_state: one Accelerator serves every stage of a run (fine-tuning, then BSeGN,
+for the validation protocol and then the final one), and save_state saves everything ever prepared on
+it; and it reads RNG states back with pickle. The loops here reseed per epoch, so no RNG state is needed
+for a resumed run to repeat an uninterrupted one.
 
 `key` names what the checkpoint was made from (config + data digest): a checkpoint with another key is
 refused with a clear message instead of being resumed into a different run.
@@ -18,55 +25,60 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from bsegn.core.errors import DataError
-from bsegn.core.files import atomic_write_json, existing_folder
+from bsegn.core.files import atomic_folder, atomic_write_json, existing_folder
 
 FORMAT = "bsegn-checkpoint-v2"
 STATE_FILE = "bsegn.json"
+MODULES_FILE = "modules.safetensors"
+OPTIMIZERS_FILE = "optimizers.pt"
 
 
 class EpochCheckpoint:
-    def __init__(self, folder: str | os.PathLike, accelerator, *, kind: str, key: str):
+    """The checkpoint folder of one training loop. `accelerator` may be None (one process)."""
+
+    def __init__(self, folder: str | os.PathLike, accelerator=None, *, kind: str, key: str):
         self.folder = Path(folder)
         self.accelerator = accelerator
         self.kind = kind
         self.key = key
 
+    def _barrier(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
     @property
-    def temp(self) -> Path:
-        return self.folder.with_name(self.folder.name + ".tmp")
+    def _is_main(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
 
-    def exists(self) -> bool:
-        found = existing_folder(self.folder)
-        return found is not None and (found / STATE_FILE).is_file()
+    def _unwrap(self, module):
+        return module if self.accelerator is None else self.accelerator.unwrap_model(module)
 
-    def save(self, epoch: int, **state: Any) -> None:
-        """Write the accelerator's state and `state` (JSON-able) as the checkpoint after `epoch` epochs."""
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            shutil.rmtree(self.temp, ignore_errors=True)
-            self.temp.parent.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(self.temp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            atomic_write_json(self.temp / STATE_FILE, {"format": FORMAT, "kind": self.kind, "key": self.key,
-                                                       "epoch": int(epoch), **state})
-            old = self.folder.with_name(self.folder.name + ".old")
-            if self.folder.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(self.folder, old)
-            os.replace(self.temp, self.folder)
-            shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
+    def save(self, epoch: int, modules: Mapping[str, Any], optimizers: Mapping[str, Any] | None = None,
+             **state: Any) -> None:
+        """Write `modules` (nn.Modules, wrapped or not), `optimizers` (anything with state_dict():
+        optimizers, schedulers, a GradScaler) and `state` (JSON-able) as the checkpoint after `epoch`."""
+        import torch
+        from safetensors.torch import save_file
+
+        self._barrier()
+        if self._is_main:
+            tensors = {f"{name}.{key}": value.detach().cpu().contiguous()
+                       for name, module in modules.items()
+                       for key, value in self._unwrap(module).state_dict().items()}
+            with atomic_folder(self.folder) as temp:
+                save_file(tensors, str(temp / MODULES_FILE))
+                torch.save({name: obj.state_dict() for name, obj in (optimizers or {}).items()},
+                           temp / OPTIMIZERS_FILE)
+                atomic_write_json(temp / STATE_FILE, {"format": FORMAT, "kind": self.kind, "key": self.key,
+                                                      "epoch": int(epoch), **state})
+        self._barrier()
 
     def read_state(self) -> dict[str, Any] | None:
-        """The checkpoint's bsegn.json (without loading any tensor), or None when there is none."""
+        """The checkpoint's bsegn.json (no tensor loaded), or None when there is no checkpoint."""
         found = existing_folder(self.folder)
         if found is None or not (found / STATE_FILE).is_file():
             return None
@@ -82,11 +94,27 @@ class EpochCheckpoint:
                             "use another run folder or delete it to start over")
         return state
 
-    def resume(self) -> dict[str, Any] | None:
-        """Load the checkpoint into the accelerator's prepared objects; returns its state (with "epoch"),
-        or None when there is no checkpoint. Every rank calls it."""
+    def resume(self, modules: Mapping[str, Any], optimizers: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """Load the checkpoint into `modules` and `optimizers` (the same names as at save); returns its
+        JSON state (with "epoch"), or None when there is none. Every rank calls it."""
+        import torch
+        from safetensors.torch import load_file
+
         state = self.read_state()
         if state is None:
             return None
-        self.accelerator.load_state(str(existing_folder(self.folder)))
+        found = existing_folder(self.folder)
+        try:
+            tensors = load_file(str(found / MODULES_FILE), device="cpu")
+            saved = torch.load(found / OPTIMIZERS_FILE, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any unreadable file means the same thing to the user
+            raise DataError(f"the checkpoint in {found} is damaged ({type(error).__name__}: {error}); "
+                            "delete it to start the stage over") from None
+        for name, module in modules.items():
+            prefix = f"{name}."
+            self._unwrap(module).load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        for name, obj in (optimizers or {}).items():
+            if name not in saved:
+                raise DataError(f"the checkpoint in {found} has no state for {name!r}; delete it to start over")
+            obj.load_state_dict(saved[name])
         return state
