@@ -4,44 +4,54 @@
                                  [--config configs/awa1-lampert.yaml] [--methods eszsl,f-clswgan,bsegn,...]
                                  [--epochs N] [--select-epochs 3,6,12 [--validation-seeds 2]]
 
-Methods: eszsl, f-clswgan (all switches off), bsegn, bsegn-no-<switch> for fem, fem_s2f, balance,
-fem_boosts_g, cycle, mfim_levels. Every choice is made on the VALIDATION protocol
-(bsegn.datasets.protocol.validation_protocol: train classes as seen, val classes as unseen, test_seen
-images removed): ESZSL's (gamma, lambda) and each generative method's calibration gamma. Then each method is
-retrained on trainval and evaluated once on test, for each seed. With `--select-epochs E1,E2,...` the
-validation run also picks each generative method's number of generator epochs among those (by validation
-T1 + H; otherwise the config's epochs are used); `--validation-seeds N` trains N validation models per method
-and chooses on their mean (gamma on the mean H curve). Prints one table (mean ± std over seeds, percent) and the
-seconds per generator epoch; `--json OUT` writes (after every method, so a stopped run keeps what it did)
+Methods: eszsl, f-clswgan (every BSeGN part off), bsegn, bsegn-no-<part> for fem, fem_s2f, balance,
+fem_boosts_g, cycle, mfim_levels (BSeGNConfig.without(part)). The config is a train.py run config: its
+`generative` section is the BSeGN config, its `run` section's calibration and unseen_ranking apply.
+Every choice is made on the VALIDATION protocol (bsegn.datasets.protocol.validation_protocol: train
+classes as seen, val classes as unseen, test_seen images removed): ESZSL's (gamma, lambda) and each
+generative method's calibration gamma. Then each method is retrained on trainval and evaluated once on
+test, for each seed. With `--select-epochs E1,E2,...` the validation run also picks each generative
+method's number of generator epochs among those (by validation T1 + H; otherwise the config's epochs are
+used); `--validation-seeds N` trains N validation models per method and chooses on their mean (gamma on
+the mean H curve). Prints one table (mean ± std over seeds, percent) and the seconds per generator
+epoch; `--json OUT` writes (after every method, so a stopped run keeps what it did)
 {"methods": {name: {"T1", "U", "S", "H", "T1_std", "H_std", ...}}, "seconds_per_epoch": ...}.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-ABLATIONS = ("fem", "fem_s2f", "balance", "fem_boosts_g", "cycle", "mfim_levels")
-ALL_METHODS = ("eszsl", "f-clswgan", "bsegn") + tuple(f"bsegn-no-{s}" for s in ABLATIONS)
+from harness import METHODS as ALL_METHODS  # noqa: E402  (bench/ is the script's folder: on sys.path)
+
 ESZSL_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0)
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "awa1-lampert.yaml"
 
 
-def method_config(name: str, base):
-    if name == "bsegn":
-        return base
-    if name == "f-clswgan":
-        return base.as_f_clswgan()
-    return base.without(name[len("bsegn-no-"):])
-
-
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def read_config(path: Path):
+    """(BSeGNConfig, {"calibration", "unseen_ranking"}) of a run config YAML (its generative and run
+    sections) or of a bare generative section."""
+    import yaml
+
+    from bsegn.generative.config import BSeGNConfig
+
+    values = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    run = {}
+    if "generative" in values or "run" in values:
+        run = values.get("run") or {}
+        values = values.get("generative") or {}
+    options = {"calibration": bool(run.get("calibration", False)), "unseen_ranking": run.get("unseen_ranking", "gzsl")}
+    return BSeGNConfig.from_dict(values), options
 
 
 def summarise(results: list[dict]) -> dict:
@@ -81,29 +91,10 @@ def main(argv=None) -> int:
                         help="also report each generative method's ORACLE numbers (best epoch picked on test, as "
                              "public ZSL code does), in a separate, labelled table; never used to choose anything")
     args = parser.parse_args(argv)
-
-    import torch
-    import yaml
-
-    from bsegn.datasets.lampert import load_awa1_lampert
-    from bsegn.datasets.protocol import validation_protocol
-    from bsegn.datasets.splits import DataError
-    from bsegn.generative.config import BSeGNConfig
-    from bsegn.generative.experiment import (ORACLE_LABEL, run_bsegn, run_bsegn_oracle, run_eszsl,
-                                             select_on_validation)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
-    values = yaml.safe_load(args.config.read_text()) if args.config.exists() else {}
-    if "generative" in values:  # a train.py run config: its generative section is the BSeGN config
-        values = values["generative"]
-    base = BSeGNConfig.from_dict(values)
-    if args.epochs:
-        base = base.replace(epochs=args.epochs)
     try:
         candidate_epochs = sorted({int(e) for e in args.select_epochs.split(",")}) if args.select_epochs else None
     except ValueError:
@@ -112,12 +103,28 @@ def main(argv=None) -> int:
         parser.error("--validation-seeds must be >= 1")
     if candidate_epochs and candidate_epochs[0] < 1:
         parser.error("--select-epochs: every epoch count must be >= 1")
+
+    import torch
+
+    from bsegn.core.errors import BsegnError
+    from bsegn.core.files import atomic_write_json
+    from bsegn.datasets.lampert import load_awa1_lampert
+    from bsegn.datasets.protocol import validation_protocol
+    from bsegn.generative.experiment import run_bsegn
+    from harness import ORACLE_LABEL, choose_eszsl, method_config, run_bsegn_oracle, run_eszsl, select_on_validation
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     try:
+        base, options = read_config(args.config)
+        if args.epochs:
+            base = base.replace(epochs=args.epochs)
         features, split = load_awa1_lampert(args.features_dir, args.splits_dir, args.feature_type)
-    except DataError as error:
+    except BsegnError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    calibration, unseen_ranking = options["calibration"], options["unseen_ranking"]
     validation = validation_protocol(split, holdout_fraction=0.2, seed=0)
     log(f"{features.features.shape[0]} images, {features.dim}-d {args.feature_type}; validation: "
         f"{len(validation.seen_classes)} train / {len(validation.unseen_classes)} val classes; "
@@ -129,15 +136,13 @@ def main(argv=None) -> int:
         payload = {"methods": table,
                    "seconds_per_epoch": float(sum(epoch_seconds) / len(epoch_seconds)) if epoch_seconds else None,
                    "feature_type": args.feature_type, "seeds": args.seeds, "config": base.to_dict(),
+                   "calibration": calibration, "unseen_ranking": unseen_ranking,
                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                    "select_epochs": candidate_epochs, "validation_seeds": args.validation_seeds,
                    "chosen_on_validation": chosen,
                    "oracle": {"label": ORACLE_LABEL, "methods": oracle_table} if oracle_table else None,
                    "wall_seconds": time.perf_counter() - started}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        temp = args.json.with_suffix(args.json.suffix + ".tmp")
-        temp.write_text(json.dumps(payload, indent=1))
-        os.replace(temp, args.json)
+        atomic_write_json(args.json, payload)
 
     table: dict[str, dict] = {}
     oracle_table: dict[str, dict] = {}
@@ -145,12 +150,7 @@ def main(argv=None) -> int:
     epoch_seconds = []
     for method in methods:
         if method == "eszsl":
-            best = None
-            for g in ESZSL_GRID:
-                for lam in ESZSL_GRID:
-                    r = run_eszsl(features, validation, g, lam)
-                    if best is None or r["T1"] + r["H"] > best[2]["T1"] + best[2]["H"]:
-                        best = (g, lam, r)
+            best = choose_eszsl(features, validation, ESZSL_GRID)
             chosen[method] = {"gamma": best[0], "lambda": best[1], "validation": {k: best[2][k] for k in "T1 U S H".split()}}
             result = run_eszsl(features, split, best[0], best[1])  # closed form: no seed dependence
             table[method] = summarise([result])
@@ -161,11 +161,10 @@ def main(argv=None) -> int:
         config = method_config(method, base)
         gamma = None
         if candidate_epochs:
-            import tempfile
-
             with tempfile.TemporaryDirectory() as folder:
                 picked = select_on_validation(features, validation, config, folder, candidate_epochs,
-                                              seeds=range(args.validation_seeds))
+                                              seeds=range(args.validation_seeds), calibration=calibration,
+                                              unseen_ranking=unseen_ranking)
             config = config.replace(epochs=picked["epochs"])
             gamma, val_result = picked["gamma"], picked["validation"]
             chosen[method] = {"epochs": picked["epochs"], "calibration_gamma": gamma,
@@ -174,15 +173,17 @@ def main(argv=None) -> int:
                                                       for r in picked["rows"]}}
             log(f"{method}: validation picks {picked['epochs']} epochs (T1 {val_result['T1']:.1f} "
                 f"H {val_result['H']:.1f}), gamma {gamma}")
-        elif config.calibration:
-            val_result, _, _ = run_bsegn(features, validation, config, show_progress=False)
+        elif calibration:
+            val_result = run_bsegn(features, validation, config, calibration=True, unseen_ranking=unseen_ranking,
+                                   show_progress=False).result
             gamma = val_result["gamma"]
             chosen[method] = {"calibration_gamma": gamma,
                               "validation": {k: val_result[k] for k in "T1 U S H".split()}}
             log(f"{method}: validation T1 {val_result['T1']:.1f} H {val_result['H']:.1f}, gamma {gamma}")
         results = []
         for seed in range(args.seeds):
-            result, _, _ = run_bsegn(features, split, config.replace(seed=seed), gamma=gamma, show_progress=False)
+            result = run_bsegn(features, split, config, seed=seed, calibration=calibration, gamma=gamma,
+                               unseen_ranking=unseen_ranking, show_progress=False).result
             results.append(result)
             epoch_seconds.append(result["seconds_per_epoch"])
             log(f"{method} seed {seed}: T1 {result['T1']:.1f} U {result['U']:.1f} S {result['S']:.1f} "
@@ -192,12 +193,11 @@ def main(argv=None) -> int:
         if gamma is not None:
             table[method]["gamma"] = gamma
         if args.oracle:
-            import tempfile
-
             oracle_results = []
             for seed in range(args.seeds):
                 with tempfile.TemporaryDirectory() as folder:
-                    oracle_results.append(run_bsegn_oracle(features, split, config.replace(seed=seed), folder))
+                    oracle_results.append(run_bsegn_oracle(features, split, config, folder, seed=seed,
+                                                           unseen_ranking=unseen_ranking))
                 log(f"{method} seed {seed} ORACLE (best epoch on test): T1 {oracle_results[-1]['T1']:.1f} "
                     f"H {oracle_results[-1]['H']:.1f}")
             oracle_table[method] = summarise(oracle_results)

@@ -18,7 +18,6 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -96,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         files = make_jpegs(folder, args.images + args.batch_size, width, height)
         for name in args.models:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                backbone = create_backbone(name, "none").eval()
+            backbone = create_backbone(name, "none").eval()  # logs its own warnings (bsegn.core.logs)
             transform = build_eval_transform(backbone.data_config)
             ready = torch.stack([transform(Image.open(folder / files[0]).convert("RGB"))] * args.batch_size)
             batches = max(1, args.images // args.batch_size)

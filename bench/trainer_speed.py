@@ -75,10 +75,9 @@ def main(argv=None) -> int:
     shapes = iteration_matmuls(b, h, d, k, k, args.n_critic)
     flops = sum(2 * m * kk * n * count for m, kk, n, count in shapes)
 
-    config = BSeGNConfig(generator_hidden=h, critic_hidden=h, batch_size=b, n_critic=args.n_critic,
-                         fem=False, cycle=False, mfim_levels=("x",), epochs=1, iterations_per_epoch=2,
-                         mixed_precision=args.mixed_precision)
-    trainer = random_data_trainer(config, 4096, d, k, seed=0)
+    config = BSeGNConfig(hidden=h, batch_size=b, n_critic=args.n_critic, fem=False, lambda_cyc=0.0,
+                         mfim_levels=("x",), epochs=1, iterations_per_epoch=2)
+    trainer = random_data_trainer(config, 4096, d, k, seed=0, mixed_precision=args.mixed_precision)
     device = trainer.accelerator.device
     seconds = time_iterations(trainer, config, args.iterations, device)
     achieved = flops / seconds / 1e9
@@ -110,9 +109,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def random_data_trainer(config, n: int, d: int, k: int, *, seed: int):
-    """A BSeGNTrainer on n random (d,) features of 40 seen classes, 10 more unseen, (k,) semantics."""
+def random_data_trainer(config, n: int, d: int, k: int, *, seed: int, mixed_precision: str = "no"):
+    """A BSeGNTrainer on n random (d,) features of 40 seen classes, 10 more unseen, (k,) semantics;
+    mixed_precision "no" leaves the precision to accelerate's launcher."""
     import torch
+    from accelerate import Accelerator
 
     from bsegn.generative.trainer import BSeGNTrainer
 
@@ -120,8 +121,9 @@ def random_data_trainer(config, n: int, d: int, k: int, *, seed: int):
     features = torch.rand(n, d, generator=generator)
     labels = torch.randint(40, (n,), generator=generator)
     semantics = torch.rand(50, k, generator=generator)
+    accelerator = Accelerator(mixed_precision=None if mixed_precision == "no" else mixed_precision)
     return BSeGNTrainer(features, labels, semantics, torch.arange(40), torch.arange(40, 50), config,
-                        show_progress=False)
+                        accelerator=accelerator, show_progress=False)
 
 
 def synchronize(device) -> None:
@@ -153,11 +155,10 @@ def complete_bsegn(args, device) -> None:
     from bsegn.generative.config import BSeGNConfig
 
     b, h, d, k = args.batch_size, args.hidden, args.feature_dim, args.semantic_dim
-    config = BSeGNConfig(generator_hidden=h, critic_hidden=h, decoder_hidden=h, batch_size=b, n_critic=args.n_critic,
-                         epochs=1, iterations_per_epoch=2, mixed_precision=args.mixed_precision)
+    config = BSeGNConfig(hidden=h, batch_size=b, n_critic=args.n_critic, epochs=1, iterations_per_epoch=2)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    trainer = random_data_trainer(config, args.epoch_images, d, k, seed=1)
+    trainer = random_data_trainer(config, args.epoch_images, d, k, seed=1, mixed_precision=args.mixed_precision)
     seconds = time_iterations(trainer, config, args.iterations, device)
     per_epoch = math.ceil(args.epoch_images / b)
     if device.type == "cuda":

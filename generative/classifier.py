@@ -2,7 +2,7 @@
 
     classifier = fit_final_classifier(trained, real_features, real_labels, class_ids, semantics=None, config=None)
     log_probs = class_log_probs(trained, classifier, features)     # (N, K) over classifier.class_ids
-    scores = gzsl_scores(trained, gzsl, zsl, features)             # (N, C): config.unseen_ranking applied
+    scores = gzsl_scores(trained, gzsl, zsl, features, unseen_ranking="gzsl")   # (N, C)
 
 GZSL: class_ids = all classes, real seen trainval features + config.syn_num synthetic features per
 class that has no real feature. ZSL: class_ids = unseen classes, real_features None (synthetic only).
@@ -17,6 +17,9 @@ from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.metrics import rank_unseen_with
 from bsegn.generative.networks import FinalClassifier
 
+CLASSIFIER_LR = 1e-3  # Adam, betas (0.5, 0.999): bsegn.md's final classifier
+UNSEEN_RANKINGS = ("gzsl", "zsl")
+
 
 def fit_final_classifier(trained, real_features, real_labels, class_ids, semantics=None,
                          config: BSeGNConfig | None = None, *, seed: int | None = None) -> FinalClassifier:
@@ -28,10 +31,12 @@ def fit_final_classifier(trained, real_features, real_labels, class_ids, semanti
         real_labels: (N,) class ids, or None.
         class_ids: the label space, benchmark class ids (rows of the semantics table).
         semantics: (C, k) table to synthesise from (default trained.semantics; pass it for new classes).
-        config: hyperparameters (default trained.config): syn_num, classifier_epochs/lr/batch_size.
+        config: hyperparameters (default trained.config): syn_num, classifier_epochs, classifier_batch_size.
+        seed: the draws of the synthetic features and of training (default trained.seed).
     Returns the classifier (on trained's device, eval mode), its `class_ids` buffer set.
     """
     config = config or trained.config
+    seed = trained.seed if seed is None else seed
     device = trained.device
     class_ids = torch.as_tensor(class_ids, dtype=torch.long).cpu()
     column = {int(c): j for j, c in enumerate(class_ids.tolist())}
@@ -47,16 +52,16 @@ def fit_final_classifier(trained, real_features, real_labels, class_ids, semanti
     to_synthesise = [c for c in class_ids.tolist() if c not in have_real]
     if to_synthesise:
         fake, fake_labels = trained.synthesize(to_synthesise, config.syn_num, semantics=semantics,
-                                               seed=(config.seed if seed is None else seed) + 1)
+                                               seed=seed + 1)
         parts_x.append(trained.integrate(fake))
         parts_y.append(fake_labels.cpu())
     x = torch.cat(parts_x).to(device)
     y = torch.tensor([column[int(c)] for c in torch.cat(parts_y).tolist()], dtype=torch.long, device=device)
 
-    generator = torch.Generator().manual_seed((config.seed if seed is None else seed) + 2)
-    torch.manual_seed((config.seed if seed is None else seed) + 3)
+    generator = torch.Generator().manual_seed(seed + 2)
+    torch.manual_seed(seed + 3)
     classifier = FinalClassifier(x.shape[1], class_ids).to(device)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=config.classifier_lr, betas=(0.5, 0.999))
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=CLASSIFIER_LR, betas=(0.5, 0.999))
     batch = config.classifier_batch_size
     classifier.train()
     for _ in range(config.classifier_epochs):
@@ -73,10 +78,11 @@ def fit_final_classifier(trained, real_features, real_labels, class_ids, semanti
 @torch.no_grad()
 def class_log_probs(trained, classifier: FinalClassifier, features, *, fusion: bool | None = None,
                     batch_size: int = 4096) -> torch.Tensor:
-    """features (N, d) -> (N, K) log-probabilities over classifier.class_ids; with fusion (config.fusion)
-    the FEM's log-probabilities over the same classes are added with weight config.fusion_weight."""
+    """features (N, d) -> (N, K) log-probabilities over classifier.class_ids; with fusion (default
+    config.uses_fusion) the FEM's log-probabilities over the same classes are added with weight
+    config.fusion_weight."""
     features = torch.as_tensor(features, dtype=torch.float32)
-    fusion = trained.config.effective_fusion if fusion is None else fusion
+    fusion = trained.config.uses_fusion if fusion is None else fusion
     out = []
     for start in range(0, len(features), batch_size):
         chunk = features[start:start + batch_size].to(trained.device)
@@ -89,13 +95,16 @@ def class_log_probs(trained, classifier: FinalClassifier, features, *, fusion: b
 
 @torch.no_grad()
 def gzsl_scores(trained, gzsl: FinalClassifier, zsl: FinalClassifier | None, features, *,
-                zsl_scores: torch.Tensor | None = None) -> torch.Tensor:
+                unseen_ranking: str = "gzsl", zsl_scores: torch.Tensor | None = None) -> torch.Tensor:
     """The GZSL scores (N, C) over gzsl.class_ids that predictions and calibration use: class_log_probs of
-    the GZSL classifier, with the unseen columns re-ranked by the ZSL classifier when
-    config.unseen_ranking is "zsl" (which unseen class wins is then the ZSL classifier's choice).
+    the GZSL classifier, with the unseen columns re-ranked by the ZSL classifier when unseen_ranking is
+    "zsl" (which unseen class wins is then the ZSL classifier's choice; the seen-vs-unseen decision, and
+    calibrated stacking's gamma, stay the GZSL classifier's: metrics.rank_unseen_with).
     zsl_scores: class_log_probs(trained, zsl, features) when the caller has them already (saves a pass)."""
+    if unseen_ranking not in UNSEEN_RANKINGS:
+        raise ValueError(f"unseen_ranking {unseen_ranking!r}: expected one of {', '.join(UNSEEN_RANKINGS)}")
     scores = class_log_probs(trained, gzsl, features)
-    if trained.config.unseen_ranking != "zsl":
+    if unseen_ranking != "zsl":
         return scores
     if zsl is None:
         raise ValueError("unseen_ranking 'zsl' needs the ZSL (unseen-only) classifier; none was given")

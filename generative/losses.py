@@ -4,7 +4,6 @@
     critic_loss                 L_D = E[D(fake)] - E[D(real)] + lambda_gp * GP, ONE critic forward
     bidirectional_contrastive   (L_f2s, L_s2f) of the FEM
     balance_gap / balance_loss  m_S - m_U / (m_S - m_U)^2, max-response consistency between seen and unseen
-    balance_penalty             the balance loss from a gap (squared, or one-sided)
     cycle_loss                  mean over the batch of ||a_hat - a||_1
 """
 from __future__ import annotations
@@ -88,17 +87,10 @@ def balance_gap(probabilities: torch.Tensor, seen_class_mask: torch.Tensor,
     return max_seen[from_seen_domain].mean() - max_unseen[~from_seen_domain].mean()
 
 
-def balance_penalty(gap: torch.Tensor, one_sided: bool = False) -> torch.Tensor:
-    """The balance loss from the signed gap m_S - m_U: gap^2, or relu(gap)^2 when one_sided (only a seen
-    domain answered MORE confidently than the unseen one is penalised)."""
-    return (gap.clamp(min=0) if one_sided else gap).pow(2)
-
-
 def balance_loss(probabilities: torch.Tensor, seen_class_mask: torch.Tensor,
-                 from_seen_domain: torch.Tensor, one_sided: bool = False) -> torch.Tensor:
-    """(m_S - m_U)^2 (see balance_gap for the arguments): max-response consistency between seen and unseen;
-    relu(m_S - m_U)^2 when one_sided."""
-    return balance_penalty(balance_gap(probabilities, seen_class_mask, from_seen_domain), one_sided)
+                 from_seen_domain: torch.Tensor) -> torch.Tensor:
+    """(m_S - m_U)^2 (see balance_gap for the arguments): max-response consistency between seen and unseen."""
+    return balance_gap(probabilities, seen_class_mask, from_seen_domain).pow(2)
 
 
 def cycle_loss(decoded: torch.Tensor, semantics: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The trained BSeGN the rest of the application uses: `train_bsegn` -> `TrainedBSeGN`.
 
-    trained = train_bsegn(features, labels, semantics, seen_classes, unseen_classes, config,
+    trained = train_bsegn(features, labels, semantics, seen_classes, unseen_classes, config, seed=0,
                           accelerator=None, run_dir=None)
     feats, labs = trained.synthesize(class_ids, n_per_class)       # fake features (K*n, d), labels (K*n,)
     z = trained.integrate(x)                                        # mFIM features (N, D_mfim)
@@ -19,22 +19,22 @@ import torch
 from torch import nn
 
 from bsegn.generative.config import BSeGNConfig
-from bsegn.generative.networks import MultilevelIntegration
+from bsegn.generative.networks import MultilevelIntegration, build_networks
 
 
 class TrainedBSeGN(nn.Module):
-    """Generator (+ decoder, feedback, embedder when on) and the fitted mFIM statistics.
+    """Generator (+ decoder, embedder when on) and the fitted mFIM statistics.
 
     Attributes (not in the state_dict, because add_class changes them): semantics (C, k) float32,
-    seen_classes / unseen_classes (sorted long tensors), config.
+    seen_classes / unseen_classes (sorted long tensors), config, seed (the training seed: the default
+    seed of synthesize and of the final classifiers' fits).
     """
 
     def __init__(self, config: BSeGNConfig, feature_dim: int, semantic_dim: int, semantics,
-                 seen_classes, unseen_classes):
+                 seen_classes, unseen_classes, *, seed: int = 0):
         super().__init__()
-        from bsegn.generative.trainer import build_networks
-
         self.config = config
+        self.seed = int(seed)
         self.feature_dim, self.semantic_dim = int(feature_dim), int(semantic_dim)
         parts = build_networks(config, feature_dim, semantic_dim)
         del parts["critic"]
@@ -42,8 +42,7 @@ class TrainedBSeGN(nn.Module):
         self.semantics = torch.as_tensor(semantics, dtype=torch.float32).cpu()
         self.seen_classes = torch.as_tensor(seen_classes, dtype=torch.long).cpu()
         self.unseen_classes = torch.as_tensor(unseen_classes, dtype=torch.long).cpu()
-        dims = {"x": feature_dim, "h_R": config.decoder_hidden, "a_hat": semantic_dim,
-                "s": config.embed_dim or semantic_dim}
+        dims = {"x": feature_dim, "h_R": config.hidden, "a_hat": semantic_dim, "s": semantic_dim}
         self.mfim = MultilevelIntegration({lvl: dims[lvl] for lvl in config.effective_mfim_levels})
 
     @property
@@ -89,17 +88,11 @@ class TrainedBSeGN(nn.Module):
         class_ids = torch.as_tensor(class_ids, dtype=torch.long).cpu()
         table = self.semantics if semantics is None else torch.as_tensor(semantics, dtype=torch.float32).cpu()
         labels = class_ids.repeat_interleave(n_per_class)
-        generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
+        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
         noise = torch.randn(len(labels), self.parts["generator"].noise_dim, generator=generator)
-        out = []
-        for start in range(0, len(labels), 8192):
-            z = noise[start:start + 8192].to(self.device)
-            a = table[labels[start:start + 8192]].to(self.device)
-            feedback = None
-            if "feedback" in self.parts:
-                _, hidden = self.parts["decoder"](self.parts["generator"](z, a))
-                feedback = self.config.feedback_weight * self.parts["feedback"](hidden)
-            out.append(self.parts["generator"](z, a, feedback=feedback))
+        out = [self.parts["generator"](noise[start:start + 8192].to(self.device),
+                                       table[labels[start:start + 8192]].to(self.device))
+               for start in range(0, len(labels), 8192)]
         features = torch.cat(out) if out else torch.zeros(0, self.feature_dim, device=self.device)
         return features, labels.to(self.device)
 
@@ -107,7 +100,7 @@ class TrainedBSeGN(nn.Module):
     def fem_log_probs(self, features: torch.Tensor, class_ids) -> torch.Tensor:
         """The FEM's own log-probabilities over `class_ids` (K,): (N, d) -> (N, K). Needs fem on."""
         if "embedder" not in self.parts:
-            raise ValueError("this model has no FEM (fem switch off); fusion needs it")
+            raise ValueError("this model has no FEM (fem is off); fusion needs it")
         class_ids = torch.as_tensor(class_ids, dtype=torch.long).cpu()
         semantics = self.semantics[class_ids].to(self.device)
         out = [torch.log_softmax(self.parts["embedder"](features[i:i + 4096].to(self.device), semantics), dim=1)
@@ -128,7 +121,7 @@ class TrainedBSeGN(nn.Module):
 
     def metadata(self) -> dict[str, Any]:
         """JSON-safe facts needed to rebuild this object around a state_dict."""
-        return {"config": self.config.to_dict(), "feature_dim": self.feature_dim,
+        return {"config": self.config.to_dict(), "seed": self.seed, "feature_dim": self.feature_dim,
                 "semantic_dim": self.semantic_dim, "semantics": self.semantics.tolist(),
                 "seen_classes": self.seen_classes.tolist(), "unseen_classes": self.unseen_classes.tolist()}
 
@@ -136,13 +129,14 @@ class TrainedBSeGN(nn.Module):
     def from_state(cls, metadata: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> "TrainedBSeGN":
         """Rebuild from `metadata()` and `state_dict()` (e.g. read from JSON + safetensors)."""
         model = cls(BSeGNConfig.from_dict(metadata["config"]), metadata["feature_dim"], metadata["semantic_dim"],
-                    metadata["semantics"], metadata["seen_classes"], metadata["unseen_classes"])
+                    metadata["semantics"], metadata["seen_classes"], metadata["unseen_classes"],
+                    seed=metadata.get("seed", 0))
         model.load_state_dict(state_dict)
         return model.eval()
 
 
 def train_bsegn(features, labels, semantics, seen_classes, unseen_classes, config: BSeGNConfig, *,
-                accelerator=None, run_dir: str | Path | None = None, show_progress: bool = True,
+                seed: int = 0, accelerator=None, run_dir: str | Path | None = None, show_progress: bool = True,
                 max_epochs: int | None = None) -> TrainedBSeGN:
     """Train BSeGN on real seen features and return the inference parts with mFIM fitted.
 
@@ -151,17 +145,18 @@ def train_bsegn(features, labels, semantics, seen_classes, unseen_classes, confi
         labels: (N,) class ids indexing rows of `semantics`.
         semantics: (C, k) semantic vectors of all classes.
         seen_classes / unseen_classes: class ids.
-        config: BSeGNConfig; accelerator: accelerate.Accelerator or None; run_dir: checkpoints + losses.csv
-        (resumes from a matching checkpoint there). max_epochs: stop early (interruption tests).
+        config: BSeGNConfig; seed: initialisation and training draws; accelerator: accelerate.Accelerator or
+        None; run_dir: checkpoint + losses.csv (resumes from a matching checkpoint there).
+        max_epochs: stop after this many more epochs (interruption tests, epoch-by-epoch scoring).
     Returns a TrainedBSeGN in eval mode on the accelerator's device; `.history` holds per-epoch losses.
     """
     from bsegn.generative.trainer import BSeGNTrainer
 
-    trainer = BSeGNTrainer(features, labels, semantics, seen_classes, unseen_classes, config,
+    trainer = BSeGNTrainer(features, labels, semantics, seen_classes, unseen_classes, config, seed=seed,
                            accelerator=accelerator, run_dir=run_dir, show_progress=show_progress)
     trainer.fit(max_epochs=max_epochs)
     model = TrainedBSeGN(config, trainer.feature_dim, trainer.semantic_dim, semantics, seen_classes,
-                         unseen_classes).to(trainer.accelerator.device)
+                         unseen_classes, seed=seed).to(trainer.accelerator.device)
     for name, module in model.parts.items():
         module.load_state_dict(trainer.unwrapped(name).state_dict())
     model.eval()

@@ -1,14 +1,15 @@
 """The networks of BSeGN (../shared/docs/bsegn.md), implemented from the published description;
 component forms follow the direct predecessors named there (f-CLSWGAN, TF-VAEGAN, CE-GZSL, RGEN).
 
-Shapes: B a batch, d the visual feature size, k the semantic size, k' the embedding size,
-C the number of classes.
+Shapes: B a batch, d the visual feature size, k the semantic size (also the noise and the embedding
+size, as bsegn.md says), C the number of classes.
 
-    FeatureGenerator      G(z (B,nz), a (B,k)) -> fake features (B, d)
+    build_networks(config, feature_dim, semantic_dim) -> nn.ModuleDict of the parts a config asks for
+
+    FeatureGenerator      G(z (B,k), a (B,k)) -> fake features (B, d)
     Critic                D(x (B,d), a (B,k)) -> (B,) Wasserstein critic values
     SemanticDecoder       R(x (B,d)) -> (a_hat (B,k), h_R (B,hidden))       the cycle branch
-    FeedbackModule        h_R (B,hidden_R) -> (B,hidden_G) added to G's hidden layer (TF-VAEGAN style)
-    SemanticEmbedder      FEM: x (B,d) -> s (B,k') unit vectors; a (C,k) -> prototypes (C,k');
+    SemanticEmbedder      FEM: x (B,d) -> s (B,k) unit vectors; a (C,k) -> prototypes (C,k);
                           scores s . p_c / tau over ALL classes
     MultilevelIntegration mFIM: concatenation of standardised levels [x, h_R, a_hat, s]
     FinalClassifier       linear softmax on mFIM features -> logits (B, C)
@@ -18,10 +19,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-
-def _activation(name: str) -> nn.Module:
-    return {"relu": nn.ReLU(), "sigmoid": nn.Sigmoid(), "none": nn.Identity()}[name]
 
 
 def _init_linear(module: nn.Module) -> None:
@@ -34,30 +31,20 @@ def _init_linear(module: nn.Module) -> None:
 
 
 class FeatureGenerator(nn.Module):
-    """G(z, a): [z; a] -> hidden -> LeakyReLU(0.2) -> d -> output activation (ReLU by default,
-    because pooled CNN features are non-negative) -> optionally L2-normalised (`unit_norm`: for
-    features that all lie on the unit sphere, such as Hellinger-mapped histograms; measured on
-    AwA1-Lampert, an unconstrained generator's fakes had norm 1.25 and class means 0.3 from the
-    real ones, twice the distance between neighbouring real classes)."""
+    """G(z, a): [z; a] -> hidden -> LeakyReLU(0.2) -> d -> ReLU (pooled CNN features are non-negative)."""
 
-    def __init__(self, semantic_dim: int, noise_dim: int, feature_dim: int, hidden: int = 4096,
-                 activation: str = "relu", unit_norm: bool = False):
+    def __init__(self, semantic_dim: int, noise_dim: int, feature_dim: int, hidden: int = 4096):
         super().__init__()
         self.semantic_dim, self.noise_dim, self.feature_dim = semantic_dim, noise_dim, feature_dim
-        self.unit_norm = unit_norm
         self.hidden = nn.Linear(noise_dim + semantic_dim, hidden)
         self.output = nn.Linear(hidden, feature_dim)
-        self.output_activation = _activation(activation)
+        self.output_activation = nn.ReLU()
         _init_linear(self)
 
-    def forward(self, noise: torch.Tensor, semantics: torch.Tensor,
-                feedback: torch.Tensor | None = None) -> torch.Tensor:
-        """noise (B, nz), semantics (B, k), optional feedback (B, hidden) -> (B, d)."""
+    def forward(self, noise: torch.Tensor, semantics: torch.Tensor) -> torch.Tensor:
+        """noise (B, nz), semantics (B, k) -> (B, d)."""
         h = F.leaky_relu(self.hidden(torch.cat([noise, semantics], dim=1)), 0.2)
-        if feedback is not None:
-            h = h + feedback
-        out = self.output_activation(self.output(h))
-        return F.normalize(out, dim=1) if self.unit_norm else out
+        return self.output_activation(self.output(h))
 
 
 class Critic(nn.Module):
@@ -91,30 +78,16 @@ class SemanticDecoder(nn.Module):
         return self.output(h), h
 
 
-class FeedbackModule(nn.Module):
-    """Maps the decoder's hidden level of a first-pass fake feature into G's hidden layer."""
-
-    def __init__(self, decoder_hidden: int, generator_hidden: int):
-        super().__init__()
-        self.map = nn.Linear(decoder_hidden, generator_hidden)
-        _init_linear(self)
-
-    def forward(self, decoder_hidden: torch.Tensor) -> torch.Tensor:
-        """(B, hidden_R) -> (B, hidden_G)."""
-        return F.leaky_relu(self.map(decoder_hidden), 0.2)
-
-
 class SemanticEmbedder(nn.Module):
-    """FEM: E(x) = L2norm(W2 LeakyReLU(W1 x)), prototypes p_c = L2norm(P a_c), scores s.p_c / tau.
+    """FEM: E(x) = L2norm(W2 LeakyReLU(W1 x)) (k,), prototypes p_c = L2norm(P a_c) (k,), scores s.p_c / tau.
 
     Scores cover every class passed in (seen and unseen), which is what lets the balance loss
     compare the seen and unseen domains.
     """
 
-    def __init__(self, feature_dim: int, semantic_dim: int, hidden: int = 2048, embed_dim: int | None = None,
-                 tau: float = 0.1):
+    def __init__(self, feature_dim: int, semantic_dim: int, hidden: int = 2048, tau: float = 0.1):
         super().__init__()
-        embed_dim = embed_dim or semantic_dim
+        embed_dim = semantic_dim
         self.tau = tau
         self.hidden = nn.Linear(feature_dim, hidden)
         self.output = nn.Linear(hidden, embed_dim)
@@ -126,12 +99,12 @@ class SemanticEmbedder(nn.Module):
         nn.init.xavier_uniform_(self.prototype_map.weight)
 
     def embed(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (B, d) -> (s (B, k') unit rows, h_E (B, hidden))."""
+        """features (B, d) -> (s (B, k) unit rows, h_E (B, hidden))."""
         h = F.leaky_relu(self.hidden(features), 0.2)
         return F.normalize(self.output(h), dim=1), h
 
     def prototypes(self, semantics: torch.Tensor) -> torch.Tensor:
-        """semantics (C, k) -> (C, k') unit rows."""
+        """semantics (C, k) -> (C, k) unit rows."""
         return F.normalize(self.prototype_map(semantics), dim=1)
 
     def forward(self, features: torch.Tensor, semantics: torch.Tensor) -> torch.Tensor:
@@ -190,3 +163,18 @@ class FinalClassifier(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(features)
+
+
+def build_networks(config, feature_dim: int, semantic_dim: int) -> nn.ModuleDict:
+    """The trainable modules a BSeGNConfig asks for, built in this order (it fixes the initialisation
+    draws): generator, critic, then the decoder when lambda_cyc > 0 and the embedder when fem is on. A
+    part that is off does not exist, so it cannot get gradients. Noise and embedding sizes are k."""
+    modules = nn.ModuleDict({
+        "generator": FeatureGenerator(semantic_dim, semantic_dim, feature_dim, config.hidden),
+        "critic": Critic(feature_dim, semantic_dim, config.hidden),
+    })
+    if config.uses_decoder:
+        modules["decoder"] = SemanticDecoder(feature_dim, semantic_dim, config.hidden)
+    if config.fem:
+        modules["embedder"] = SemanticEmbedder(feature_dim, semantic_dim, config.embedder_hidden, config.tau)
+    return modules

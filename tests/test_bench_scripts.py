@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -34,3 +36,121 @@ def test_table_renders_a_bench_json_and_a_merged_gpu_session_file(tmp_path):
         lines = table.rows(table.bench_payloads(path))
         assert lines[2] == "| bsegn | 26.2 ± 1.4 | 19.1 ± 2.2 | 12.6 ± 2.0 | 15.0 ± 1.1 | 6 | 12.0 | 20.4 / 16.2 |"
         assert lines[3] == "| eszsl | 20.8 | 17.9 | 8.6 | 11.6 |  |  |  |"
+
+
+def harness():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import harness as module
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def test_method_configs_are_the_ablations_and_the_baseline():
+    from bsegn.generative.config import BSeGNConfig
+
+    bench = harness()
+    base = BSeGNConfig(lambda_emb=0.3, fusion_weight=1.0)
+    assert bench.method_config("bsegn", base) is base
+    assert bench.method_config("f-clswgan", base) == base.as_f_clswgan()
+    for part in ("fem", "fem_s2f", "balance", "fem_boosts_g", "cycle", "mfim_levels"):
+        assert f"bsegn-no-{part}" in bench.METHODS
+        assert bench.method_config(f"bsegn-no-{part}", base) == base.without(part)
+
+
+def test_oracle_mode_is_labelled_and_never_below_the_last_epoch(tmp_path):
+    """The oracle (best epoch on TEST, as public ZSL code does) steps through the same epochs as a normal
+    run: its best H can only be >= the last epoch's H, and every result carries the label."""
+    from test_generative_training import TINY, feature_split, gaussian_benchmark
+
+    from bsegn.generative.config import BSeGNConfig
+    from bsegn.generative.experiment import run_bsegn
+
+    bench = harness()
+    features, split = feature_split(gaussian_benchmark())
+    config = BSeGNConfig.from_dict({**TINY, "epochs": 3})
+    oracle = bench.run_bsegn_oracle(features, split, config, tmp_path / "oracle")
+    last = run_bsegn(features, split, config, show_progress=False).result
+    assert oracle["oracle"] == bench.ORACLE_LABEL and "TEST" in bench.ORACLE_LABEL
+    assert 1 <= oracle["H_epoch"] <= 3 and 1 <= oracle["T1_epoch"] <= 3
+    assert oracle["H"] >= last["H"] - 1e-6 and oracle["T1"] >= last["T1"] - 1e-6
+
+
+def test_validation_picks_epochs_and_gamma_from_rows_equal_to_separate_runs(tmp_path):
+    """select_on_validation scores each candidate epoch count through checkpoints; every row must equal a
+    separate run of that many epochs (same gamma chosen, same T1/H), and the pick is the best T1 + H row."""
+    from test_generative_training import TINY, feature_split, gaussian_benchmark
+
+    from bsegn.generative.config import BSeGNConfig
+    from bsegn.generative.experiment import run_bsegn
+
+    bench = harness()
+    features, split = feature_split(gaussian_benchmark(seed=3))
+    config = BSeGNConfig.from_dict({**TINY, "epochs": 9})
+    picked = bench.select_on_validation(features, split, config, tmp_path / "select", [3, 1], calibration=True,
+                                        unseen_ranking="zsl")
+    assert [row["epoch"] for row in picked["rows"]] == [1, 3]
+    for row in picked["rows"]:
+        alone = run_bsegn(features, split, config.replace(epochs=row["epoch"]), calibration=True,
+                          unseen_ranking="zsl", show_progress=False).result
+        assert alone["gamma"] == row["gamma"]
+        assert abs(alone["T1"] - row["T1"]) < 1e-6 and abs(alone["H"] - row["H"]) < 1e-6
+    best = max(picked["rows"], key=lambda r: r["T1"] + r["H"])
+    assert picked["epochs"] == best["epoch"] and picked["gamma"] == best["gamma"]
+    with pytest.raises(ValueError, match="epochs to score"):
+        bench.select_on_validation(features, split, config, tmp_path / "bad", [0, 2])
+
+
+def test_validation_over_several_seeds_chooses_on_their_mean(tmp_path):
+    """With seeds, each row is the mean of the per-seed rows of that epoch: T1 averaged, gamma the best of
+    the seed-averaged H curve (not any one seed's best), and the pick is the best mean T1 + H."""
+    from test_generative_training import TINY, feature_split, gaussian_benchmark
+
+    from bsegn.generative.config import BSeGNConfig
+
+    bench = harness()
+    features, split = feature_split(gaussian_benchmark(seed=3))
+    config = BSeGNConfig.from_dict({**TINY, "epochs": 9})
+    picked = bench.select_on_validation(features, split, config, tmp_path / "two", [1, 2], seeds=[0, 1],
+                                        calibration=True)
+    alone = [bench.score_epochs(features, split, config, tmp_path / f"alone-{s}", [1, 2], choose_gamma=True, seed=s)
+             for s in (0, 1)]
+    for j, row in enumerate(picked["rows"]):
+        assert row["epoch"] == j + 1 and row["seeds"] == 2
+        assert row["T1"] == pytest.approx((alone[0][j]["T1"] + alone[1][j]["T1"]) / 2)
+        mean_h = {p0["gamma"]: (p0["H"] + p1["H"]) / 2
+                  for p0, p1 in zip(alone[0][j]["calibration_curve"], alone[1][j]["calibration_curve"])}
+        assert row["H"] == pytest.approx(max(mean_h.values()))
+        assert mean_h[row["gamma"]] == pytest.approx(row["H"])
+    best = max(picked["rows"], key=lambda r: r["T1"] + r["H"])
+    assert picked["epochs"] == best["epoch"] and picked["gamma"] == best["gamma"]
+    with pytest.raises(ValueError, match="at least one"):
+        bench.select_on_validation(features, split, config, tmp_path / "none", [1], seeds=[])
+
+
+def test_eszsl_choice_is_made_on_validation_by_t1_plus_h():
+    from test_generative_training import feature_split, gaussian_benchmark
+
+    bench = harness()
+    features, split = feature_split(gaussian_benchmark())
+    gamma_reg, lam, result = bench.choose_eszsl(features, split, (0.1, 10.0))
+    scores = {(g, l): bench.run_eszsl(features, split, g, l) for g in (0.1, 10.0) for l in (0.1, 10.0)}
+    assert result == scores[(gamma_reg, lam)]
+    assert result["T1"] + result["H"] == max(r["T1"] + r["H"] for r in scores.values())
+
+
+def test_awa1_bench_reads_a_run_config_with_its_run_options(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import awa1_lampert
+    finally:
+        sys.path.remove(str(BENCH))
+    path = tmp_path / "run.yaml"
+    path.write_text("generative:\n  hidden: 32\n  fusion_weight: 1.0\nrun:\n  calibration: true\n  unseen_ranking: zsl\n")
+    config, options = awa1_lampert.read_config(path)
+    assert config.hidden == 32 and config.uses_fusion
+    assert options == {"calibration": True, "unseen_ranking": "zsl"}
+    path.write_text("hidden: 16\n")
+    config, options = awa1_lampert.read_config(path)
+    assert config.hidden == 16 and options == {"calibration": False, "unseen_ranking": "gzsl"}

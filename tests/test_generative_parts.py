@@ -1,29 +1,94 @@
 """Config, networks and losses of bsegn.generative: shapes, gradients, hand-computed loss values."""
+import dataclasses
 import math
+import re
 
 import pytest
 import torch
 
-from bsegn.generative.config import BSeGNConfig, ConfigError
+from bsegn.core.errors import ConfigError
+from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.losses import (balance_gap, balance_loss, bidirectional_contrastive, critic_loss, cycle_loss,
                                      gradient_penalty)
 from bsegn.generative.metrics import (calibrated_predictions, harmonic_mean, mean_per_class_accuracy, per_class_accuracy,
                                      rank_unseen_with)
-from bsegn.generative.networks import (Critic, FeatureGenerator, FeedbackModule, FinalClassifier,
-                                       MultilevelIntegration, SemanticDecoder, SemanticEmbedder)
+from bsegn.generative.networks import (Critic, FeatureGenerator, FinalClassifier, MultilevelIntegration,
+                                       SemanticDecoder, SemanticEmbedder, build_networks)
 
 
 def test_config_round_trip_and_unknown_keys():
-    config = BSeGNConfig(epochs=3, mfim_levels=["x", "s"])
+    config = BSeGNConfig.from_dict({"epochs": 3, "mfim_levels": ["x", "s"]})
+    assert config.mfim_levels == ("x", "s")
     assert BSeGNConfig.from_dict(config.to_dict()) == config
+    assert config.replace(lr=1e-3) == BSeGNConfig(epochs=3, mfim_levels=("x", "s"), lr=1e-3)
     with pytest.raises(ConfigError, match="epochz"):
         BSeGNConfig.from_dict({"epochz": 3})
-    with pytest.raises(ConfigError, match="mfim_levels"):
-        BSeGNConfig(mfim_levels=["x", "bogus"])
-    base = BSeGNConfig.f_clswgan()
-    assert not (base.fem or base.cycle or base.cls_loss) and base.mfim_levels == ("x",)
-    assert BSeGNConfig(cycle=False).effective_mfim_levels == ("x", "s")
-    assert BSeGNConfig().without("mfim_levels").mfim_levels == ("x",)
+    with pytest.raises(ConfigError, match="generative.epochs must be an integer"):
+        BSeGNConfig.from_dict({"epochs": 2.5})
+    with pytest.raises(ConfigError, match="seed"):  # a run option, no longer a generative key
+        BSeGNConfig.from_dict({"seed": 1})
+    with pytest.raises(Exception):  # frozen
+        config.epochs = 4
+    assert len(dataclasses.fields(BSeGNConfig)) == 20
+    assert all(f.metadata.get("help") for f in dataclasses.fields(BSeGNConfig))
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("mfim_levels", ["x", "bogus"], "mfim_levels"), ("mfim_levels", ["s"], "include 'x'"),
+    ("mfim_levels", [], "mfim_levels"), ("mfim_levels", ["x", "x"], "once"),
+    ("hidden", 0, "generative.hidden must be >= 1"), ("n_critic", 0, "n_critic must be >= 1"),
+    ("iterations_per_epoch", 0, "iterations_per_epoch must be >= 1"), ("epochs", 0, "epochs must be >= 1"),
+    ("classifier_batch_size", 0, ">= 1"), ("lr", 0.0, "generative.lr must be > 0"), ("lr", -1, "got -1"),
+    ("tau", 0.0, "tau must be > 0"), ("lambda_s2f", -0.5, "lambda_s2f must be >= 0"),
+    ("lambda_bal", -1.0, "lambda_bal"), ("lambda_emb", -1.0, "lambda_emb"), ("lambda_cyc", -1.0, "lambda_cyc"),
+    ("lambda_cls", -1.0, "lambda_cls"), ("lambda_gp", -1.0, "lambda_gp"), ("fusion_weight", -1.0, "fusion_weight"),
+])
+def test_config_check_refuses_impossible_values(key, value, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        BSeGNConfig.from_dict({key: value})
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        BSeGNConfig().replace(**{key: value})
+
+
+def test_ablations_f_clswgan_and_derived_parts():
+    full = BSeGNConfig(fusion_weight=1.0, lambda_cls=0.01)
+    assert full.uses_decoder and full.uses_fusion and full.effective_mfim_levels == ("x", "h_R", "a_hat", "s")
+    expected = {"fem": {"fem": False}, "fem_s2f": {"lambda_s2f": 0.0}, "balance": {"lambda_bal": 0.0},
+                "fem_boosts_g": {"lambda_emb": 0.0}, "cycle": {"lambda_cyc": 0.0}, "mfim_levels": {"mfim_levels": ("x",)}}
+    for part, change in expected.items():
+        assert full.without(part) == full.replace(**change), part
+    with pytest.raises(ConfigError, match="not an ablation part"):
+        full.without("calibration")
+    assert full.without("cycle").effective_mfim_levels == ("x", "s") and not full.without("cycle").uses_decoder
+    assert full.without("fem").effective_mfim_levels == ("x", "h_R", "a_hat") and not full.without("fem").uses_fusion
+    assert not BSeGNConfig().uses_fusion  # fusion_weight 0 by default
+    base = full.as_f_clswgan()
+    assert not (base.fem or base.uses_decoder or base.uses_fusion) and base.lambda_cls == 0
+    assert base.mfim_levels == ("x",) and base.lr == full.lr and base.hidden == full.hidden
+    assert BSeGNConfig.f_clswgan(epochs=7) == BSeGNConfig(epochs=7).as_f_clswgan()
+
+
+def test_build_networks_builds_only_the_parts_in_use_with_k_sized_noise_and_embedding():
+    torch.manual_seed(0)
+    parts = build_networks(BSeGNConfig(hidden=16, embedder_hidden=8), feature_dim=12, semantic_dim=5)
+    assert list(parts) == ["generator", "critic", "decoder", "embedder"]
+    assert parts["generator"].noise_dim == 5 and parts["generator"].hidden.out_features == 16
+    assert parts["critic"].hidden.out_features == 16 and parts["decoder"].hidden.out_features == 16
+    assert parts["embedder"].output.out_features == 5 and parts["embedder"].hidden.out_features == 8
+    assert list(build_networks(BSeGNConfig(hidden=16, lambda_cyc=0.0), 12, 5)) == ["generator", "critic", "embedder"]
+    assert list(build_networks(BSeGNConfig(hidden=16, fem=False), 12, 5)) == ["generator", "critic", "decoder"]
+
+
+def test_fem_logits_are_the_cosine_matrix_divided_by_tau():
+    torch.manual_seed(0)
+    x, semantics = torch.rand(6, 12), torch.rand(4, 5)
+    embedder = build_networks(BSeGNConfig(hidden=16, embedder_hidden=8, tau=0.25), 12, 5)["embedder"]
+    s, _ = embedder.embed(x)
+    prototypes = embedder.prototypes(semantics)
+    cosine = torch.nn.functional.cosine_similarity(s.unsqueeze(1), prototypes.unsqueeze(0), dim=2)
+    logits = embedder(x, semantics)
+    assert torch.allclose(logits, cosine / 0.25, atol=1e-5)
+    assert not torch.allclose(logits, cosine, atol=1e-3)  # tau is really applied
 
 
 def test_module_shapes_and_gradients():
@@ -33,30 +98,27 @@ def test_module_shapes_and_gradients():
     generator = FeatureGenerator(k, k, d, hidden=16)
     critic = Critic(d, k, hidden=16)
     decoder = SemanticDecoder(d, k, hidden=10)
-    feedback = FeedbackModule(10, 16)
-    embedder = SemanticEmbedder(d, k, hidden=9, embed_dim=6)
+    embedder = SemanticEmbedder(d, k, hidden=9)
     fake = generator(z, a)
     assert fake.shape == (b, d) and (fake >= 0).all()
     a_hat, h = decoder(fake)
     assert a_hat.shape == (b, k) and h.shape == (b, 10)
-    fake2 = generator(z, a, feedback=feedback(h))
-    assert fake2.shape == (b, d)
     assert critic(x, a).shape == (b,)
     s, _ = embedder.embed(x)
-    assert s.shape == (b, 6) and torch.allclose(s.norm(dim=1), torch.ones(b))
+    assert s.shape == (b, k) and torch.allclose(s.norm(dim=1), torch.ones(b))
     logits = embedder(x, torch.rand(c, k))
     assert logits.shape == (b, c)
-    mfim = MultilevelIntegration({"x": d, "h_R": 10, "a_hat": k, "s": 6})
+    mfim = MultilevelIntegration({"x": d, "h_R": 10, "a_hat": k, "s": k})
     levels = {"x": x, "h_R": decoder(x)[1], "a_hat": decoder(x)[0], "s": s}
     mfim.fit(levels)
     out = mfim(levels)
-    assert out.shape == (b, d + 10 + k + 6) == (b, mfim.output_dim)
+    assert out.shape == (b, d + 10 + k + k) == (b, mfim.output_dim)
     assert torch.allclose(out.mean(0), torch.zeros_like(out[0]), atol=1e-5)
     classifier = FinalClassifier(mfim.output_dim, [3, 4, 6])
     assert classifier(out).shape == (b, 3)
-    total = critic(fake2, a).sum() + logits.sum() + classifier(out).sum() + a_hat.sum()
+    total = critic(fake, a).sum() + logits.sum() + classifier(out).sum() + a_hat.sum()
     total.backward()
-    for module in (generator, critic, decoder, feedback, embedder, classifier):
+    for module in (generator, critic, decoder, embedder, classifier):
         for name, p in module.named_parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
             assert p.grad.abs().sum() > 0, name
@@ -111,11 +173,9 @@ def test_balance_loss_hand_computed():
     loss = balance_loss(probs, torch.tensor([True, True, False]), torch.tensor([True, True, False]))
     assert loss.item() == pytest.approx((0.6 - 0.3) ** 2)
     assert balance_loss(probs, torch.tensor([True, True, False]), torch.tensor([True, True, True])).item() == 0.0
-    # One-sided: a seen domain answered more confidently (gap +0.3) is penalised, the reverse is not.
-    assert balance_loss(probs, torch.tensor([True, True, False]), torch.tensor([True, True, False]),
-                        one_sided=True).item() == pytest.approx((0.6 - 0.3) ** 2)
-    assert balance_loss(probs, torch.tensor([False, False, True]), torch.tensor([False, False, True]),
-                        one_sided=True).item() == 0.0
+    # Squared, so a seen domain answered LESS confidently is penalised as well (gap -0.3).
+    assert balance_loss(probs, torch.tensor([False, False, True]), torch.tensor([False, False, True])).item() == \
+        pytest.approx(0.3 ** 2)
     # The signed gap m_S - m_U: positive when the seen domain is answered more confidently.
     assert balance_gap(probs, torch.tensor([True, True, False]), torch.tensor([True, True, False])).item() == \
         pytest.approx(0.6 - 0.3)
@@ -144,7 +204,11 @@ def test_per_class_accuracy_and_h_hand_computed():
 
 
 def test_choose_calibration_picks_best_h_gamma():
-    from bsegn.generative.evaluation import choose_calibration, evaluate_scores
+    from bsegn.generative.evaluation import CALIBRATION_GRID, choose_calibration, evaluate_scores
+
+    # the grid's values: 0.5-nat steps from 1 to 15, finer below 1, coarser above 15
+    assert CALIBRATION_GRID[:6] == (0.0, 0.1, 0.2, 0.3, 0.5, 0.75) and CALIBRATION_GRID[-5:] == (16.0, 18.0, 20.0, 25.0, 30.0)
+    assert CALIBRATION_GRID[6:-5] == tuple(x / 2 for x in range(2, 31)) and len(CALIBRATION_GRID) == 40
 
     class_ids = torch.tensor([0, 1, 2])
     seen = torch.tensor([0, 1])
@@ -199,14 +263,3 @@ def test_eszsl_closed_form_solves_a_linear_problem():
     test = semantics[test_labels] @ mapping + 0.1 * torch.randn(len(test_labels), 20, generator=g)
     predicted = unseen[eszsl_scores(projection, test, semantics, unseen).argmax(1)]
     assert (predicted == test_labels).float().mean() > 0.5  # chance 0.25; measured 0.6
-
-
-def test_unit_norm_generator_outputs_lie_on_the_sphere():
-    torch.manual_seed(0)
-    generator = FeatureGenerator(6, 6, 10, hidden=16, unit_norm=True)
-    out = generator(torch.randn(5, 6), torch.rand(5, 6))
-    assert torch.allclose(out.norm(dim=1), torch.ones(5), atol=1e-5) and (out >= 0).all()
-    loose = FeatureGenerator(6, 6, 10, hidden=16)
-    loose.load_state_dict(generator.state_dict())
-    raw = loose(torch.randn(5, 6), torch.rand(5, 6))
-    assert not torch.allclose(raw.norm(dim=1), torch.ones(5), atol=1e-2)

@@ -1,0 +1,140 @@
+"""The research harness of the benches: what only they use, on top of bsegn.generative.experiment.
+
+    score_epochs(feature_set, split, config, run_dir, epochs, *, choose_gamma, seed=0, unseen_ranking="gzsl")
+    select_on_validation(feature_set, validation_split, config, run_dir, epochs, *, seeds=(0,),
+                         calibration=False, unseen_ranking="gzsl") -> {"epochs", "gamma", "validation", "rows"}
+    run_bsegn_oracle(feature_set, split, config, run_dir, *, seed=0, unseen_ranking="gzsl") -> result
+                                              # best epoch ON TEST, labelled; for comparison with papers only
+    run_eszsl(feature_set, split, gamma_reg, lam) -> result
+    choose_eszsl(feature_set, validation_split, grid) -> (gamma_reg, lam, validation result)
+    method_config(name, base) -> BSeGNConfig   # "bsegn", "f-clswgan", "bsegn-no-<part>"
+
+Every choice is made on a VALIDATION split (bsegn.datasets.protocol.validation_protocol); the oracle
+exists only to set our numbers beside published ones and never chooses anything.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bsegn.generative.config import BSeGNConfig
+from bsegn.generative.eszsl import eszsl_scores, fit_eszsl
+from bsegn.generative.evaluation import (CALIBRATION_GRID, best_calibration_point, choose_calibration,
+                                         evaluate_scores)
+from bsegn.generative.experiment import fit_and_score, split_tensors
+from bsegn.generative.model import train_bsegn
+
+ORACLE_LABEL = "ORACLE: best epoch picked on TEST (as TF-VAEGAN's and CE-GZSL's code do); for comparison with papers only"
+ABLATIONS = ("fem", "fem_s2f", "balance", "fem_boosts_g", "cycle", "mfim_levels")
+METHODS = ("eszsl", "f-clswgan", "bsegn") + tuple(f"bsegn-no-{part}" for part in ABLATIONS)
+
+
+def method_config(name: str, base: BSeGNConfig) -> BSeGNConfig:
+    """The config of a bench method: bsegn (the base), f-clswgan, or bsegn-no-<part> (base.without(part))."""
+    if name == "bsegn":
+        return base
+    if name == "f-clswgan":
+        return base.as_f_clswgan()
+    return base.without(name[len("bsegn-no-"):])
+
+
+def score_epochs(feature_set, split, config: BSeGNConfig, run_dir, epochs, *, choose_gamma: bool, seed: int = 0,
+                 unseen_ranking: str = "gzsl", show_progress: bool = False) -> list[dict]:
+    """Train on split's trainval up to max(epochs); after each epoch in `epochs` refit the classifiers and
+    score split's test locs. With choose_gamma (calibration on a VALIDATION split) each row's gamma is the
+    best-H gamma of that epoch's scores; otherwise rows are uncalibrated. `run_dir` holds the checkpoint
+    training resumes from between scored epochs.
+    Returns one result dict per scored epoch (evaluate_scores' keys + "epoch", "calibration_curve")."""
+    data = split_tensors(feature_set, split)
+    wanted = sorted({int(e) for e in epochs})
+    if not wanted or wanted[0] < 1:
+        raise ValueError(f"epochs to score must be >= 1, got {list(epochs)}")
+    config = config.replace(epochs=wanted[-1])
+    rows, done = [], 0
+    for epoch in wanted:
+        trained = train_bsegn(*data["trainval"], data["semantics"], data["seen"], data["unseen"], config, seed=seed,
+                              run_dir=run_dir, show_progress=show_progress, max_epochs=epoch - done)
+        done = epoch
+        _, _, seen_scores, unseen_scores, zsl_scores = fit_and_score(trained, data, unseen_ranking)
+        scored = (seen_scores, data["test_seen"][1], unseen_scores, data["test_unseen"][1], data["all_classes"],
+                  data["seen"])
+        gamma, curve = 0.0, None
+        if choose_gamma:
+            gamma, curve = choose_calibration(*scored, CALIBRATION_GRID)
+        result = evaluate_scores(*scored, zsl_unseen_scores=zsl_scores, zsl_class_ids=data["unseen"],
+                                 gamma=float(gamma))
+        result.update(epoch=epoch, calibration_curve=curve)
+        rows.append(result)
+    return rows
+
+
+def mean_over_seeds(rows: list[dict], calibrated: bool) -> dict:
+    """One validation row per seed for the same epoch -> their mean: T1 averaged, and with calibration the
+    gamma whose H AVERAGED over the seeds is best (so one seed's lucky peak does not set gamma)."""
+    out = {"epoch": rows[0]["epoch"], "T1": float(np.mean([r["T1"] for r in rows])), "seeds": len(rows)}
+    if not calibrated:
+        out.update({k: float(np.mean([r[k] for r in rows])) for k in ("U", "S", "H")}, gamma=0.0)
+        return out
+    curves = [r["calibration_curve"] for r in rows]
+    mean_curve = [{"gamma": points[0]["gamma"], **{k: float(np.mean([p[k] for p in points])) for k in ("U", "S", "H")}}
+                  for points in zip(*curves)]
+    out.update(best_calibration_point(mean_curve), calibration_curve=mean_curve)
+    return out
+
+
+def select_on_validation(feature_set, validation, config: BSeGNConfig, run_dir, epochs, *, seeds=(0,),
+                         calibration: bool = False, unseen_ranking: str = "gzsl") -> dict:
+    """The number of generator epochs (among `epochs`) and, with calibration, gamma: both chosen on the
+    VALIDATION split by T1 + H (gamma by H at each epoch). Several `seeds` train one validation model each
+    and the choice is made on their mean (gamma on the mean H curve), which steadies it where the
+    H-against-gamma curve peaks sharply. Returns {"epochs", "gamma", "validation": the chosen row,
+    "rows": every scored epoch (averaged over seeds)}."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds: at least one validation seed is needed")
+    per_seed = [score_epochs(feature_set, validation, config, Path(run_dir) / f"seed-{seed}", epochs,
+                             choose_gamma=calibration, seed=seed, unseen_ranking=unseen_ranking) for seed in seeds]
+    if len(seeds) == 1:
+        rows = per_seed[0]
+    else:
+        rows = [mean_over_seeds(list(same_epoch), calibration) for same_epoch in zip(*per_seed)]
+    best = max(rows, key=lambda r: (r["T1"] + r["H"], -r["epoch"]))  # ties: the cheaper, earlier epoch
+    return {"epochs": best["epoch"], "gamma": best["gamma"] if calibration else None,
+            "validation": best, "rows": rows}
+
+
+def run_bsegn_oracle(feature_set, split, config: BSeGNConfig, run_dir, *, seed: int = 0,
+                     unseen_ranking: str = "gzsl", show_progress: bool = False) -> dict:
+    """The oracle mode the field's public code uses, labelled as such: after EVERY generator epoch the
+    classifiers are refitted and scored on test, and the best T1 and the best H over epochs are reported
+    (each its own best epoch, no calibration). Never use it to choose anything; it exists so that our
+    numbers can be set beside published ones. `run_dir` holds the checkpoints it steps through.
+    Returns {"T1", "U", "S", "H" (of the best-H epoch), "T1_epoch", "H_epoch", "oracle": ORACLE_LABEL}."""
+    rows = score_epochs(feature_set, split, config, run_dir, range(1, config.epochs + 1), choose_gamma=False,
+                        seed=seed, unseen_ranking=unseen_ranking, show_progress=show_progress)
+    best_t1 = max(rows, key=lambda r: r["T1"])
+    best_h = max(rows, key=lambda r: r["H"])
+    return {"T1": best_t1["T1"], "U": best_h["U"], "S": best_h["S"], "H": best_h["H"], "T1_epoch": best_t1["epoch"],
+            "H_epoch": best_h["epoch"], "oracle": ORACLE_LABEL}
+
+
+def run_eszsl(feature_set, split, gamma_reg: float, lam: float) -> dict:
+    """ESZSL on split's trainval with the given (gamma, lambda), evaluated like BSeGN (uncalibrated)."""
+    data = split_tensors(feature_set, split)
+    seen, semantics, all_classes = data["seen"], data["semantics"], data["all_classes"]
+    projection = fit_eszsl(*data["trainval"], semantics, seen, gamma_reg, lam)
+    (seen_x, seen_y), (unseen_x, unseen_y) = data["test_seen"], data["test_unseen"]
+    return evaluate_scores(eszsl_scores(projection, seen_x, semantics, all_classes), seen_y,
+                           eszsl_scores(projection, unseen_x, semantics, all_classes), unseen_y, all_classes, seen)
+
+
+def choose_eszsl(feature_set, validation, grid) -> tuple[float, float, dict]:
+    """ESZSL's (gamma, lambda) over grid x grid with the best validation T1 + H (the first on ties)."""
+    best = None
+    for gamma_reg in grid:
+        for lam in grid:
+            result = run_eszsl(feature_set, validation, gamma_reg, lam)
+            if best is None or result["T1"] + result["H"] > best[2]["T1"] + best[2]["H"]:
+                best = (gamma_reg, lam, result)
+    return best
