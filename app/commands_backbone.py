@@ -11,37 +11,30 @@ WEIGHTS_HELP = ("default (timm's pretrained weights from the local cache; never 
 
 
 def register(subparsers) -> None:
-    extract = subparsers.add_parser(
-        "extract", help="extract per-image features of a benchmark with a timm backbone",
+    extract = _add_image_command(
+        subparsers, "extract", batch_size=64, out_help="output folder (the feature cache lives here)",
+        help="extract per-image features of a benchmark with a timm backbone",
         description="Extract one feature vector per image (eval transform of the backbone), cached by "
                     "backbone + weights + transform + dataset. Run under `accelerate launch` for several processes.")
-    _add_data_arguments(extract)
-    _add_backbone_arguments(extract)
-    extract.add_argument("--out", required=True, help="output folder (the feature cache lives here)")
-    extract.add_argument("--batch-size", type=int, default=64, help="images per batch per process (default 64)")
-    extract.add_argument("--workers", type=int, default=4, help="DataLoader workers per process (default 4)")
     extract.add_argument("--flip-average", action="store_true", help="average features of image and mirror image")
     extract.add_argument("--export-xlsa17", action="store_true", help="also write OUT/res101.mat (xlsa17 format)")
     extract.set_defaults(func=_run_extract)
 
-    finetune = subparsers.add_parser(
-        "finetune", help="fine-tune a backbone on the seen classes only",
+    finetune = _add_image_command(
+        subparsers, "finetune", batch_size=32, out_help="output folder (checkpoint, history, backbone.safetensors)",
+        help="fine-tune a backbone on the seen classes only",
         description="Fine-tune on trainval (--protocol final) or train (--protocol validation) images of the "
                     "seen classes; test and unseen-class images are refused. Rerun with the same --out to resume.")
-    _add_data_arguments(finetune)
-    _add_backbone_arguments(finetune)
-    finetune.add_argument("--out", required=True, help="output folder (checkpoints, history, backbone.safetensors)")
     finetune.add_argument("--protocol", choices=("final", "validation"), default="final")
     finetune.add_argument("--epochs", type=int, default=10)
-    finetune.add_argument("--batch-size", type=int, default=32, help="per process")
     finetune.add_argument("--lr-backbone", type=float, default=1e-3)
     finetune.add_argument("--lr-head", type=float, default=1e-2)
     finetune.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     finetune.add_argument("--head", choices=("softmax", "attribute"), default="softmax")
     finetune.add_argument("--warmup-epochs", type=float, default=1.0)
     finetune.add_argument("--grad-accum-steps", type=int, default=1)
-    finetune.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
-    finetune.add_argument("--workers", type=int, default=4)
+    finetune.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
+                          help="no (default) leaves it to `accelerate launch --mixed_precision`")
     finetune.add_argument("--seed", type=int, default=0)
     finetune.set_defaults(func=_run_finetune)
 
@@ -55,6 +48,18 @@ def register(subparsers) -> None:
     lite0.add_argument("--out", required=True, help="folder to write")
     lite0.set_defaults(func=_run_import_lite0)
     backbone.set_defaults(func=lambda args: backbone.print_help() or 2)
+
+
+def _add_image_command(subparsers, name: str, *, batch_size: int, out_help: str, **texts) -> argparse.ArgumentParser:
+    """A subcommand that reads a benchmark's images with a backbone: data, backbone and loader options."""
+    parser = subparsers.add_parser(name, **texts)
+    _add_data_arguments(parser)
+    _add_backbone_arguments(parser)
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--batch-size", type=int, default=batch_size,
+                        help=f"images per batch per process (default {batch_size})")
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers per process (default 4)")
+    return parser
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,8 +77,8 @@ def _add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load_data(args):
     """(image root Path, ZSLSplit with image_files and labels) for --benchmark/--images/--splits."""
+    from bsegn.core.errors import DataError
     from bsegn.datasets.benchmarks import load_benchmark
-    from bsegn.datasets.splits import DataError
 
     options = {"attributes_csv": args.attributes_csv} if args.attributes_csv else {}
     benchmark = load_benchmark(args.benchmark, splits_dir=args.splits, images_root=args.images, **options)
@@ -86,24 +91,21 @@ def _load_data(args):
 
 
 def _run_extract(args) -> int:
-    import json
     import time
-    import warnings
     from pathlib import Path
 
     from accelerate import Accelerator
 
     from bsegn.backbone.extract import cached_extract_features
     from bsegn.backbone.factory import create_backbone
+    from bsegn.core.files import atomic_write_json, atomic_write_text
+    from bsegn.core.logs import get_logger
     from bsegn.datasets.features import write_res101_mat
 
+    log = get_logger(__name__)
     accelerator = Accelerator()
     image_root, split = _load_data(args)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        backbone = create_backbone(args.backbone, args.weights)
-    for warning in caught:
-        accelerator.print(f"warning: {warning.message}")
+    backbone = create_backbone(args.backbone, args.weights)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -120,43 +122,39 @@ def _run_extract(args) -> int:
         if args.export_xlsa17:
             good = [i for i in range(len(features)) if i not in set(features.meta.get("bad_indices", []))]
             if bad_files:
-                accelerator.print(f"note: res101.mat leaves out the {len(bad_files)} unreadable images; "
-                                  "xlsa17 locs of the original files no longer line up with it.")
+                log.warning(f"res101.mat leaves out the {len(bad_files)} unreadable images; "
+                            "xlsa17 locs of the original files no longer line up with it.")
             summary["xlsa17"] = str(write_res101_mat(out / "res101.mat", features.subset(good) if bad_files else features))
-        (out / "extract.json").write_text(json.dumps(summary, indent=2))
-        action = "re-used cached features of" if reused else f"extracted in {seconds:.1f} s:"
-        accelerator.print(f"{action} {len(features)} images, {features.dim}-d, {backbone.model_name} -> {path}")
+        atomic_write_json(out / "extract.json", summary, indent=2)
         if bad_files:
-            (out / "bad_images.txt").write_text("\n".join(bad_files) + "\n")
-            accelerator.print(f"{len(bad_files)} image(s) could not be read and were skipped (zero rows, "
-                              f"listed in {out / 'bad_images.txt'}): {', '.join(bad_files[:5])}"
-                              + (" ..." if len(bad_files) > 5 else ""))
-        else:
-            accelerator.print("0 bad images.")
+            atomic_write_text(out / "bad_images.txt", "\n".join(bad_files) + "\n")
+            log.warning(f"{len(bad_files)} image(s) could not be read and were skipped (zero rows, listed in "
+                        f"{out / 'bad_images.txt'}): {', '.join(bad_files[:5])}" + (" ..." if len(bad_files) > 5 else ""))
+        # the command's result (stdout); progress and warnings go to the log (stderr)
+        action = "re-used cached features of" if reused else f"extracted in {seconds:.1f} s:"
+        print(f"{action} {len(features)} images, {features.dim}-d, {backbone.model_name} -> {path}; "
+              f"{len(bad_files)} bad images.")
     return 0
 
 
 def _run_finetune(args) -> int:
-    import warnings
+    from accelerate import Accelerator
 
     from bsegn.backbone.factory import create_backbone
     from bsegn.backbone.finetune import FinetuneConfig, finetune_backbone
 
-    from accelerate import PartialState
-
-    image_root, split = _load_data(args)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        backbone = create_backbone(args.backbone, args.weights)
-    for warning in caught:
-        PartialState().print(f"warning: {warning.message}")
     config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr_backbone=args.lr_backbone,
                             lr_head=args.lr_head, optimizer=args.optimizer, head=args.head,
-                            warmup_epochs=args.warmup_epochs, grad_accum_steps=args.grad_accum_steps,
-                            mixed_precision=args.mixed_precision, num_workers=args.workers, seed=args.seed,
-                            image_size=args.image_size)
-    tuned = finetune_backbone(backbone, image_root, split, config, protocol=args.protocol, output_dir=args.out)
-    if not PartialState().is_main_process:  # one report per run, not per process
+                            warmup_epochs=args.warmup_epochs, grad_accum_steps=args.grad_accum_steps)
+    # "no" (the default) leaves the precision to accelerate's launcher (`--mixed_precision fp16`)
+    accelerator = Accelerator(mixed_precision=None if args.mixed_precision == "no" else args.mixed_precision,
+                              gradient_accumulation_steps=config.grad_accum_steps)
+    image_root, split = _load_data(args)
+    backbone = create_backbone(args.backbone, args.weights)
+    tuned = finetune_backbone(backbone, image_root, split, config, protocol=args.protocol, output_dir=args.out,
+                              accelerator=accelerator, seed=args.seed, image_size=args.image_size,
+                              num_workers=args.workers)
+    if not accelerator.is_main_process:  # one report per run, not per process
         return 0
     print(f"fine-tuned {tuned.model_name} (weights {tuned.weights_id}) -> {args.out}/backbone.safetensors; "
           f"extract with --backbone {tuned.model_name} --weights {args.out}/backbone.safetensors")

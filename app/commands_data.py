@@ -69,8 +69,7 @@ def _summary(args) -> int:
 def _check(args) -> int:
     import json
 
-    from bsegn.datasets.benchmarks import canonical_name
-    from bsegn.datasets.image_folders import check_images
+    from bsegn.datasets.benchmarks import canonical_name, check_benchmark_images
 
     name = canonical_name(args.benchmark)
     split = None
@@ -78,10 +77,10 @@ def _check(args) -> int:
         from bsegn.datasets.own_data import load_own_data
 
         if args.attributes is None:
-            from bsegn.datasets.splits import DataError
+            from bsegn.core.errors import DataError
 
             raise DataError("data check --benchmark own needs --attributes (the class,split,<attributes...> CSV).")
         split = load_own_data(args.images, args.attributes)
-    report = check_images(name, args.images, args.splits, split=split, show=args.show)
+    report = check_benchmark_images(name, args.images, args.splits, split=split, show=args.show)
     print(json.dumps(report.to_dict()) if args.json else report.format())
     return 0 if report.ok else 1

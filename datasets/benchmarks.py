@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bsegn.core.errors import DataError
 from bsegn.datasets.features import FeatureSet
-from bsegn.datasets.splits import DataError, ZSLSplit
+from bsegn.datasets.splits import ZSLSplit
 
 XLSA17_NAMES = ("CUB", "CUB-sent", "AWA1", "AWA2", "SUN", "FLO", "APY")
 LAMPERT_NAME = "AWA1-Lampert2009"
@@ -72,6 +73,20 @@ def load_split(name: str, splits_dir: str | Path | None = None, **demo_kwargs) -
     from bsegn.datasets.xlsa17 import load_xlsa17
 
     return load_xlsa17(name, splits_dir if splits_dir is not None else _default_splits_dir(name))
+
+
+def check_benchmark_images(name: str, images_root: str | Path, splits_dir: str | Path | None = None, *,
+                           split: ZSLSplit | None = None, show: int = 5):
+    """`image_folders.check_images` for benchmark `name`, loading its split when none is given
+    (a demo image folder's split files sit beside it)."""
+    from bsegn.datasets.image_folders import check_images, resolve_image_root
+
+    name = canonical_name(name)
+    if split is None:
+        if name == "demo" and splits_dir is None:
+            splits_dir = resolve_image_root(images_root, name).parent
+        split = load_split(name, splits_dir)
+    return check_images(name, images_root, splits_dir, split=split, show=show)
 
 
 def load_benchmark(name: str, *, splits_dir: str | Path | None = None, images_root: str | Path | None = None,

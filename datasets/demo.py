@@ -27,8 +27,6 @@ timestamp is replaced by a fixed text). It runs on first use into cache_dir()/de
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import shutil
@@ -37,8 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bsegn.core.errors import DataError
+from bsegn.core.files import digest_json
 from bsegn.datasets.paths import cache_dir
-from bsegn.datasets.splits import DataError, ZSLSplit
+from bsegn.datasets.splits import ZSLSplit
 
 GENERATOR_VERSION = 1  # bump when the drawing changes: it is part of the folder hash
 
@@ -180,9 +180,8 @@ def _render(factors: tuple[str, str, str], size: int, rng: np.random.Generator):
 # --- the dataset folder -------------------------------------------------------------------------
 
 def _params_hash(images_per_class: int, image_size: int, seed: int) -> str:
-    text = json.dumps({"version": GENERATOR_VERSION, "images_per_class": images_per_class,
-                       "image_size": image_size, "seed": seed}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return digest_json({"version": GENERATOR_VERSION, "images_per_class": images_per_class,
+                        "image_size": image_size, "seed": seed}, length=12)
 
 
 def _write_split_mat(path: Path, variables: dict) -> None:
@@ -292,6 +291,9 @@ def ensure_demo_dataset(root: str | Path | None = None, *, images_per_class: int
     parent.mkdir(parents=True, exist_ok=True)
     folder = parent / f"demo-{_params_hash(images_per_class, image_size, seed)}"
     if not (folder / "att_splits.mat").is_file():
+        # Not core.files.atomic_folder: that replaces a folder already there, and under `accelerate launch`
+        # every rank may generate at once; here the first complete folder wins and is never swapped out
+        # under a rank that is reading it (the content is the same, being deterministic).
         temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=parent))
         try:
             _generate(temp, images_per_class, image_size, seed)

@@ -6,20 +6,19 @@
   features can feed other people's code.
 * `save_feature_cache` / `load_feature_cache`: safetensors (features, labels) with a JSON header
   (backbone, weights hash, transform, dataset, image ids) in the safetensors metadata. Loading never
-  executes code from the file, and writes are atomic (temp file + os.replace).
+  executes code from the file, and writes are atomic (bsegn.core.files.atomic_file).
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bsegn.datasets.splits import DataError
+from bsegn.core.errors import DataError
+from bsegn.core.files import atomic_file
 
 CACHE_FORMAT = "bsegn-feature-cache-v1"
 
@@ -62,14 +61,6 @@ class FeatureSet:
         indices = np.asarray(indices, dtype=np.int64)
         return FeatureSet(self.features[indices], self.labels[indices],
                           [self.image_ids[i] for i in indices], dict(self.meta))
-
-
-def _atomic_target(path: Path):
-    """A temp file in the target's folder (so os.replace is atomic on one filesystem)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    return Path(temp)
 
 
 # --- xlsa17 res101.mat -----------------------------------------------------------------------
@@ -115,18 +106,12 @@ def write_res101_mat(path: str | Path, feature_set: FeatureSet) -> Path:
     image_files = np.empty((len(feature_set), 1), dtype=object)
     for i, name in enumerate(feature_set.image_ids):
         image_files[i, 0] = np.array([name])
-    temp = _atomic_target(path)
-    try:
-        with open(temp, "wb") as handle:
-            scipy.io.savemat(handle, {
-                "features": feature_set.features.T,
-                "labels": (feature_set.labels + 1).reshape(-1, 1).astype(np.float64),
-                "image_files": image_files,
-            }, do_compression=False)
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
+    with atomic_file(path) as temp, open(temp, "wb") as handle:
+        scipy.io.savemat(handle, {
+            "features": feature_set.features.T,
+            "labels": (feature_set.labels + 1).reshape(-1, 1).astype(np.float64),
+            "image_files": image_files,
+        }, do_compression=False)
     return path
 
 
@@ -147,13 +132,8 @@ def save_feature_cache(path: str | Path, feature_set: FeatureSet, header: dict[s
         "image_ids": json.dumps(feature_set.image_ids),
         "meta": json.dumps(feature_set.meta, sort_keys=True, default=str),
     }
-    temp = _atomic_target(path)
-    try:
+    with atomic_file(path) as temp:
         save_file({"features": feature_set.features, "labels": feature_set.labels}, str(temp), metadata=metadata)
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
     return path
 
 

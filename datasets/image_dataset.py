@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bsegn.datasets.images import DEFAULT_MAX_PIXELS, ImageError, open_rgb
+from bsegn.core.errors import ImageError
+from bsegn.datasets.images import DEFAULT_MAX_PIXELS, open_rgb
 
 
 class ImageFolderDataset(Dataset):

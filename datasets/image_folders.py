@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bsegn.datasets.splits import SPLIT_NAMES, DataError, ZSLSplit
+from bsegn.core.errors import DataError
+from bsegn.datasets.splits import SPLIT_NAMES, ZSLSplit
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _IMAGE_SUBFOLDER = {"CUB": "images", "CUB-sent": "images", "AWA1": "JPEGImages", "AWA2": "JPEGImages",
@@ -174,21 +175,16 @@ class ImageCheckReport:
 
 
 def check_images(benchmark: str, images_root: str | Path, splits_dir: str | Path | None = None, *,
-                 split: ZSLSplit | None = None, show: int = 5) -> ImageCheckReport:
-    """Verify an image folder against a benchmark's split before any training (no image is decoded).
+                 split: ZSLSplit, show: int = 5) -> ImageCheckReport:
+    """Verify an image folder against the benchmark's `split` before any training (no image is decoded).
 
-    Compares the sorted relative paths with the expected image list when the metadata has one
-    (CUB, AWA2, demo), else the count with the number of indexed images; validates every split's
-    class-consistency where folders give classes. Lists the first `show` missing/unexpected files.
+    Compares the sorted relative paths with the expected image list when the split or the metadata
+    in `splits_dir` has one (CUB, AWA2, demo), else the count with the number of indexed images;
+    validates every split's class-consistency where folders give classes. Lists the first `show`
+    missing/unexpected files. (`bsegn.datasets.benchmarks.check_benchmark_images` loads the split.)
     """
     from bsegn.datasets.xlsa17 import validate_split
 
-    if split is None:
-        from bsegn.datasets.benchmarks import load_split
-
-        if benchmark == "demo" and splits_dir is None:  # the split files sit beside a demo image folder
-            splits_dir = resolve_image_root(images_root, benchmark).parent
-        split = load_split(benchmark, splits_dir)
     image_root = resolve_image_root(images_root, benchmark)
     found = list_images(image_root, benchmark)
     all_locs = [loc for loc in split.locs.values() if loc is not None]

@@ -12,14 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bsegn.datasets.splits import DataError
+from bsegn.core.errors import ImageError
 
 # PIL's own decompression-bomb threshold (about 89.5 megapixels): far above any benchmark photo.
 DEFAULT_MAX_PIXELS = 89_478_485
-
-
-class ImageError(DataError):
-    """An image file cannot be read as an RGB picture. The message names the file."""
 
 
 def open_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -17,18 +17,17 @@ cache_dir(), keyed by the files' names, sizes and mtimes (loaded with allow_pick
 from __future__ import annotations
 
 import bz2
-import hashlib
 import io
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from bsegn.core.errors import DataError
+from bsegn.core.files import atomic_file, digest_json
 from bsegn.datasets.features import FeatureSet
 from bsegn.datasets.paths import cache_dir, shared_data_dir
-from bsegn.datasets.splits import DataError, ZSLSplit
+from bsegn.datasets.splits import ZSLSplit
 
 FEATURE_TYPES = ("lss", "surf", "sift", "rgsift", "phog")
 
@@ -111,11 +110,8 @@ def _feature_files(features_dir: Path, class_names: list[str], feature_type: str
 
 
 def _cache_key(files: list[Path], feature_type: str) -> str:
-    digest = hashlib.sha256(feature_type.encode())
-    for f in files:
-        stat = f.stat()
-        digest.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return digest_json({"feature_type": feature_type, "files": stats})
 
 
 def _decode_all(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -139,14 +135,8 @@ def _load_raw(features_dir: Path, class_names: list[str], feature_type: str) -> 
         except Exception:  # a damaged cache is rebuilt, never trusted
             pass
     features, counts = _decode_all(files)
-    handle, temp = tempfile.mkstemp(prefix=".awa1-lampert-", suffix=".npz", dir=cache.parent)
-    os.close(handle)
-    try:
-        np.savez(temp, features=features, counts=counts)
-        os.replace(temp, cache)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+    with atomic_file(cache) as temp, open(temp, "wb") as handle:  # a handle: np.savez would append ".npz" to a name
+        np.savez(handle, features=features, counts=counts)
     return features, counts
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bsegn.datasets.splits import DataError, ZSLSplit
+from bsegn.core.errors import DataError
+from bsegn.datasets.splits import ZSLSplit
 
 
 def read_attributes_csv(path: str | Path) -> tuple[list[str], list[str], list[str], np.ndarray]:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bsegn.datasets.splits import DataError, ZSLSplit
+from bsegn.core.errors import DataError
+from bsegn.datasets.splits import ZSLSplit
 
 
 def validation_protocol(split: ZSLSplit, *, holdout_fraction: float = 0.2, seed: int = 0) -> ZSLSplit:

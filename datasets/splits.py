@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bsegn.core.errors import DataError  # noqa: F401 - also re-exported here during the transition
+
 SPLIT_NAMES = ("trainval", "test_seen", "test_unseen", "train", "val")
-
-
-class DataError(ValueError):
-    """A user's data is wrong or missing. The message says what and what to do."""
 
 
 @dataclass

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bsegn.datasets.splits import SPLIT_NAMES, DataError, ZSLSplit
+from bsegn.core.errors import DataError
+from bsegn.datasets.splits import SPLIT_NAMES, ZSLSplit
 
 BENCHMARKS = ("CUB", "CUB-sent", "AWA1", "AWA2", "SUN", "FLO", "APY")
 SENTENCE_BENCHMARKS = ("FLO",)  # their `att` is a sentence embedding, not named attributes

@@ -19,6 +19,21 @@ def shared_data():
     return root
 
 
+@pytest.fixture
+def bsegn_log(caplog):
+    """caplog for the "bsegn" loggers (bsegn.core.logs), also after setup_logging() has stopped them
+    propagating to the root logger that caplog listens on. Use bsegn_log.records / .text."""
+    import logging
+
+    logger = logging.getLogger("bsegn")
+    propagate = logger.propagate
+    logger.addHandler(caplog.handler)
+    logger.propagate = False  # not twice through the root
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.propagate = propagate
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Generated data goes to a per-session temp cache, never the user's ~/.cache."""

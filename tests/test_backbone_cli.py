@@ -1,6 +1,5 @@
 """The `bsegn extract`, `bsegn finetune` and `bsegn backbone` commands, end to end on the demo benchmark."""
 import json
-import warnings
 
 import pytest
 import torch
@@ -14,10 +13,8 @@ from bsegn.backbone.factory import create_backbone
 def weights_file(tmp_path_factory):
     from safetensors.torch import save_file
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        backbone = create_backbone("test_resnet", "none")
+    torch.manual_seed(0)
+    backbone = create_backbone("test_resnet", "none")
     path = tmp_path_factory.mktemp("weights") / "test_resnet.safetensors"
     save_file({k: v.contiguous() for k, v in backbone.model.state_dict().items()}, str(path))
     return path

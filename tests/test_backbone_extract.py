@@ -6,7 +6,6 @@ Run as a script (under `accelerate launch`) it is the worker of the 2-process te
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +30,8 @@ def _image_tree(root, count=11, size=20):
 
 
 def _random_backbone(name="test_resnet", seed=0):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(seed)
-        return create_backbone(name, "none")
+    torch.manual_seed(seed)
+    return create_backbone(name, "none")
 
 
 @pytest.fixture(scope="module")

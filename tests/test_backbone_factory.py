@@ -10,15 +10,15 @@ import warnings
 import pytest
 import torch
 
-from bsegn.backbone.factory import FeatureBackbone, WeightsUnavailableError, create_backbone
-from bsegn.datasets.splits import DataError
+from bsegn.backbone.factory import FeatureBackbone, create_backbone, weights_hash
+from bsegn.core.errors import DataError, WeightsError
 
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_vit"])
-def test_tiny_architectures_give_their_own_feature_dims(name):
-    with pytest.warns(UserWarning, match="meaningless"):
-        backbone = create_backbone(name, "none")
+def test_tiny_architectures_give_their_own_feature_dims(name, bsegn_log):
+    backbone = create_backbone(name, "none")
+    assert [r.levelname for r in bsegn_log.records] == ["WARNING"] and "meaningless" in bsegn_log.text
     assert isinstance(backbone, FeatureBackbone)
     assert backbone.weights_id == "random-init" and backbone.model_name == name
     size = backbone.data_config["input_size"]
@@ -30,15 +30,12 @@ def test_tiny_architectures_give_their_own_feature_dims(name):
 
 
 def test_architectures_differ_in_dims():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dims = {name: create_backbone(name, "none").num_features for name in ("test_resnet", "test_vit")}
+    dims = {name: create_backbone(name, "none").num_features for name in ("test_resnet", "test_vit")}
     assert dims["test_resnet"] != dims["test_vit"]
 
 
 def test_resnet101_shapes_and_tv_data_config():
-    with pytest.warns(UserWarning):
-        backbone = create_backbone("resnet101", "none")
+    backbone = create_backbone("resnet101", "none")
     assert backbone.num_features == 2048
     assert backbone.model_name == "resnet101.tv_in1k"
     config = backbone.data_config
@@ -76,17 +73,27 @@ def test_local_weights_file_loads_exactly_and_drops_head(tmp_path, suffix):
     assert other.refresh_weights_id() != backbone.weights_id
 
 
+def test_weights_hash_sees_names_dtypes_and_values():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    base = weights_hash(layer)
+    assert len(base) == 16 and weights_hash(layer) == base
+    assert weights_hash(torch.nn.Linear(3, 2).to(torch.bfloat16)) != base  # any dtype hashes, bfloat16 too
+    renamed = torch.nn.Sequential(layer)  # same tensors, names "0.weight", "0.bias"
+    assert weights_hash(renamed) != base
+
+
 def test_missing_weights_fail_fast_with_instructions(tmp_path):
     start = time.perf_counter()
-    with pytest.raises(WeightsUnavailableError) as info:
+    with pytest.raises(WeightsError) as info:
         create_backbone("resnet18", "default")  # nothing cached on this machine
     assert time.perf_counter() - start < 10  # never the 46 s network retry loop
     message = str(info.value)
     for hint in ("--weights FILE", "local-dir:", "import-efficientnet-lite0", "--weights none"):
         assert hint in message
-    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+    with pytest.raises(WeightsError, match="does not exist"):
         create_backbone("test_resnet", tmp_path / "nope.pth")
-    with pytest.raises(DataError, match="unknown timm model"), pytest.warns(UserWarning):
+    with pytest.raises(DataError, match="unknown timm model"):
         create_backbone("no_such_net_v9", "none")
 
 
@@ -120,7 +127,7 @@ def test_local_dir_must_match_architecture(tmp_path):
     assert backbone.num_classes == 0 and backbone.num_features == 96
     with pytest.raises(DataError, match="use --backbone test_resnet"):
         create_backbone("test_vit", f"local-dir:{tmp_path / 'dir'}")
-    with pytest.raises(WeightsUnavailableError, match="no config.json"):
+    with pytest.raises(WeightsError, match="no config.json"):
         create_backbone("test_resnet", f"local-dir:{tmp_path}")
 
 

@@ -1,5 +1,5 @@
 """Seen-class fine-tuning: learns, changes the weights, resumes exactly, never touches test/unseen images."""
-import warnings
+import dataclasses
 
 import numpy as np
 import pytest
@@ -7,15 +7,10 @@ import torch
 from PIL import Image
 
 from bsegn.backbone.factory import create_backbone
-from bsegn.backbone.finetune import (
-    FinetuneConfig,
-    allowed_training_indices,
-    check_training_indices,
-    finetune_backbone,
-    read_history,
-)
-from bsegn.datasets.splits import DataError, ZSLSplit
-
+from bsegn.backbone.finetune import FinetuneConfig, finetune_backbone, read_history
+from bsegn.backbone.seen_images import allowed_training_indices, check_training_indices
+from bsegn.core.errors import ConfigError, DataError
+from bsegn.datasets.splits import ZSLSplit
 
 
 def _tiny_benchmark(root, per_class=10, size=24):
@@ -65,17 +60,25 @@ def tiny(tmp_path_factory):
 
 
 def _backbone():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        return create_backbone("test_resnet", "none")
+    torch.manual_seed(0)
+    return create_backbone("test_resnet", "none")
 
 
 def _config(**overrides):
-    options = dict(epochs=2, batch_size=8, lr_backbone=0.02, lr_head=0.05, warmup_epochs=0.5, image_size=32,
-                   num_workers=0, val_fraction=0.3, seed=1, progress=False, optimizer="sgd")
+    options = dict(epochs=2, batch_size=8, lr_backbone=0.02, lr_head=0.05, warmup_epochs=0.5, optimizer="sgd")
     options.update(overrides)
     return FinetuneConfig(**options)
+
+
+def _finetune(root, split, config, output_dir, **options):
+    """finetune_backbone with the tests' small settings (32 px images, 30 % held out, seed 1, no bars)."""
+    options = {"image_size": 32, "val_fraction": 0.3, "seed": 1, "progress": False, **options}
+    return finetune_backbone(_backbone(), root, split, config, output_dir=output_dir, **options)
+
+
+def _leaky(split, **changes):
+    """A copy of `split` with some fields changed (locs merged), as a broken split file would give."""
+    return dataclasses.replace(split, **{**changes, "locs": {**split.locs, **changes.get("locs", {})}})
 
 
 def test_allowed_indices_exclude_test_and_unseen(tiny):
@@ -93,15 +96,56 @@ def test_allowed_indices_exclude_test_and_unseen(tiny):
 
 
 def test_finetune_refuses_test_or_unseen_indices(tiny, tmp_path):
+    """finetune_backbone checks the indices it is given before anything is built."""
     root, split = tiny
     unseen_image = int(split.locs["test_unseen"][0])
     with pytest.raises(DataError, match="refusing"):
-        finetune_backbone(_backbone(), root, split, _config(epochs=1), output_dir=tmp_path,
-                          indices=np.append(split.locs["trainval"], unseen_image))
-    # a leak in the split itself (a test image also listed in trainval) is filtered, never trained on
-    leaky = ZSLSplit(**{**split.__dict__, "locs": {**split.locs, "trainval": np.append(split.locs["trainval"], unseen_image)}})
+        _finetune(root, split, _config(epochs=1), tmp_path, indices=np.append(split.locs["trainval"], unseen_image))
+    assert not (tmp_path / "history.jsonl").exists()
+
+
+def test_guard_filters_test_images_listed_in_trainval(tiny):
+    """A test_seen image also listed in trainval (a leak in the split files) is never trained on."""
+    _, split = tiny
+    test_image = int(split.locs["test_seen"][0])
+    leaky = _leaky(split, locs={"trainval": np.append(split.locs["trainval"], test_image)})
     allowed, _ = allowed_training_indices(leaky, "final")
-    assert unseen_image not in allowed.tolist()
+    assert test_image not in allowed.tolist() and len(allowed) == len(split.locs["trainval"])
+
+
+def test_guard_filters_unseen_class_images(tiny):
+    """An unseen-class image listed in trainval but in no test loc is still never trained on."""
+    _, split = tiny
+    unseen_image = int(split.locs["test_unseen"][0])
+    locs = {"trainval": np.append(split.locs["trainval"], unseen_image), "test_unseen": split.locs["test_unseen"][1:]}
+    # the seen-class filter: the split does not say which classes are unseen
+    leaky = _leaky(split, unseen_classes=None, locs=locs)
+    assert unseen_image not in allowed_training_indices(leaky, "final")[0].tolist()
+    # the unseen-class rule: a class listed as both seen and unseen counts as unseen
+    leaky = _leaky(split, seen_classes=np.array([0, 1, 2, 3]), locs=locs)
+    assert unseen_image not in allowed_training_indices(leaky, "final")[0].tolist()
+
+
+def test_guard_validation_protocol_never_trains_on_val_images(tiny):
+    """Under the validation protocol the val classes play unseen: a val image listed in train is filtered."""
+    _, split = tiny
+    val_image = int(split.locs["val"][0])
+    leaky = _leaky(split, locs={"train": np.append(split.locs["train"], val_image)})
+    assert val_image not in allowed_training_indices(leaky, "validation")[0].tolist()
+
+
+def test_finetune_config_checks_ranges_and_keys():
+    assert FinetuneConfig.from_dict({"epochs": 0}).epochs == 0  # 0 = no fine-tuning, a valid config
+    with pytest.raises(ConfigError, match="finetune.lr_head must be > 0"):
+        FinetuneConfig.from_dict({"lr_head": -1})
+    with pytest.raises(ConfigError, match="finetune.head"):
+        FinetuneConfig.from_dict({"head": "mlp"})
+    with pytest.raises(ConfigError, match="unknown key"):
+        FinetuneConfig.from_dict({"label_smoothing": 0.1})
+    with pytest.raises(ConfigError, match="finetune.epochs must be an integer"):
+        FinetuneConfig.from_dict({"epochs": 2.5})
+    with pytest.raises(ConfigError, match="epochs is 0"):
+        finetune_backbone(None, "unused", None, FinetuneConfig(epochs=0), output_dir="unused")
 
 
 def test_one_epoch_lowers_loss_and_changes_weights(tiny, tmp_path):
@@ -109,7 +153,8 @@ def test_one_epoch_lowers_loss_and_changes_weights(tiny, tmp_path):
     backbone = _backbone()
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     old_id = backbone.weights_id
-    tuned = finetune_backbone(backbone, root, split, _config(epochs=1, lr_backbone=0.05), output_dir=tmp_path)
+    tuned = finetune_backbone(backbone, root, split, _config(epochs=1, lr_backbone=0.05), output_dir=tmp_path,
+                              image_size=32, val_fraction=0.3, seed=1, progress=False)
     history = read_history(tmp_path)
     assert [h["epoch"] for h in history] == [0, 1]
     assert history[1]["val_loss"] < history[0]["val_loss"]
@@ -126,10 +171,12 @@ def test_one_epoch_lowers_loss_and_changes_weights(tiny, tmp_path):
 
 def test_resume_continues_exactly(tiny, tmp_path):
     root, split = tiny
-    straight = finetune_backbone(_backbone(), root, split, _config(), output_dir=tmp_path / "straight")
-    first = finetune_backbone(_backbone(), root, split, _config(max_epochs_this_run=1), output_dir=tmp_path / "resumed")
+    straight = _finetune(root, split, _config(), tmp_path / "straight")
+    first = _finetune(root, split, _config(), tmp_path / "resumed", max_epochs_this_run=1)
     assert [h["epoch"] for h in read_history(tmp_path / "resumed")] == [0, 1]
-    resumed = finetune_backbone(_backbone(), root, split, _config(), output_dir=tmp_path / "resumed")
+    with pytest.raises(DataError, match="different config"):  # never resumed into another run
+        _finetune(root, split, _config(lr_head=0.07), tmp_path / "resumed")
+    resumed = _finetune(root, split, _config(), tmp_path / "resumed")
     assert [h["epoch"] for h in read_history(tmp_path / "resumed")] == [0, 1, 2]
     assert first is not resumed
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
@@ -140,12 +187,11 @@ def test_resume_continues_exactly(tiny, tmp_path):
 
 def test_attribute_head_trains(tiny, tmp_path):
     root, split = tiny
-    finetune_backbone(_backbone(), root, split, _config(epochs=2, head="attribute"), output_dir=tmp_path / "final")
+    _finetune(root, split, _config(epochs=2, head="attribute"), tmp_path / "final")
     history = read_history(tmp_path / "final")
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     # validation protocol: the head covers only the train classes (the val class plays unseen)
-    finetune_backbone(_backbone(), root, split, _config(epochs=1, head="attribute"),
-                      protocol="validation", output_dir=tmp_path / "validation")
+    _finetune(root, split, _config(epochs=1, head="attribute"), tmp_path / "validation", protocol="validation")
     from safetensors.torch import load_file
 
     head = load_file(str(tmp_path / "validation" / "head.safetensors"))

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from bsegn.core.errors import DataError
 from bsegn.datasets.image_dataset import ImageFolderDataset, collate_flagged, collate_skip_bad
 from bsegn.datasets.images import ImageError, load_rgb
-from bsegn.datasets.splits import DataError
 from bsegn.datasets.transforms import build_eval_transform, build_train_transform
 
 

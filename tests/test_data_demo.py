@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bsegn.core.errors import DataError
 from bsegn.datasets.demo import ATTRIBUTE_NAMES, demo_classes, ensure_demo_dataset
-from bsegn.datasets.splits import DataError
 
 
 def _digest_tree(folder):

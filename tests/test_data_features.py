@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import scipy.io
 
+from bsegn.core.errors import DataError
 from bsegn.datasets.features import (
     FeatureSet, load_feature_cache, read_feature_cache_header, read_res101_mat, save_feature_cache, write_res101_mat,
 )
-from bsegn.datasets.splits import DataError
 
 
 def _feature_set(n=7, d=5):

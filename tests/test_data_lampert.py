@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
+from bsegn.core.errors import DataError
 from bsegn.datasets.lampert import (
     RestrictedUnpickler, UnsafePickleError, hellinger_normalise, load_awa1_lampert, load_numpy_pickle,
 )
-from bsegn.datasets.splits import DataError
 
 
 class _RunsShell:

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
+from bsegn.core.errors import DataError
 from bsegn.datasets.benchmarks import load_benchmark
 from bsegn.datasets.own_data import load_own_data
-from bsegn.datasets.splits import DataError
 from bsegn.datasets.xlsa17 import validate_split
 
 CLASSES = {"cat": "seen", "dog": "seen", "cow": "seen", "hen": "seen", "fox": "seen", "owl": "unseen", "yak": "unseen"}

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
+from bsegn.core.errors import DataError
 from bsegn.datasets.demo import ensure_demo_dataset
 from bsegn.datasets.protocol import validation_protocol
-from bsegn.datasets.splits import DataError
 from bsegn.datasets.xlsa17 import load_xlsa17, validate_split
 
 

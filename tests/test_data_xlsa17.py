@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from bsegn.datasets.splits import DataError, ZSLSplit
+from bsegn.core.errors import DataError
+from bsegn.datasets.splits import ZSLSplit
 from bsegn.datasets.xlsa17 import load_xlsa17, validate_split
 
 # protocol.md: classes seen (train + val) / unseen, semantic dim, trainval / test_seen / test_unseen.
@@ -106,3 +107,9 @@ def test_missing_split_file_says_where_it_looked(tmp_path):
         load_xlsa17("AWA2", tmp_path)
     with pytest.raises(DataError, match="unknown xlsa17 benchmark"):
         load_xlsa17("IMAGENET", tmp_path)
+
+
+def test_data_error_is_the_core_one_and_still_importable_from_splits():
+    from bsegn.datasets import splits
+
+    assert splits.DataError is DataError and issubclass(DataError, ValueError)
