@@ -1,7 +1,8 @@
-"""Train and evaluate a bsegn model: `accelerate launch train.py [--config FILE] [--section.key VALUE ...]`.
+"""Train and evaluate a bsegn model: `accelerate launch train.py [--config NAME|FILE] [--section.key VALUE ...]`.
 
 With no arguments: the embedded demo benchmark (synthetic; generated on first use) end to end.
-Also runs as `python train.py`. See configs/ for one YAML per benchmark.
+Also runs as `python train.py`. `--config cub` loads the shipped configs/cub.yaml; `--help-config`
+lists every key.
 """
 import argparse
 import os
@@ -10,31 +11,51 @@ import sys
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Fine-tune a timm backbone on the seen classes, extract features, train BSeGN, evaluate "
                     "(T1, U, S, H) and write a model bundle for `predict`.",
         epilog="Any config value can be overridden: --generative.epochs 50 --backbone.model resnet50 "
-               "--run.protocol validation --data.splits_dir DIR --data.images_root DIR")
-    parser.add_argument("--config", default=None, help="YAML run config (default: configs/demo.yaml)")
+               "--run.protocol validation --data.splits_dir DIR --data.images_root DIR (see --help-config)")
+    parser.add_argument("--config", default=None,
+                        help="YAML run config, or the name of a shipped one (demo, cub, awa2, ...; default demo)")
     parser.add_argument("--output", default=None, help="run folder (default: runs/<benchmark>-<protocol>)")
     parser.add_argument("--protocol", choices=("final", "validation"), default=None,
                         help="final: train on trainval, test once; validation: train classes vs val classes")
-    args, overrides = parser.parse_known_args(argv)
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                        help="console messages (the run's log.txt keeps info and above)")
+    parser.add_argument("--help-config", action="store_true",
+                        help="print every config key with its type, default and meaning, and exit")
+    return parser
+
+
+def main(argv=None) -> int:
+    args, overrides = build_parser().parse_known_args(argv)
+    from bsegn.core.errors import BsegnError
+    from bsegn.core.logs import setup_logging
+
+    if args.help_config:
+        from bsegn.app.config import config_help
+
+        print(config_help())
+        return 0
     if args.output:
         overrides += ["--run.output", args.output]
     if args.protocol:
         overrides += ["--run.protocol", args.protocol]
 
     from bsegn.app.config import load_run_config
-    from bsegn.app.pipeline import run_pipeline
-    from bsegn.app.processes import end_process_group
-    from bsegn.datasets.splits import DataError
+    from bsegn.app.processes import end_process_group, launch_rank
 
+    rank, world = launch_rank()
     try:
         config = load_run_config(args.config, overrides)
+        setup_logging(args.log_level, log_file=config.output_dir() / "log.txt", is_main=rank == 0,
+                      rank=rank if world > 1 else None)
+        from bsegn.app.pipeline import run_pipeline
+
         run_pipeline(config)
-    except DataError as error:
+    except BsegnError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     end_process_group()  # under `accelerate launch`: a clean exit for every rank (see bsegn.app.processes)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from bsegn.app.bundle import Bundle, BundleError, load_bundle, save_bundle
+from bsegn.app.bundle import Bundle, load_bundle, save_bundle
+from bsegn.core.errors import BundleError
 
 
 def parse_attributes(value: str, semantic_dim: int, name: str | None = None) -> list[tuple[str, list[float]]]:
@@ -73,7 +74,7 @@ def _refit_and_save(bundle: Bundle, class_names: list[str], out: str | Path) -> 
     return save_bundle(out, backbone=bundle.backbone, trained=trained, classifier=classifier,
                        zsl_classifier=zsl_classifier,
                        class_names=class_names, attribute_names=bundle.attribute_names,
-                       data_config=bundle.data_config, gamma=bundle.gamma,
+                       data_config=bundle.data_config, gamma=bundle.gamma, unseen_ranking=bundle.unseen_ranking,
                        metrics={"note": "classes changed after evaluation: metrics of the original model",
                                 **{k: v for k, v in bundle.metrics.items() if k != "note"}},
                        train_features=bundle.train_features, train_labels=bundle.train_labels,

@@ -3,9 +3,10 @@ executing code.
 
     bundle/
       config.json        format + version, backbone identity and data config, class names, seen flags,
-                         semantic matrix, attribute names, BSeGN metadata (config, mFIM dims), the
-                         classifiers' label spaces, calibration gamma, metrics, package versions,
-                         sha256 of model.safetensors and a sha256 over config.json's own content
+                         semantic matrix, attribute names, BSeGN metadata (its config, mFIM dims), the
+                         classifiers' label spaces, calibration gamma and unseen ranking, metrics, package
+                         versions, size and sha256 of model.safetensors and a sha256 over config.json's
+                         own content
       model.safetensors  backbone.*  timm state_dict of the (fine-tuned) backbone
                          bsegn.*     TrainedBSeGN: generator, decoder, embedder, mFIM statistics
                          gzsl.* / zsl.*  final classifiers (all classes / unseen classes)
@@ -15,12 +16,12 @@ executing code.
 
     save_bundle(bundle, folder); bundle = load_bundle(RUN_OR_BUNDLE_DIR)
 
-A truncated or edited file, or a bundle of another format version, raises BundleError (a
-DataError) with a message that says what is wrong; nothing is unpickled, nothing is executed.
+The folder is written whole beside its place and renamed into it (core.files.atomic_folder). A
+truncated or edited file, or a bundle of another format version, raises BundleError with a message
+that says what is wrong; nothing is unpickled, nothing is executed.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -30,16 +31,14 @@ from typing import Any
 
 import torch
 
-from bsegn.datasets.splits import DataError
+from bsegn.core.errors import BundleError
+from bsegn.core.files import atomic_file, atomic_folder, digest_json, existing_folder, file_sha256, jsonable
 
 BUNDLE_FORMAT = "bsegn-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the lean BSeGNConfig; gamma and unseen_ranking stored beside it
 CONFIG_NAME = "config.json"
 MODEL_NAME = "model.safetensors"
-
-
-class BundleError(DataError):
-    """A bundle is missing, damaged, edited or of an incompatible format version."""
+FULL_DIGEST = 64  # hex digits: the whole sha256
 
 
 @dataclass
@@ -49,8 +48,9 @@ class Bundle:
     backbone: FeatureBackbone or None (feature-only bundles cannot read images).
     trained: TrainedBSeGN (its semantics (C, k), seen_classes, unseen_classes define the classes).
     gzsl: FinalClassifier over all C classes; zsl: FinalClassifier over the unseen classes.
-    class_names: C names; gamma: calibrated-stacking offset subtracted from seen log-probabilities.
-    replay_features (M, d) float32 / replay_labels (M,): real seen training features.
+    class_names: C names; gamma: calibrated-stacking offset subtracted from seen log-probabilities;
+    unseen_ranking: "gzsl" or "zsl" (the ZSL classifier re-ranks the unseen columns), as in training.
+    train_features (M, d) float32 / train_labels (M,): the real seen trainval features (stored as replay.*).
     data_config: the timm data config the features were extracted with (input size included).
     """
 
@@ -60,14 +60,17 @@ class Bundle:
     zsl: Any
     class_names: list[str]
     gamma: float = 0.0
+    unseen_ranking: str = "gzsl"  # which classifier names an unseen class in GZSL mode (run.unseen_ranking)
     attribute_names: list[str] | None = None
     data_config: dict[str, Any] = field(default_factory=dict)
-    replay_features: torch.Tensor | None = None
-    replay_labels: torch.Tensor | None = None
+    train_features: torch.Tensor | None = None  # add_class refits on these real seen trainval features
+    train_labels: torch.Tensor | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     run_config: dict[str, Any] = field(default_factory=dict)
     benchmark: str = ""
     semantic_kind: str = "attributes"
+    path: Path | None = None  # the folder it was loaded from
+    info: dict[str, Any] = field(default_factory=dict)  # config.json as read
 
     @property
     def num_classes(self) -> int:
@@ -78,32 +81,6 @@ class Bundle:
         mask = torch.zeros(self.num_classes, dtype=torch.bool)
         mask[self.trained.seen_classes] = True
         return mask
-
-    path: Path | None = None  # the folder it was loaded from
-    info: dict[str, Any] = field(default_factory=dict)  # config.json as read
-
-    # add_class refits on these: all real seen trainval features the run kept
-    @property
-    def train_features(self) -> torch.Tensor | None:
-        return self.replay_features
-
-    @train_features.setter
-    def train_features(self, value) -> None:
-        self.replay_features = None if value is None else torch.as_tensor(value, dtype=torch.float32)
-
-    @property
-    def train_labels(self) -> torch.Tensor | None:
-        return self.replay_labels
-
-    @train_labels.setter
-    def train_labels(self, value) -> None:
-        self.replay_labels = None if value is None else torch.as_tensor(value, dtype=torch.long)
-
-    def class_index(self, name: str) -> int:
-        lowered = [n.lower() for n in self.class_names]
-        if name.lower() not in lowered:
-            raise BundleError(f"no class named {name!r} in this bundle ({self.num_classes} classes)")
-        return lowered.index(name.lower())
 
 
 def package_versions() -> dict[str, str]:
@@ -118,42 +95,39 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _canonical(config: dict[str, Any]) -> bytes:
-    return json.dumps({k: v for k, v in config.items() if k != "config_sha256"}, sort_keys=True).encode()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def config_digest(config: dict[str, Any]) -> str:
+    """The sha256 of config.json's content (every key but config_sha256 itself, key order ignored)."""
+    return digest_json({k: v for k, v in config.items() if k != "config_sha256"}, length=FULL_DIGEST)
 
 
 def save_bundle(bundle_or_folder, folder: str | os.PathLike | None = None, *, backbone=None, trained=None,
                 classifier=None, zsl_classifier=None, class_names=None, attribute_names=None, data_config=None,
-                gamma: float = 0.0, metrics=None, train_features=None, train_labels=None, benchmark: str = "",
-                run_config=None, semantic_kind: str = "attributes") -> Path:
-    """Write model.safetensors, config.json (with both hashes) and README.md into a folder.
+                gamma: float = 0.0, unseen_ranking: str = "gzsl", metrics=None, train_features=None,
+                train_labels=None, benchmark: str = "", run_config=None, semantic_kind: str = "attributes") -> Path:
+    """Write model.safetensors, config.json (with both hashes) and README.md as one folder.
 
     Two call forms: save_bundle(bundle, folder), or save_bundle(folder, backbone=..., trained=...,
-    classifier=GZSL FinalClassifier, class_names=..., data_config=..., gamma=..., metrics=...,
-    train_features=(M, d) real seen trainval features, train_labels=(M,), ...).
+    classifier=GZSL FinalClassifier, class_names=..., data_config=..., gamma=..., unseen_ranking=...,
+    metrics=..., train_features=(M, d) real seen trainval features, train_labels=(M,), ...).
     """
-    from safetensors.torch import save_file
-
     if isinstance(bundle_or_folder, Bundle):
         bundle = bundle_or_folder
     else:
         folder = bundle_or_folder
         bundle = Bundle(backbone=backbone, trained=trained, gzsl=classifier, zsl=zsl_classifier,
-                        class_names=list(class_names), gamma=float(gamma or 0.0), attribute_names=attribute_names,
-                        data_config=dict(data_config or {}), metrics=dict(metrics or {}),
-                        run_config=dict(run_config or {}), benchmark=benchmark or "", semantic_kind=semantic_kind)
-        bundle.train_features = train_features
-        bundle.train_labels = train_labels
+                        class_names=list(class_names), gamma=float(gamma or 0.0), unseen_ranking=unseen_ranking,
+                        attribute_names=attribute_names, data_config=dict(data_config or {}),
+                        metrics=dict(metrics or {}), run_config=dict(run_config or {}), benchmark=benchmark or "",
+                        semantic_kind=semantic_kind,
+                        train_features=None if train_features is None else torch.as_tensor(train_features).float(),
+                        train_labels=None if train_labels is None else torch.as_tensor(train_labels).long())
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(folder) as temp:
+        _write_bundle(bundle, temp)
+    return folder
+
+
+def _bundle_tensors(bundle: Bundle) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     if bundle.backbone is not None:
         tensors.update({f"backbone.{k}": v for k, v in bundle.backbone.model.state_dict().items()})
@@ -161,16 +135,18 @@ def save_bundle(bundle_or_folder, folder: str | os.PathLike | None = None, *, ba
     tensors.update({f"gzsl.{k}": v for k, v in bundle.gzsl.state_dict().items()})
     if bundle.zsl is not None:
         tensors.update({f"zsl.{k}": v for k, v in bundle.zsl.state_dict().items()})
-    if bundle.replay_features is not None:
-        tensors["replay.features"] = bundle.replay_features.to(torch.float16)
-        tensors["replay.labels"] = bundle.replay_labels.to(torch.long)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    model_path = folder / MODEL_NAME
-    temp = folder / f".{MODEL_NAME}.tmp"
-    save_file(tensors, str(temp), metadata={"format": BUNDLE_FORMAT})
-    os.replace(temp, model_path)
+    if bundle.train_features is not None:
+        tensors["replay.features"] = bundle.train_features.to(torch.float16)
+        tensors["replay.labels"] = bundle.train_labels.to(torch.long)
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
-    seen = bundle.seen_mask.tolist()
+
+def _write_bundle(bundle: Bundle, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    model_path = folder / MODEL_NAME
+    with atomic_file(model_path) as temp:  # safetensors creates its file 0600; atomic_file gives the umask's mode
+        save_file(_bundle_tensors(bundle), str(temp), metadata={"format": BUNDLE_FORMAT})
     backbone_info = None
     if bundle.backbone is not None:
         backbone_info = {"model_name": bundle.backbone.model_name, "weights_id": bundle.backbone.weights_id,
@@ -180,25 +156,25 @@ def save_bundle(bundle_or_folder, folder: str | os.PathLike | None = None, *, ba
         "format_version": FORMAT_VERSION,
         "benchmark": bundle.benchmark,
         "backbone": backbone_info,
-        "data_config": _jsonable(bundle.data_config),
-        "classes": [{"name": n, "seen": bool(s)} for n, s in zip(bundle.class_names, seen)],
+        "data_config": bundle.data_config,
+        "classes": [{"name": n, "seen": bool(s)} for n, s in zip(bundle.class_names, bundle.seen_mask.tolist())],
         "attribute_names": bundle.attribute_names,
         "semantic_kind": bundle.semantic_kind,
-        "bsegn": bundle.trained.metadata(),  # config, dims, semantic matrix, seen/unseen ids
+        "bsegn": bundle.trained.metadata(),  # its config, dims, semantic matrix, seen/unseen ids
         "gzsl_classes": bundle.gzsl.class_ids.tolist(),
         "zsl_classes": None if bundle.zsl is None else bundle.zsl.class_ids.tolist(),
         "gamma": float(bundle.gamma),
+        "unseen_ranking": bundle.unseen_ranking,
         "metrics": bundle.metrics,
         "run_config": bundle.run_config,
         "versions": package_versions(),
-        "model_sha256": _sha256_file(model_path),
+        "model_bytes": model_path.stat().st_size,
+        "model_sha256": file_sha256(model_path),
     }
-    config["config_sha256"] = hashlib.sha256(_canonical(config)).hexdigest()
-    temp = folder / f".{CONFIG_NAME}.tmp"
-    temp.write_text(json.dumps(config, indent=1))
-    os.replace(temp, folder / CONFIG_NAME)
+    config = json.loads(json.dumps(config, default=jsonable))  # hashed exactly as it is written and read
+    config["config_sha256"] = config_digest(config)
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=1))
     (folder / "README.md").write_text(model_card(config))
-    return folder
 
 
 def resolve_bundle_dir(path: str | os.PathLike) -> Path:
@@ -206,8 +182,9 @@ def resolve_bundle_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     if (path / CONFIG_NAME).is_file() and (path / MODEL_NAME).exists():
         return path
-    if (path / "bundle" / CONFIG_NAME).is_file():
-        return path / "bundle"
+    inner = existing_folder(path / "bundle")  # bundle.old: a kill between atomic_folder's two renames
+    if inner is not None and (inner / CONFIG_NAME).is_file():
+        return inner
     if not path.exists():
         raise BundleError(f"{path}: no such model; give a run folder (from train.py) or its bundle/ folder")
     raise BundleError(f"{path}: not a bundle (no {CONFIG_NAME} + {MODEL_NAME}, nor a bundle/ folder in it); "
@@ -228,7 +205,7 @@ def read_bundle_config(folder: Path) -> dict[str, Any]:
         raise BundleError(f"{folder}: bundle format version {version!r}, but this bsegn reads version "
                           f"{FORMAT_VERSION}; use the bsegn version that wrote it ({config.get('versions', {}).get('bsegn')}) "
                           "or re-run train.py")
-    if hashlib.sha256(_canonical(config)).hexdigest() != config.get("config_sha256"):
+    if config_digest(config) != config.get("config_sha256"):
         raise BundleError(f"{path}: content does not match its integrity hash: the file was edited or "
                           "damaged; re-copy the bundle (bsegn add-class writes a new valid one)")
     return config
@@ -254,9 +231,13 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu", 
     model_path = folder / MODEL_NAME
     if not model_path.is_file():
         raise BundleError(f"{folder}: {MODEL_NAME} is missing")
-    if _sha256_file(model_path) != config["model_sha256"]:
-        raise BundleError(f"{model_path}: does not match the sha256 in {CONFIG_NAME} (truncated, damaged or "
-                          "replaced); re-copy the bundle")
+    size = model_path.stat().st_size
+    if size != config.get("model_bytes"):
+        raise BundleError(f"{model_path}: truncated or replaced ({size} bytes, {CONFIG_NAME} says "
+                          f"{config.get('model_bytes')}); re-copy the bundle")
+    if file_sha256(model_path) != config.get("model_sha256"):
+        raise BundleError(f"{model_path}: its content does not match the sha256 in {CONFIG_NAME} (damaged or "
+                          "edited); re-copy the bundle")
     try:
         tensors = load_file(str(model_path))
     except (SafetensorError, OSError, ValueError) as error:
@@ -285,14 +266,15 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu", 
         backbone=backbone, trained=trained.to(device).eval(), gzsl=gzsl.to(device).eval(),
         zsl=None if zsl is None else zsl.to(device).eval(),
         class_names=[c["name"] for c in config["classes"]], gamma=float(config.get("gamma") or 0.0),
+        unseen_ranking=config.get("unseen_ranking", "gzsl"),
         attribute_names=config.get("attribute_names"), data_config=data_config,
-        replay_features=None if replay is None else replay.float(), replay_labels=tensors.get("replay.labels"),
+        train_features=None if replay is None else replay.float(), train_labels=tensors.get("replay.labels"),
         metrics=config.get("metrics") or {}, run_config=config.get("run_config") or {},
         benchmark=config.get("benchmark", ""), semantic_kind=config.get("semantic_kind", "attributes"))
     if backbone is not None:
         bundle.backbone = backbone.to(device).eval()
     if not with_train_features:
-        bundle.replay_features = bundle.replay_labels = None
+        bundle.train_features = bundle.train_labels = None
     bundle.path, bundle.info = folder, config
     return bundle
 
@@ -312,16 +294,6 @@ def build_backbone(info: dict[str, Any], data_config: dict[str, Any], state: dic
                           f"({str(error)[:300]})") from None
     return FeatureBackbone(model, model_name=info["model_name"], data_config=data_config,
                            weights_id=info.get("weights_id", ""), weights_source="bundle")
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return value.item()
-    return value
 
 
 def model_card(config: dict[str, Any]) -> str:
@@ -345,7 +317,8 @@ def model_card(config: dict[str, Any]) -> str:
         f"- classes: {len(classes)} ({len(seen)} seen, {len(unseen)} unseen), "
         f"semantics: {config.get('semantic_kind')} of dimension {len(config['bsegn']['semantics'][0])}",
         f"- unseen classes: {', '.join(unseen[:30])}{' ...' if len(unseen) > 30 else ''}",
-        f"- calibration gamma: {config.get('gamma')}",
+        f"- calibration gamma: {float(config.get('gamma') or 0.0):.1f}; unseen classes ranked by the "
+        f"{config.get('unseen_ranking', 'gzsl').upper()} classifier",
         "",
         "## Results (percent; T1: ZSL mean per-class top-1 on unseen; U/S/H: GZSL)",
     ]

@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bsegn",
         description="Generative zero-shot image classification (BSeGN) end to end.",
     )
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                        help="messages on stderr (default info)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
@@ -35,21 +37,24 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return _run(args.func, args)
+    return _run(args.func, args, args.log_level)
 
 
-def _run(func, args) -> int:
-    """Run a handler; a user-data error is one clear line and exit status 2, not a traceback."""
-    from bsegn.app.processes import end_process_group
-    from bsegn.datasets.splits import DataError
+def _run(func, args, log_level: str = "info", prog: str = "bsegn") -> int:
+    """Run a handler; a user error (BsegnError) is one clear line and exit status 2, not a traceback."""
+    from bsegn.app.processes import end_process_group, launch_rank
+    from bsegn.core.errors import BsegnError
+    from bsegn.core.logs import setup_logging
 
+    rank, world = launch_rank()
+    setup_logging(log_level, is_main=rank == 0, rank=rank if world > 1 else None)
     try:
         code = int(func(args) or 0)
-    except DataError as error:
-        print(f"bsegn: error: {error}", file=sys.stderr)
+    except BsegnError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bsegn: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     end_process_group()  # extract/finetune run under `accelerate launch`: every rank exits cleanly
     return code
@@ -57,9 +62,10 @@ def _run(func, args) -> int:
 
 def predict_main(argv: list[str] | None = None) -> int:
     """The `predict` console script: classify images with a model bundle (bsegn.app.predict)."""
-    from bsegn.app.predict import main as predict
+    from bsegn.app.predict import build_parser, run
 
-    return _run(lambda _args: predict(argv), None)
+    args = build_parser().parse_args(argv)
+    return _run(run, args, args.log_level, prog="predict")
 
 
 if __name__ == "__main__":

@@ -1,122 +1,112 @@
-"""The run config: one object per run, from a YAML file plus command-line overrides.
+"""The run config: five typed sections, built once from a YAML file plus command-line overrides.
 
-    config = load_run_config("configs/demo.yaml", ["--generative.epochs", "5", "--backbone.model", "resnet10t"])
-    config.to_dict()  # written resolved to <run>/config.yaml; the same dict reproduces the run
+    config = load_run_config("demo", ["--generative.epochs", "5", "--backbone.model", "resnet10t"])
+    config.generative.epochs        # 5: every section is a frozen, checked dataclass
+    config.to_dict()                # written resolved to <run>/config.yaml; the same dict reproduces the run
 
-Sections:
-    data        which benchmark and where its files are (demo: generated on first use)
-    backbone    timm model name, weights source, extraction options
-    finetune    bsegn.backbone.finetune.FinetuneConfig fields (enabled: false skips fine-tuning)
-    generative  bsegn.generative.config.BSeGNConfig fields
-    run         protocol, output folder, calibration gamma, seed
+Sections (the YAML section names):
+    data        DataSection: which benchmark and where its files are (demo: generated on first use)
+    backbone    BackboneSection: timm model name, weights source, extraction batch
+    finetune    bsegn.backbone.finetune.FinetuneConfig (epochs 0 skips fine-tuning)
+    generative  bsegn.generative.config.BSeGNConfig
+    run         RunSection: protocol, output folder, seed, precision, calibration
 
-An unknown key in any section is refused with the list of valid ones: a typo never silently falls
-back to a default.
+An unknown key or a value of the wrong type is refused (ConfigError naming the key and listing the
+valid ones): a typo never silently falls back to a default. `train.py --help-config` prints every key.
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict, dataclass, field, fields
+import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bsegn.datasets.splits import DataError
+from bsegn.core.errors import ConfigError
+from bsegn.core.sections import build_section, describe, option, require, to_dict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
-
-
-class ConfigFileError(DataError):
-    """The run config file or an override is wrong; the message says which key and why."""
+DEFAULT_CONFIG = "demo"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataSection:
-    benchmark: str = "demo"
-    splits_dir: str | None = None
-    images_root: str | None = None
-    attributes_csv: str | None = None
-    # pre-extracted features instead of images: xlsa17 res101.mat or a bsegn feature cache
-    # (.safetensors). The backbone stages are skipped and the bundle classifies features, not images.
-    features_file: str | None = None
-    demo_images_per_class: int = 40
-    demo_image_size: int = 64
-    demo_seed: int = 0
+    benchmark: str = option("demo", "benchmark name (CUB, AWA2, SUN, FLO, APY, ..., own) or demo")
+    splits_dir: str | None = option(None, "folder holding xlsa17's att_splits.mat (default ../shared/data)")
+    images_root: str | None = option(None, "the benchmark's image folder (fine-tuning, extraction, predict)")
+    attributes_csv: str | None = option(None, "own data: CSV class,split,<attributes...>")
+    features_file: str | None = option(None, "pre-extracted features (res101.mat or a bsegn cache): no backbone stages")
+    demo_images_per_class: int = option(40, "demo benchmark: images generated per class")
+    demo_image_size: int = option(64, "demo benchmark: image side in pixels")
+
+    def check(self) -> None:
+        require(self.demo_images_per_class >= 1,
+                f"data.demo_images_per_class must be >= 1, got {self.demo_images_per_class}")
+        require(self.demo_image_size >= 8, f"data.demo_image_size must be >= 8, got {self.demo_image_size}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BackboneSection:
-    model: str = "resnet101"
-    weights: str = "default"
-    image_size: int | None = None  # override the model's input size (the demo's 64 px images)
-    batch_size: int = 64
-    num_workers: int = 2
-    flip_average: bool = False
+    model: str = option("resnet101", "timm model name")
+    weights: str = option("default", "default (local HF cache), none, a .pth/.safetensors file or local-dir:FOLDER")
+    image_size: int | None = option(None, "input side in pixels (null: the model's own)")
+    batch_size: int = option(64, "images per batch during feature extraction")
+    num_workers: int = option(2, "image-decoding worker processes (fine-tuning and extraction)")
+
+    def check(self) -> None:
+        require(self.image_size is None or self.image_size >= 8,
+                f"backbone.image_size must be >= 8 or null, got {self.image_size}")
+        require(self.batch_size >= 1, f"backbone.batch_size must be >= 1, got {self.batch_size}")
+        require(self.num_workers >= 0, f"backbone.num_workers must be >= 0, got {self.num_workers}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSection:
-    protocol: str = "final"  # "final" (trainval -> test) or "validation" (train classes -> val classes)
-    output: str | None = None  # run folder; default runs/<benchmark>-<protocol>
-    gamma: float | None = None  # calibrated stacking; None with calibration on: chosen on validation
-    seed: int = 0
-    plots: bool = True
+    protocol: str = option("final", "final (trainval -> test, once) or validation (train -> val classes)")
+    output: str | None = option(None, "run folder (null: runs/<benchmark>-<protocol>)")
+    seed: int = option(0, "seed of every stage (fine-tuning, validation split, BSeGN)")
+    mixed_precision: str = option("no", "no (leave it to `accelerate launch`), fp16 or bf16")
+    calibration: bool = option(False, "calibrated stacking; gamma chosen on the validation protocol")
+    gamma: float | None = option(None, "calibration gamma (null: chosen on validation when calibration is on)")
+    unseen_ranking: str = option("gzsl", "which classifier names an unseen class in GZSL: gzsl or zsl")
+
+    def check(self) -> None:
+        require(self.protocol in ("final", "validation"),
+                f"run.protocol must be 'final' or 'validation', got {self.protocol!r}")
+        require(self.mixed_precision in ("no", "fp16", "bf16"),
+                f"run.mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
+        require(self.unseen_ranking in ("gzsl", "zsl"),
+                f"run.unseen_ranking must be 'gzsl' or 'zsl', got {self.unseen_ranking!r}")
+        require(self.gamma is None or self.gamma >= 0, f"run.gamma must be >= 0 or null, got {self.gamma}")
+
+
+def section_classes() -> dict[str, type]:
+    """Section name -> its dataclass, in file order (the library's two imported lazily: torch)."""
+    from bsegn.backbone.finetune import FinetuneConfig
+    from bsegn.generative.config import BSeGNConfig
+
+    return {"data": DataSection, "backbone": BackboneSection, "finetune": FinetuneConfig,
+            "generative": BSeGNConfig, "run": RunSection}
 
 
 SECTIONS = ("data", "backbone", "finetune", "generative", "run")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
-    data: DataSection = field(default_factory=DataSection)
-    backbone: BackboneSection = field(default_factory=BackboneSection)
-    finetune: dict[str, Any] = field(default_factory=lambda: {"enabled": True})
-    generative: dict[str, Any] = field(default_factory=dict)
-    run: RunSection = field(default_factory=RunSection)
+    """The five typed sections of one run."""
+
+    data: DataSection
+    backbone: BackboneSection
+    finetune: Any  # FinetuneConfig
+    generative: Any  # BSeGNConfig
+    run: RunSection
 
     def to_dict(self) -> dict[str, Any]:
-        return {"data": asdict(self.data), "backbone": asdict(self.backbone),
-                "finetune": copy.deepcopy(self.finetune), "generative": copy.deepcopy(self.generative),
-                "run": asdict(self.run)}
-
-    # --- typed views of the free-form sections (validated by their owners' dataclasses) ---------
-
-    def bsegn_config(self):
-        from bsegn.generative.config import BSeGNConfig, ConfigError
-
-        try:
-            return BSeGNConfig.from_dict({"seed": self.run.seed, **self.generative})
-        except (ConfigError, TypeError) as error:
-            raise ConfigFileError(f"generative section: {error}") from None
+        return {name: to_dict(getattr(self, name)) for name in SECTIONS}
 
     @property
-    def finetune_enabled(self) -> bool:
-        return bool(self.finetune.get("enabled", True))
-
-    def finetune_config(self):
-        from bsegn.backbone.finetune import FinetuneConfig
-
-        values = {k: v for k, v in self.finetune.items() if k != "enabled"}
-        values.setdefault("image_size", self.backbone.image_size)
-        values.setdefault("seed", self.run.seed)
-        known = {f.name for f in fields(FinetuneConfig)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigFileError(f"finetune section: unknown key(s) {', '.join(unknown)}; "
-                                  f"valid: enabled, {', '.join(sorted(known))}")
-        try:
-            config = FinetuneConfig(**values)
-            config.validate()
-        except (TypeError, ValueError) as error:
-            raise ConfigFileError(f"finetune section: {error}") from None
-        return config
-
-    def validate(self) -> None:
-        if self.run.protocol not in ("final", "validation"):
-            raise ConfigFileError(f"run.protocol must be 'final' or 'validation', not {self.run.protocol!r}")
-        self.bsegn_config()
-        if self.finetune_enabled:
-            self.finetune_config()
+    def finetunes(self) -> bool:
+        return self.finetune.epochs > 0
 
     def output_dir(self) -> Path:
         if self.run.output:
@@ -124,31 +114,18 @@ class RunConfig:
         return Path("runs") / f"{self.data.benchmark.lower()}-{self.run.protocol}"
 
 
-def _section_from_dict(cls, values: dict[str, Any], name: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigFileError(f"{name} section: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-    return cls(**values)
-
-
-def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
+def run_config_from_dict(values: dict[str, Any] | None) -> RunConfig:
     values = dict(values or {})
     unknown = sorted(set(values) - set(SECTIONS))
     if unknown:
-        raise ConfigFileError(f"unknown config section(s) {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
-    for name in SECTIONS:
-        if values.get(name) is not None and not isinstance(values[name], dict):
-            raise ConfigFileError(f"config section {name!r} must be a mapping, got {type(values[name]).__name__}")
-    config = RunConfig(
-        data=_section_from_dict(DataSection, values.get("data") or {}, "data"),
-        backbone=_section_from_dict(BackboneSection, values.get("backbone") or {}, "backbone"),
-        finetune={"enabled": True, **(values.get("finetune") or {})},
-        generative=dict(values.get("generative") or {}),
-        run=_section_from_dict(RunSection, values.get("run") or {}, "run"),
-    )
-    config.validate()
-    return config
+        raise ConfigError(f"unknown config section(s) {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
+    sections = {}
+    for name, cls in section_classes().items():
+        given = values.get(name)
+        if given is not None and not isinstance(given, dict):
+            raise ConfigError(f"config section {name!r} must be a mapping, got {type(given).__name__}")
+        sections[name] = build_section(cls, given, name)
+    return RunConfig(**sections)
 
 
 def parse_overrides(arguments: list[str]) -> dict[str, dict[str, Any]]:
@@ -161,18 +138,19 @@ def parse_overrides(arguments: list[str]) -> dict[str, dict[str, Any]]:
     while index < len(arguments):
         argument = arguments[index]
         if not argument.startswith("--") or "." not in argument:
-            raise ConfigFileError(f"unexpected argument {argument!r}: overrides look like --section.key VALUE "
-                                  f"(sections: {', '.join(SECTIONS)})")
+            raise ConfigError(f"unexpected argument {argument!r}: overrides look like --section.key VALUE "
+                              f"(sections: {', '.join(SECTIONS)})")
         key, has_value, value = argument[2:].partition("=")
         if not has_value:
-            if index + 1 >= len(arguments):
-                raise ConfigFileError(f"override {argument} needs a value")
-            value = arguments[index + 1]
+            following = arguments[index + 1] if index + 1 < len(arguments) else None
+            if following is None or following.startswith("--"):
+                raise ConfigError(f"override {argument} needs a value: {argument} VALUE or {argument}=VALUE")
+            value = following
             index += 1
         index += 1
         section, _, name = key.partition(".")
         if section not in SECTIONS or not name:
-            raise ConfigFileError(f"override --{key}: the section must be one of {', '.join(SECTIONS)}")
+            raise ConfigError(f"override --{key}: the section must be one of {', '.join(SECTIONS)}")
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -181,33 +159,78 @@ def parse_overrides(arguments: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def shipped_configs_dir() -> Path:
+    """The folder of the shipped YAML configs (bsegn.configs: a namespace package, so no
+    importlib.resources.files; its __path__ may also list folders that do not exist)."""
+    import bsegn.configs
+
+    folders = [Path(p) for p in bsegn.configs.__path__ if os.path.isdir(p)]
+    if not folders:
+        raise ConfigError("the shipped configs (bsegn.configs) are not installed; reinstall bsegn")
+    return folders[0]
+
+
+def resolve_config_path(name: str | os.PathLike | None) -> Path:
+    """A YAML file path as given, or a shipped config by name (`demo`, `cub`, `awa1-lampert`)."""
+    path = Path(name if name is not None else DEFAULT_CONFIG)
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a folder; give a YAML file or a shipped config name")
+    if path.is_file():
+        return path
+    if path.parent in (Path("."), Path("configs")) and path.suffix in ("", ".yaml", ".yml"):
+        shipped = shipped_configs_dir()
+        candidate = shipped / f"{path.stem}.yaml"
+        if candidate.is_file():
+            return candidate
+        names = sorted(p.stem for p in shipped.glob("*.yaml"))
+        raise ConfigError(f"config {str(name)!r}: no such file, nor a shipped config (shipped: {', '.join(names)})")
+    raise ConfigError(f"config file {path} does not exist; `--config NAME` loads a shipped one "
+                      f"({', '.join(sorted(p.stem for p in shipped_configs_dir().glob('*.yaml')))})")
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigFileError(f"config file {path} does not exist; the configs/ folder has one per benchmark")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ConfigFileError(f"config file {path} is not valid YAML: {error}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error}") from None
     if not isinstance(values, dict):
-        raise ConfigFileError(f"config file {path} must hold a mapping of sections")
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
     return values
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """YAML file (default configs/demo.yaml) + `--section.key value` overrides -> validated RunConfig."""
-    values = load_yaml(path or DEFAULT_CONFIG)
+def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """YAML file or shipped config name (default: demo) + `--section.key value` overrides -> RunConfig."""
+    values = load_yaml(resolve_config_path(path))
     for section, changes in parse_overrides(list(overrides or [])).items():
-        values.setdefault(section, {})
-        if values[section] is None:
+        if values.get(section) is None:
             values[section] = {}
+        if not isinstance(values[section], dict):
+            raise ConfigError(f"config section {section!r} must be a mapping, got {type(values[section]).__name__}")
         values[section].update(changes)
     return run_config_from_dict(values)
 
 
-def write_run_config(config: RunConfig, path: str | Path) -> None:
+def write_run_config(config: RunConfig, path: str | os.PathLike) -> None:
     import yaml
 
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    from bsegn.core.files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def config_help() -> str:
+    """Every key of every section: `section.key  type  default  help` (train.py --help-config)."""
+    rows = [(name, f"{name}.{key}", kind, json.dumps(list(default) if isinstance(default, tuple) else default), text)
+            for name, cls in section_classes().items() for key, kind, default, text in describe(cls)]
+    widths = [max(len(row[column]) for row in rows) for column in (1, 2, 3)]
+    lines = ["Run config keys (YAML section.key; override with --section.key VALUE):"]
+    for index, (name, key, kind, default, text) in enumerate(rows):
+        if index == 0 or rows[index - 1][0] != name:
+            lines.append(f"\n{name}:")
+        lines.append(f"  {key:<{widths[0]}}  {kind:<{widths[1]}}  {default:<{widths[2]}}  {text}")
+    return "\n".join(lines)

@@ -14,30 +14,39 @@ Only the main process writes files; every process takes part in fine-tuning, ext
 """
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bsegn.app.config import RunConfig, write_run_config
+from bsegn.core.errors import DataError
+from bsegn.core.files import atomic_write_json, digest_arrays, digest_json
+from bsegn.core.logs import get_logger
+from bsegn.core.sections import to_dict
+
+log = get_logger(__name__)
 
 
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+@dataclass
+class ProtocolOutcome:
+    """Everything one protocol's stages produced (what the outputs, plots and demo prediction read)."""
 
+    run: Any  # bsegn.generative.experiment.BSeGNRun: result (percent), trained, gzsl/zsl classifiers
+    backbone: Any  # FeatureBackbone, or None when the run used pre-extracted features
+    features: Any  # FeatureSet of every image of the benchmark
+    split: Any  # the ZSLSplit evaluated (the validation protocol's split for protocol "validation")
+    benchmark: Any  # bsegn.datasets.benchmarks.Benchmark
+    generative_seconds: float = 0.0
 
-def _fingerprint(features) -> str:
-    """A short hash of a FeatureSet's values and labels (the same features, re-read from a cache, match)."""
-    digest = hashlib.sha256(np.ascontiguousarray(features.features).tobytes())
-    digest.update(np.ascontiguousarray(features.labels).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _log(accelerator, message: str) -> None:
-    accelerator.print(f"[bsegn] {message}", flush=True)
+    @property
+    def result(self) -> dict[str, Any]:
+        return self.run.result
 
 
 def load_run_benchmark(config: RunConfig):
@@ -45,17 +54,14 @@ def load_run_benchmark(config: RunConfig):
 
     data = config.data
     extra = {}
-    if data.benchmark.lower() == "demo":
-        extra = dict(images_per_class=data.demo_images_per_class, image_size=data.demo_image_size,
-                     seed=data.demo_seed)
+    if data.benchmark.lower() == "demo":  # the demo data always uses seed 0
+        extra = dict(images_per_class=data.demo_images_per_class, image_size=data.demo_image_size)
     return load_benchmark(data.benchmark, splits_dir=data.splits_dir, images_root=data.images_root,
                           attributes_csv=data.attributes_csv, **extra)
 
 
 def drop_images(split, bad_indices):
     """A copy of `split` whose locs no longer contain the unreadable images."""
-    import copy
-
     if not len(bad_indices):
         return split
     bad = np.asarray(sorted(bad_indices), dtype=np.int64)
@@ -64,57 +70,39 @@ def drop_images(split, bad_indices):
     return out
 
 
-def _stage_done(folder: Path, key: str) -> bool:
+def _stage_key(folder: Path) -> str | None:
     marker = folder / "stage.json"
-    return marker.is_file() and json.loads(marker.read_text()).get("key") == key
-
-
-def _mark_stage(folder: Path, key: str, **extra) -> None:
-    (folder / "stage.json").write_text(json.dumps({"key": key, **extra}, indent=1))
+    return json.loads(marker.read_text()).get("key") if marker.is_file() else None
 
 
 def _reset_if_changed(folder: Path, key: str, accelerator) -> None:
     """A stage folder left by a different config is cleared, so its checkpoints are never resumed."""
-    import shutil
-
     marker = folder / "stage-config.json"
     if accelerator.is_main_process:
         if marker.is_file() and json.loads(marker.read_text()).get("key") != key:
             shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"key": key}))
+        atomic_write_json(marker, {"key": key})
     accelerator.wait_for_everyone()
 
 
 def backbone_stage(config: RunConfig, benchmark, split, protocol: str, run_dir: Path, accelerator):
     """The backbone to extract features with: fine-tuned on seen training images, or as created."""
-    import warnings
-
     from bsegn.backbone.factory import create_backbone
     from bsegn.backbone.finetune import finetune_backbone
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        backbone = create_backbone(config.backbone.model, config.backbone.weights)
-    for warning in caught:
-        _log(accelerator, f"warning: {warning.message}")
-    if not config.finetune_enabled:
+    backbone = create_backbone(config.backbone.model, config.backbone.weights)
+    if not config.finetunes:
         return backbone
     folder = run_dir / "backbone"
-    from dataclasses import asdict
-
-    finetune = {k: v for k, v in asdict(config.finetune_config()).items()
-                if k not in ("num_workers", "progress", "max_epochs_this_run")}  # these do not change the weights
-    key = _digest({"model": config.backbone.model, "image_size": config.backbone.image_size, "finetune": finetune,
-                   "protocol": protocol, "data": config.to_dict()["data"], "weights": backbone.weights_id})
+    key = digest_json({"model": config.backbone.model, "image_size": config.backbone.image_size,
+                       "finetune": to_dict(config.finetune), "seed": config.run.seed, "protocol": protocol,
+                       "data": to_dict(config.data), "weights": backbone.weights_id})
     finetuned = folder / "backbone.safetensors"
-    if _stage_done(folder, key) and finetuned.is_file():
-        _log(accelerator, f"backbone: fine-tuned weights found in {folder}, stage skipped")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return create_backbone(config.backbone.model, str(finetuned))
+    if _stage_key(folder) == key and finetuned.is_file():
+        log.info(f"backbone: fine-tuned weights found in {folder}, stage skipped")
+        return create_backbone(config.backbone.model, str(finetuned))
     _reset_if_changed(folder, key, accelerator)
-    _log(accelerator, f"backbone: fine-tuning {config.backbone.model} on the seen classes ({protocol} protocol)")
+    log.info(f"backbone: fine-tuning {config.backbone.model} on the seen classes ({protocol} protocol)")
     indices = None
     if protocol == "validation":
         # the validation-seen images (held out of the train images) must not train the backbone either,
@@ -122,11 +110,12 @@ def backbone_stage(config: RunConfig, benchmark, split, protocol: str, run_dir: 
         from bsegn.datasets.protocol import validation_protocol
 
         indices = validation_protocol(split, seed=config.run.seed).loc("trainval")
-    backbone = finetune_backbone(backbone, benchmark.image_root, split, config.finetune_config(),
-                                 protocol=protocol, output_dir=folder, indices=indices, accelerator=accelerator)
-    finished = config.finetune_config().max_epochs_this_run is None  # a deliberately partial run is not done
-    if accelerator.is_main_process and finished:
-        _mark_stage(folder, key)
+    backbone = finetune_backbone(backbone, benchmark.image_root, split, config.finetune, protocol=protocol,
+                                 output_dir=folder, indices=indices, accelerator=accelerator, seed=config.run.seed,
+                                 image_size=config.backbone.image_size, num_workers=config.backbone.num_workers,
+                                 progress=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        atomic_write_json(folder / "stage.json", {"key": key})
     accelerator.wait_for_everyone()
     return backbone
 
@@ -138,23 +127,17 @@ def feature_stage(config: RunConfig, benchmark, split, backbone, run_dir: Path, 
     features, bad_files, path, reused = cached_extract_features(
         backbone, benchmark.image_root, split.image_files, split.labels, dataset_id=split.benchmark,
         cache_dir=folder, batch_size=config.backbone.batch_size, num_workers=config.backbone.num_workers,
-        flip_average=config.backbone.flip_average, image_size=config.backbone.image_size, accelerator=accelerator,
-        progress=accelerator.is_main_process)
-    _log(accelerator, f"features: {'re-used' if reused else 'extracted'} {features.features.shape} -> {path}")
+        image_size=config.backbone.image_size, accelerator=accelerator, progress=accelerator.is_main_process)
+    log.info(f"features: {'re-used' if reused else 'extracted'} {features.features.shape} -> {path}")
     if bad_files:
-        _log(accelerator, f"features: {len(bad_files)} unreadable image(s) skipped, e.g. {list(bad_files)[:3]}")
-    bad = features.meta.get("bad_indices", [])
-    return features, drop_images(split, bad)
+        log.warning(f"features: {len(bad_files)} unreadable image(s) skipped, e.g. {list(bad_files)[:3]}")
+    return features, drop_images(split, features.meta.get("bad_indices", []))
 
 
 def pre_extracted_features(config: RunConfig, benchmark):
     """(features, split) when the run uses pre-extracted features (data.features_file, or a benchmark
     that only exists as features such as AWA1-Lampert2009); None when features come from images.
     The file's per-image labels must agree with the split's where both are known."""
-    import copy
-
-    from bsegn.datasets.splits import DataError
-
     split = benchmark.split
     if not config.data.features_file:
         return (benchmark.features, split) if benchmark.features is not None else None
@@ -178,17 +161,9 @@ def pre_extracted_features(config: RunConfig, benchmark):
     return features, attach_labels(copy.copy(split), features.labels, source=str(path))
 
 
-def data_config_of(config: RunConfig, backbone) -> dict:
-    if backbone is None:
-        return {}
-    data_config = backbone.data_config_at(config.backbone.image_size)
-    data_config["flip_average"] = bool(config.backbone.flip_average)  # predict must see features made the same way
-    return data_config
-
-
 def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *, gamma: float | None = None,
-                 benchmark=None) -> dict:
-    """Every stage for one protocol in run_dir; returns {"result", "trained", "classifiers", "backbone", ...}."""
+                 benchmark=None) -> ProtocolOutcome:
+    """Every stage for one protocol in run_dir."""
     from bsegn.datasets.protocol import validation_protocol
     from bsegn.generative.experiment import run_bsegn
 
@@ -197,8 +172,6 @@ def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *
     given = pre_extracted_features(config, benchmark)
     split = benchmark.split if given is None else given[1]
     if split.seen_classes is None or split.labels is None:
-        from bsegn.datasets.splits import DataError
-
         raise DataError(f"{split.benchmark}: training needs per-image labels and the seen/unseen class lists; "
                         "check the data with `bsegn data summary` / `bsegn data check`")
     if given is None:
@@ -207,43 +180,33 @@ def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *
     else:
         backbone, features = None, given[0]
         split = drop_images(split, features.meta.get("bad_indices", []))  # rows a bsegn cache marked unreadable
-        _log(accelerator, f"features: pre-extracted {features.features.shape} ({features.meta.get('source', split.benchmark)});"
-                          " backbone stages skipped, so the bundle classifies features, not images")
+        log.info(f"features: pre-extracted {features.features.shape} ({features.meta.get('source', split.benchmark)});"
+                 " backbone stages skipped, so the bundle classifies features, not images")
     eval_split = validation_protocol(split, seed=config.run.seed) if protocol == "validation" else split
     if not len(eval_split.unseen_classes):
-        from bsegn.datasets.splits import DataError
-
         raise DataError(f"{split.benchmark}: no unseen classes; zero-shot training needs at least one class known "
                         "only by its attributes (mark some classes `unseen` in the attributes CSV).")
-    bsegn_config = config.bsegn_config()
+    generative = config.generative
     # a generator checkpoint of another config or other features is never resumed: the stage starts over
-    _reset_if_changed(run_dir / "generative", _digest({"generative": bsegn_config.to_dict(), "protocol": protocol,
-                                                       "features": _fingerprint(features)}), accelerator)
-    _log(accelerator, f"generative: training BSeGN on {len(eval_split.loc('trainval'))} real seen features "
-                      f"({bsegn_config.epochs} epochs; checkpoints in {run_dir / 'generative'})")
+    _reset_if_changed(run_dir / "generative", digest_json({
+        "generative": to_dict(generative), "seed": config.run.seed, "protocol": protocol,
+        "features": digest_arrays(features.features, features.labels)}), accelerator)
+    log.info(f"generative: training BSeGN on {len(eval_split.loc('trainval'))} real seen features "
+             f"({generative.epochs} epochs; checkpoints in {run_dir / 'generative'})")
     started = time.perf_counter()
-    result, trained, classifiers = run_bsegn(features, eval_split, bsegn_config, gamma=gamma, accelerator=accelerator,
-                                             run_dir=run_dir / "generative", show_progress=accelerator.is_main_process)
-    result["generative_seconds"] = time.perf_counter() - started
-    return {"result": result, "trained": trained, "classifiers": classifiers, "backbone": backbone,
-            "features": features, "split": eval_split, "benchmark": benchmark}
+    outcome = run_bsegn(features, eval_split, generative, seed=config.run.seed, calibration=config.run.calibration,
+                        gamma=gamma, unseen_ranking=config.run.unseen_ranking, accelerator=accelerator,
+                        run_dir=run_dir / "generative", show_progress=accelerator.is_main_process)
+    return ProtocolOutcome(outcome, backbone, features, eval_split, benchmark, time.perf_counter() - started)
 
 
 def accelerator_options(config: RunConfig) -> dict:
-    """One Accelerator serves every stage of a process: mixed precision and gradient accumulation come
-    from the config; fine-tuning and BSeGN may not ask for different precisions. A config that asks for
-    none ("no", the default) leaves the choice to accelerate, so `accelerate launch --mixed_precision fp16
-    train.py` (or `accelerate config`) works as accelerate's users expect; a precision set in the config wins."""
-    from bsegn.app.config import ConfigFileError
-
-    finetune = config.finetune_config() if config.finetune_enabled else None
-    wanted = {mp for mp in (finetune.mixed_precision if finetune else "no", config.bsegn_config().mixed_precision)
-              if mp != "no"}
-    if len(wanted) > 1:
-        raise ConfigFileError(f"finetune.mixed_precision and generative.mixed_precision differ ({sorted(wanted)}); "
-                              "one run uses one precision: set both to the same value")
-    return {"mixed_precision": wanted.pop() if wanted else None,
-            "gradient_accumulation_steps": finetune.grad_accum_steps if finetune else 1}
+    """One Accelerator serves every stage of a process. run.mixed_precision "no" (the default) leaves the
+    precision to accelerate, so `accelerate launch --mixed_precision fp16 train.py` (or `accelerate
+    config`) works as accelerate's users expect; fp16 / bf16 in the config wins over the launcher's."""
+    precision = config.run.mixed_precision
+    return {"mixed_precision": None if precision == "no" else precision,
+            "gradient_accumulation_steps": config.finetune.grad_accum_steps if config.finetunes else 1}
 
 
 def run_pipeline(config: RunConfig, *, accelerator=None) -> dict:
@@ -258,74 +221,82 @@ def run_pipeline(config: RunConfig, *, accelerator=None) -> dict:
         write_run_config(config, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
     started = time.perf_counter()
-    bsegn_config = config.bsegn_config()
 
     gamma = config.run.gamma
     validation = None
-    if protocol == "final" and bsegn_config.calibration and gamma is None:
+    if protocol == "final" and config.run.calibration and gamma is None:
         # gamma is chosen where the test set cannot inform it: a full run of the validation protocol
         # (its own backbone fine-tuned on the train classes only, val classes playing unseen).
-        _log(accelerator, "calibration: choosing gamma on the validation protocol first (run/validation/)")
+        log.info("calibration: choosing gamma on the validation protocol first (run/validation/)")
         validation = run_protocol(config, "validation", run_dir / "validation", accelerator)
-        gamma = float(validation["result"]["gamma"])
-        _log(accelerator, f"calibration: gamma = {gamma} (validation H {validation['result']['H']:.1f})")
+        gamma = float(validation.result["gamma"])
+        log.info(f"calibration: gamma = {gamma:.1f} (validation H {validation.result['H']:.1f})")
     outcome = run_protocol(config, protocol, run_dir, accelerator, gamma=gamma)
-    result = outcome["result"]
-    metrics = {"T1": result["T1"], "U": result["U"], "S": result["S"], "H": result["H"],
-               "protocol": protocol, "benchmark": config.data.benchmark,
-               "split_evaluated": "val classes (validation protocol)" if protocol == "validation" else "test (once)",
-               "gamma": result.get("gamma", 0.0), "gamma_chosen_on": "validation" if validation else
-               ("given" if config.run.gamma is not None else "none"),
-               "seeds": [config.run.seed],
-               "device": str(accelerator.device), "processes": accelerator.num_processes,
-               "mixed_precision": str(accelerator.mixed_precision),
-               "per_class_gzsl": _named(result["per_class_gzsl"], outcome["split"].class_names),
-               "per_class_zsl": _named(result["per_class_zsl"], outcome["split"].class_names),
-               "calibration_curve": (validation or outcome)["result"].get("calibration_curve"),
-               "seconds": {"generative": result.get("generative_seconds"),
-                           "per_generator_epoch": result.get("seconds_per_epoch"),
-                           "total": time.perf_counter() - started}}
+    metrics = collect_metrics(config, outcome, validation, accelerator, time.perf_counter() - started)
     if accelerator.is_main_process:
         write_outputs(config, outcome, metrics, run_dir)
     accelerator.wait_for_everyone()
-    _log(accelerator, f"{protocol} protocol on {config.data.benchmark}: T1 {metrics['T1']:.1f}  U {metrics['U']:.1f}"
-                      f"  S {metrics['S']:.1f}  H {metrics['H']:.1f}  (percent; gamma {metrics['gamma']}; "
-                      f"{metrics['seconds']['total']:.0f} s)")
-    _log(accelerator, f"run folder: {run_dir} (config.yaml, metrics.json, plots, bundle/)")
-    image_root = outcome["benchmark"].image_root
-    if accelerator.is_main_process and image_root is not None and outcome["backbone"] is not None:
-        shown = demo_prediction(run_dir, outcome["split"], image_root)
+    log.info(f"{protocol} protocol on {config.data.benchmark}: T1 {metrics['T1']:.1f}  U {metrics['U']:.1f}"
+             f"  S {metrics['S']:.1f}  H {metrics['H']:.1f}  (percent; gamma {metrics['gamma']:.1f}; "
+             f"{metrics['seconds']['total']:.0f} s)")
+    log.info(f"run folder: {run_dir} (config.yaml, metrics.json, log.txt, plots, bundle/)")
+    image_root = outcome.benchmark.image_root
+    if accelerator.is_main_process and image_root is not None and outcome.backbone is not None:
+        shown = demo_prediction(run_dir, outcome.split, image_root)
         if shown:
-            _log(accelerator, "predict on a test image of an unseen class, with the bundle just written:\n" + shown)
+            log.info("predict on a test image of an unseen class, with the bundle just written:\n" + shown)
     return metrics
+
+
+def collect_metrics(config: RunConfig, outcome: ProtocolOutcome, validation: ProtocolOutcome | None,
+                    accelerator, total_seconds: float) -> dict[str, Any]:
+    """metrics.json: T1, U, S, H first (percent, full precision), then how they were obtained."""
+    result, names = outcome.result, outcome.split.class_names
+    protocol = config.run.protocol
+    return {"T1": result["T1"], "U": result["U"], "S": result["S"], "H": result["H"],
+            "protocol": protocol, "benchmark": config.data.benchmark,
+            "split_evaluated": "val classes (validation protocol)" if protocol == "validation" else "test (once)",
+            "gamma": result.get("gamma", 0.0), "gamma_chosen_on": "validation" if validation else
+            ("given" if config.run.gamma is not None else "none"),
+            "unseen_ranking": config.run.unseen_ranking,
+            "seeds": [config.run.seed],
+            "device": str(accelerator.device), "processes": accelerator.num_processes,
+            "mixed_precision": str(accelerator.mixed_precision),
+            "per_class_gzsl": _named(result["per_class_gzsl"], names),
+            "per_class_zsl": _named(result["per_class_zsl"], names),
+            "calibration_curve": (validation or outcome).result.get("calibration_curve"),
+            "seconds": {"generative": outcome.generative_seconds,
+                        "per_generator_epoch": result.get("seconds_per_epoch"), "total": total_seconds}}
 
 
 def _named(per_class: dict, class_names: list[str]) -> dict[str, float]:
     return {class_names[int(c)]: float(a) for c, a in per_class.items()}
 
 
-def write_outputs(config: RunConfig, outcome: dict, metrics: dict, run_dir: Path) -> None:
+def data_config_of(config: RunConfig, backbone) -> dict:
+    return {} if backbone is None else backbone.data_config_at(config.backbone.image_size)
+
+
+def write_outputs(config: RunConfig, outcome: ProtocolOutcome, metrics: dict, run_dir: Path) -> None:
     from bsegn.app.bundle import save_bundle
 
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    split, trained = outcome["split"], outcome["trained"]
-    gzsl_classifier = outcome["classifiers"][0]
-    features = outcome["features"]
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    split, features = outcome.split, outcome.features
     trainval = np.asarray(split.loc("trainval"))
-    save_bundle(run_dir / "bundle", backbone=outcome["backbone"], trained=trained, classifier=gzsl_classifier,
-                zsl_classifier=outcome["classifiers"][1],
+    save_bundle(run_dir / "bundle", backbone=outcome.backbone, trained=outcome.run.trained,
+                classifier=outcome.run.gzsl_classifier, zsl_classifier=outcome.run.zsl_classifier,
                 class_names=split.class_names, attribute_names=split.attribute_names,
-                data_config=data_config_of(config, outcome["backbone"]), gamma=metrics["gamma"],
+                data_config=data_config_of(config, outcome.backbone), gamma=metrics["gamma"],
+                unseen_ranking=config.run.unseen_ranking,
                 metrics={k: metrics[k] for k in ("T1", "U", "S", "H", "protocol", "split_evaluated")},
                 train_features=features.features[trainval], train_labels=features.labels[trainval],
                 benchmark=config.data.benchmark, run_config=config.to_dict(), semantic_kind=split.semantic_kind)
-    if config.run.plots:
-        try:
-            from bsegn.app.plots import write_plots
+    try:
+        from bsegn.app.plots import write_plots
 
-            write_plots(run_dir, metrics, outcome)
-        except ImportError as error:
-            print(f"[bsegn] plots skipped: {error} (matplotlib is a dependency of bsegn: reinstall it)")
+        write_plots(run_dir, metrics, outcome)
+    except ImportError as error:
+        log.warning(f"plots skipped: {error} (matplotlib is a dependency of bsegn: reinstall it)")
 
 
 def demo_prediction(run_dir: Path, outcome_split, image_root: Path) -> str | None:

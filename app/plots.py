@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 
-def write_plots(run_dir: Path, metrics: dict, outcome: dict) -> list[Path]:
+def write_plots(run_dir: Path, metrics: dict, outcome) -> list[Path]:
+    """outcome: bsegn.app.pipeline.ProtocolOutcome (split, features, run.trained)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no screen
@@ -15,7 +16,7 @@ def write_plots(run_dir: Path, metrics: dict, outcome: dict) -> list[Path]:
     plots = Path(run_dir) / "plots"
     plots.mkdir(exist_ok=True)
     written = []
-    split = outcome["split"]
+    split = outcome.split
     seen_names = {split.class_names[int(c)] for c in split.seen_classes}
 
     per_class = metrics["per_class_gzsl"]
@@ -36,7 +37,7 @@ def write_plots(run_dir: Path, metrics: dict, outcome: dict) -> list[Path]:
         figure, axis = plt.subplots(figsize=(5, 4))
         axis.plot([r["S"] for r in curve], [r["U"] for r in curve], marker=".")
         best = max(curve, key=lambda r: r["H"])
-        axis.scatter([best["S"]], [best["U"]], color="red", zorder=3, label=f"best H {best['H']:.1f} (gamma {best['gamma']})")
+        axis.scatter([best["S"]], [best["U"]], color="red", zorder=3, label=f"best H {best['H']:.1f} (gamma {best['gamma']:.1f})")
         axis.set_xlabel("seen accuracy S (%)")
         axis.set_ylabel("unseen accuracy U (%)")
         axis.set_title("GZSL trade-off over calibration gamma (validation)")
@@ -50,9 +51,9 @@ def write_plots(run_dir: Path, metrics: dict, outcome: dict) -> list[Path]:
     return written
 
 
-def _real_vs_synthetic(plt, plots: Path, outcome: dict, num_classes: int = 5, per_class: int = 60) -> Path:
+def _real_vs_synthetic(plt, plots: Path, outcome, num_classes: int = 5, per_class: int = 60) -> Path:
     """PCA (fitted on the shown real features) of real test features vs synthetic ones, a few unseen classes."""
-    split, trained, features = outcome["split"], outcome["trained"], outcome["features"]
+    split, trained, features = outcome.split, outcome.run.trained, outcome.features
     unseen = [int(c) for c in split.unseen_classes[:num_classes]]
     test = np.asarray(split.loc("test_unseen"))
     real_x, real_y = features.features[test], features.labels[test]

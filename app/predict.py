@@ -1,7 +1,9 @@
-"""`predict IMAGE [IMAGE|DIR ...] --model RUN_OR_BUNDLE`: name the class of images with a bundle.
+"""`predict IMAGE [IMAGE|DIR ...] [--model RUN_OR_BUNDLE]`: name the class of images with a bundle.
 
     predictor = Predictor(load_bundle(path), mode="gzsl")
-    results = predictor.predict_paths(paths, top_k=5)   # [{"image", "top": [{"class", "score", "seen"}], ...}]
+    results = predictor.predict_paths(paths, top_k=5)   # [{"image", "top": [{"class", "probability", "seen"}], ...}]
+
+Without --model: $BSEGN_MODEL, else the most recently written bundle under ./runs.
 
 Cold start matters here: this path imports torch, timm (to build the backbone), PIL, numpy and
 bsegn's own modules only; no accelerate, albumentations, scipy or matplotlib.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -48,11 +51,11 @@ class Predictor:
 
         from bsegn.datasets.transforms import build_eval_transform
 
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}")
-        if bundle.backbone is None:
-            from bsegn.app.bundle import BundleError
+        from bsegn.core.errors import BundleError, ConfigError
 
+        if mode not in MODES:
+            raise ConfigError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+        if bundle.backbone is None:
             raise BundleError("this bundle has no backbone (trained on pre-extracted features): it cannot read images")
         self.bundle, self.mode, self.device, self.batch_size = bundle, mode, torch.device(device), batch_size
         self.gamma = bundle.gamma if gamma is None else float(gamma)
@@ -72,13 +75,12 @@ class Predictor:
         with torch.no_grad():
             images = images.to(self.device)
             features = self.bundle.backbone(images).float()
-            if self.bundle.data_config.get("flip_average"):  # as the training features were extracted
-                features = (features + self.bundle.backbone(torch.flip(images, dims=[3])).float()) / 2
             if self.mode == "zsl" and self.bundle.zsl is not None:
                 return features, class_log_probs(self.bundle.trained, self.bundle.zsl, features).cpu(), \
                     self.bundle.zsl.class_ids.cpu()
-            if self.mode == "gzsl":  # the scores calibration was chosen on (config.unseen_ranking applied)
-                scores = gzsl_scores(self.bundle.trained, self.bundle.gzsl, self.bundle.zsl, features).cpu()
+            if self.mode == "gzsl":  # the scores calibration was chosen on (the run's unseen_ranking applied)
+                scores = gzsl_scores(self.bundle.trained, self.bundle.gzsl, self.bundle.zsl, features,
+                                     unseen_ranking=self.bundle.unseen_ranking).cpu()
             else:
                 scores = class_log_probs(self.bundle.trained, self.bundle.gzsl, features).cpu()
             class_ids = self.bundle.gzsl.class_ids.cpu()
@@ -105,6 +107,27 @@ class Predictor:
         return {"attributes_read": [{"attribute": names[j], "read": round(float(a_hat[j]), 4),
                                      "class_value": round(float(vector[j]), 4)} for j in order],
                 "cosine": round(float(torch.nn.functional.cosine_similarity(a_hat, vector, dim=0)), 4)}
+
+    def predict_tensors(self, images, *, top_k: int = 5, explain: bool = False) -> list[dict[str, Any]]:
+        """images (B, 3, H, W), the bundle's eval transform applied -> per image {"top": [{"class",
+        "class_id", "probability", "seen"}, ...]} (and "explain"), best class first."""
+        import torch
+
+        features, scores, class_ids = self.scores(images)
+        probabilities = torch.softmax(scores, dim=1)
+        values, columns = probabilities.topk(min(top_k, scores.shape[1]), dim=1)
+        answers = []
+        for row in range(len(values)):
+            top = []
+            for value, column in zip(values[row].tolist(), columns[row].tolist()):
+                cid = int(class_ids[column])
+                top.append({"class": self.bundle.class_names[cid], "class_id": cid,
+                            "probability": round(float(value), 6), "seen": bool(self.bundle.seen_mask[cid])})
+            answer = {"top": top}
+            if explain:
+                answer["explain"] = self.explain(features[row], top[0]["class_id"])
+            answers.append(answer)
+        return answers
 
     def predict_paths(self, paths: list[Path], *, top_k: int = 5, explain: bool = False, progress: bool = False,
                       on_error=None) -> list[dict[str, Any]]:
@@ -147,21 +170,9 @@ class Predictor:
                     tensors.append(tensor)
                     batch_paths.append(path)
             if tensors:
-                features, scores, class_ids = self.scores(torch.stack(tensors))
-                probabilities = torch.softmax(scores, dim=1)
-                k = min(top_k, scores.shape[1])
-                values, columns = probabilities.topk(k, dim=1)
-                for row, path in enumerate(batch_paths):
-                    top = []
-                    for value, column in zip(values[row].tolist(), columns[row].tolist()):
-                        cid = int(class_ids[column])
-                        top.append({"class": self.bundle.class_names[cid], "class_id": cid,
-                                    "probability": round(float(value), 6),
-                                    "seen": bool(self.bundle.seen_mask[cid])})
-                    result = {"image": str(path), "mode": self.mode, "top": top}
-                    if explain:
-                        result["explain"] = self.explain(features[row], top[0]["class_id"])
-                    results.append(result)
+                for path, answer in zip(batch_paths, self.predict_tensors(torch.stack(tensors), top_k=top_k,
+                                                                          explain=explain)):
+                    results.append({"image": str(path), "mode": self.mode, **answer})
             if bar is not None:
                 bar.update(len(batch))
         pool.shutdown()
@@ -188,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="predict", description="Name the class of images with a bsegn model, "
                                      "including classes never seen in training.")
     parser.add_argument("images", nargs="+", help="image files and/or folders (recursed)")
-    parser.add_argument("--model", required=True, help="run folder written by train.py, or its bundle/ folder")
+    parser.add_argument("--model", default=None,
+                        help="run folder written by train.py, or its bundle/ folder (default: $BSEGN_MODEL, else "
+                             "the most recently written bundle under ./runs)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     parser.add_argument("--mode", choices=MODES, default="gzsl",
@@ -202,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the attributes the semantic decoder reads from the image next to the "
                              "predicted class's attribute values")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     return parser
 
 
@@ -219,8 +233,28 @@ def _format_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def default_model(runs: str | os.PathLike = "runs") -> Path:
+    """$BSEGN_MODEL, else the most recently written bundle under `runs` (said on stderr), else BundleError."""
+    from bsegn.app.bundle import CONFIG_NAME
+    from bsegn.core.errors import BundleError
+
+    if os.environ.get("BSEGN_MODEL"):
+        return Path(os.environ["BSEGN_MODEL"])
+    written = [(path.stat().st_mtime, path.parent) for path in Path(runs).glob(f"*/bundle/{CONFIG_NAME}")]
+    if not written:
+        raise BundleError(f"no model given and none found: pass --model RUN_OR_BUNDLE, set $BSEGN_MODEL, or train "
+                          f"one first (`accelerate launch train.py` writes {Path(runs) / 'demo-final' / 'bundle'})")
+    newest = max(written)[1]
+    print(f"predict: using the most recent model {newest} (choose another with --model or $BSEGN_MODEL)",
+          file=sys.stderr)
+    return newest
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         print("predict: error: --top-k and --batch-size must be >= 1", file=sys.stderr)
         return 2
@@ -229,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     paths, problems = collect_images(args.images)
     for problem in problems:
         print(f"predict: {problem}", file=sys.stderr)
-    bundle = load_bundle(args.model, device="cpu", with_train_features=False)
+    bundle = load_bundle(args.model or default_model(), device="cpu", with_train_features=False)
     predictor = Predictor(bundle, mode=args.mode, gamma=args.calibration, device=args.device,
                           batch_size=args.batch_size)
     failures = []

@@ -21,3 +21,11 @@ def end_process_group() -> None:
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
         distributed.destroy_process_group()
+
+
+def launch_rank() -> tuple[int, int]:
+    """(rank, world size) as `accelerate launch` (torchrun) sets them in the environment; (0, 1) otherwise.
+    Read before any Accelerator exists, so logging can be set up first."""
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

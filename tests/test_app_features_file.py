@@ -33,7 +33,7 @@ def demo_features(tmp_path_factory):
 
 def _overrides(path, tmp_path, *extra):
     return ["--data.features_file", str(path), "--data.demo_images_per_class", "24", "--data.demo_image_size", "32",
-            "--run.output", str(tmp_path / "run"), "--run.plots", "false", "--generative.calibration", "false",
+            "--run.output", str(tmp_path / "run"), "--run.calibration", "false",
             "--generative.epochs", "6", "--generative.syn_num", "50", *extra]
 
 
@@ -45,11 +45,13 @@ def test_training_on_a_feature_file_skips_the_backbone(demo_features, tmp_path, 
     from bsegn.app.bundle import BundleError, load_bundle
     from bsegn.app.pipeline import run_pipeline
     from bsegn.app.predict import Predictor
+    from bsegn.core.logs import setup_logging
 
     path, cache = demo_features
     monkeypatch.setenv("BSEGN_CACHE", str(cache))
+    setup_logging("info")  # messages go to stderr (train.py and the CLI set this up)
     metrics = run_pipeline(_config(path, cache, tmp_path))
-    log = capsys.readouterr().out
+    log = capsys.readouterr().err
     assert "backbone stages skipped" in log and "fine-tuning" not in log
     assert not (tmp_path / "run" / "backbone").exists()
     assert metrics["T1"] > 3 * 100 / 10, metrics  # 10 unseen classes: far above chance on features with signal
@@ -123,7 +125,8 @@ def test_train_py_under_accelerate_launch_with_two_processes(demo_features, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     assert "terminate called" not in result.stderr
     assert "Grad strides do not match" not in result.stderr  # the critic's known, harmless DDP warning is silenced
-    assert result.stdout.count("final protocol on demo: T1") == 1, result.stdout[-2000:]
+    assert result.stderr.count("final protocol on demo: T1") == 1, result.stderr[-2000:]
+    assert "[bsegn rank" not in result.stderr  # rank 1 says nothing but warnings
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["processes"] == 2
     assert metrics["T1"] > 3 * 100 / 10, metrics  # as one process: far above chance on features with signal

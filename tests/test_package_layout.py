@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PACKAGE_FOLDERS = ("app", "backbone", "generative", "datasets")
+PACKAGE_FOLDERS = ("core", "datasets", "backbone", "generative", "app", "configs")
 
 
 def test_top_level_folders_are_namespace_packages():

@@ -1,0 +1,204 @@
+"""The model bundle without the demo training: a tiny bundle (random test_resnet backbone + a small
+untrained TrainedBSeGN with fitted classifiers) is saved, loaded, tampered with and used through the
+public API and `predict`. Each test takes well under 5 s."""
+import json
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bsegn.app.bundle import CONFIG_NAME, MODEL_NAME, load_bundle, save_bundle
+from bsegn.core.errors import BundleError
+
+CLASSES = [f"class{c}" for c in range(6)]
+SEEN, UNSEEN = [0, 1, 2, 3], [4, 5]
+IMAGE_SIZE = 32
+
+
+def _tiny_bundle(folder: Path, *, unseen_ranking: str = "gzsl", gamma: float = 0.5) -> Path:
+    from bsegn.backbone.factory import create_backbone
+    from bsegn.generative.classifier import fit_final_classifier
+    from bsegn.generative.config import BSeGNConfig
+    from bsegn.generative.model import TrainedBSeGN
+
+    torch.manual_seed(0)
+    backbone = create_backbone("test_resnet", "none")
+    config = BSeGNConfig.from_dict({"hidden": 16, "embedder_hidden": 8, "syn_num": 4, "classifier_epochs": 1})
+    semantics = torch.rand(len(CLASSES), 5, generator=torch.Generator().manual_seed(0))
+    trained = TrainedBSeGN(config, backbone.num_features, semantics.shape[1], semantics, SEEN, UNSEEN).eval()
+    features = torch.rand(24, backbone.num_features, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor(SEEN * 6)
+    trained.fit_integration(features)
+    gzsl = fit_final_classifier(trained, features, labels, list(range(len(CLASSES))))
+    zsl = fit_final_classifier(trained, None, None, UNSEEN)
+    return save_bundle(folder, backbone=backbone, trained=trained, classifier=gzsl, zsl_classifier=zsl,
+                       class_names=CLASSES, attribute_names=[f"a{j}" for j in range(5)],
+                       data_config=backbone.data_config_at(IMAGE_SIZE), gamma=gamma, unseen_ranking=unseen_ranking,
+                       metrics={"T1": 12.345, "U": 1.0, "S": 2.0, "H": 1.33333, "protocol": "final"},
+                       train_features=features, train_labels=labels, benchmark="tiny", run_config={"run": {}})
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    return _tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle")
+
+
+@pytest.fixture
+def bundle_copy(saved, tmp_path) -> Path:
+    return Path(shutil.copytree(saved, tmp_path / "bundle"))
+
+
+def _image(colour=(200, 30, 30)):
+    from PIL import Image
+
+    return Image.new("RGB", (40, 40), colour)
+
+
+def test_bundle_round_trip_keeps_everything_predict_needs(saved):
+    bundle = load_bundle(saved)
+    assert bundle.class_names == CLASSES and bundle.gamma == 0.5 and bundle.unseen_ranking == "gzsl"
+    assert bundle.seen_mask.tolist() == [True] * 4 + [False] * 2
+    assert bundle.trained.config.hidden == 16 and bundle.backbone.model_name == "test_resnet"
+    info = json.loads((saved / CONFIG_NAME).read_text())
+    assert info["bsegn"]["config"]["hidden"] == 16 and "generator_hidden" not in info["bsegn"]["config"]
+    assert info["unseen_ranking"] == "gzsl" and info["gamma"] == 0.5
+    card = (saved / "README.md").read_text()
+    assert "| final | 12.3 | 1.0 | 2.0 | 1.3 |" in card and "gamma: 0.5" in card
+
+
+def test_bundle_files_take_the_umask_modes(saved):
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in (CONFIG_NAME, MODEL_NAME, "README.md"):
+        assert stat.S_IMODE((saved / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+def test_a_failed_save_leaves_the_old_bundle_whole(bundle_copy, monkeypatch):
+    import bsegn.app.bundle as bundle_module
+
+    bundle = load_bundle(bundle_copy)
+
+    def half_written(bundle, folder):
+        (folder / MODEL_NAME).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bundle_module, "_write_bundle", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        save_bundle(bundle, bundle_copy)
+    load_bundle(bundle_copy)  # the old one, intact
+    assert sorted(p.name for p in bundle_copy.parent.iterdir()) == ["bundle"]  # no temporary folder left
+
+
+def test_a_flipped_byte_inside_the_tensor_data_is_refused_by_the_sha256(bundle_copy):
+    model = bundle_copy / MODEL_NAME
+    data = bytearray(model.read_bytes())
+    header = int.from_bytes(data[:8], "little")  # safetensors: 8-byte header length, JSON header, tensor data
+    position = 8 + header + (len(data) - 8 - header) // 2
+    data[position] ^= 0x01
+    model.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="content does not match the sha256 in config.json"):
+        load_bundle(bundle_copy)
+
+
+def test_a_valid_json_edit_of_the_config_is_refused_by_its_integrity_hash(bundle_copy):
+    path = bundle_copy / CONFIG_NAME
+    values = json.loads(path.read_text())
+    values["gamma"] = 0.0
+    path.write_text(json.dumps(values, indent=1))
+    with pytest.raises(BundleError, match="config.json: content does not match its integrity hash"):
+        load_bundle(bundle_copy)
+    values["format_version"] = 99
+    path.write_text(json.dumps(values))
+    with pytest.raises(BundleError, match="format version 99"):
+        load_bundle(bundle_copy)
+    path.write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(bundle_copy)
+
+
+def test_a_truncated_model_file_is_refused(bundle_copy):
+    model = bundle_copy / MODEL_NAME
+    model.write_bytes(model.read_bytes()[:-1000])
+    with pytest.raises(BundleError, match="truncated"):
+        load_bundle(bundle_copy)
+
+
+def test_predict_refuses_a_damaged_bundle_in_one_line(bundle_copy, capsys):
+    from bsegn.app.cli import predict_main
+
+    model = bundle_copy / MODEL_NAME
+    model.write_bytes(model.read_bytes()[:-10])
+    assert predict_main([str(bundle_copy), "--model", str(bundle_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "truncated" in err
+
+
+def test_public_api_classifies_pil_images_and_tensors(saved):
+    from bsegn.app.api import ClassScore, load_model
+
+    model = load_model(saved)
+    answer = model.predict(_image(), top_k=3)
+    assert len(answer) == 3 and all(isinstance(a, ClassScore) for a in answer)
+    assert {a.name for a in answer} <= set(CLASSES)
+    assert [a.probability for a in answer] == sorted((a.probability for a in answer), reverse=True)
+    assert all(a.seen == (CLASSES.index(a.name) in SEEN) for a in answer)
+    assert model.predict(_image(), top_k=len(CLASSES))[0].probability <= 1.0
+    pixels = torch.from_numpy(np.array(_image())).permute(2, 0, 1)  # uint8 (3, H, W)
+    assert model.predict(pixels, top_k=3) == answer
+    assert model.predict(pixels.float() / 255, top_k=3)[0].name == answer[0].name
+    batch = model.predict([_image(), _image((0, 0, 255))], top_k=2)
+    assert len(batch) == 2 and batch[0] == answer[:2]
+    assert all(not a.seen for a in load_model(saved, mode="zsl").predict(_image()))
+
+
+def test_predict_gzsl_uses_the_bundles_unseen_ranking(saved):
+    from bsegn.app.predict import Predictor
+
+    bundle = load_bundle(saved)
+    images = torch.randn(6, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    _, plain, class_ids = Predictor(bundle, gamma=0.0).scores(images)
+    bundle.unseen_ranking = "zsl"
+    _, ranked, same_ids = Predictor(bundle, gamma=0.0).scores(images)
+    _, zsl, zsl_ids = Predictor(bundle, mode="zsl").scores(images)
+    assert torch.equal(class_ids, same_ids)
+    unseen = ~bundle.seen_mask[class_ids]
+    # seen against unseen as before; among the unseen classes, the ZSL classifier's choice
+    assert torch.equal(unseen[plain.argmax(1)], unseen[ranked.argmax(1)])
+    assert torch.equal(class_ids[unseen][ranked[:, unseen].argmax(1)], zsl_ids[zsl.argmax(1)])
+
+
+def test_the_unseen_ranking_is_stored_in_the_bundle(tmp_path):
+    assert load_bundle(_tiny_bundle(tmp_path / "zsl", unseen_ranking="zsl")).unseen_ranking == "zsl"
+
+
+def test_predict_without_model_uses_the_newest_run_then_bsegn_model(saved, tmp_path, monkeypatch, capsys):
+    from bsegn.app.cli import predict_main
+
+    image = tmp_path / "x.png"
+    _image().save(image)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BSEGN_MODEL", raising=False)
+    assert predict_main([str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "no model given" in err and "train.py" in err and "Traceback" not in err
+
+    for name, age in (("older", 100), ("newer", 10)):
+        shutil.copytree(saved, tmp_path / "runs" / name / "bundle")
+        moment = time.time() - age
+        os.utime(tmp_path / "runs" / name / "bundle" / CONFIG_NAME, (moment, moment))
+    assert predict_main([str(image), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert f"using the most recent model {Path('runs') / 'newer' / 'bundle'}" in err
+    assert json.loads(out)["image"] == str(image)
+
+    monkeypatch.setenv("BSEGN_MODEL", str(tmp_path / "runs" / "older"))
+    assert predict_main([str(image)]) == 0
+    assert "most recent" not in capsys.readouterr().err
+    monkeypatch.setenv("BSEGN_MODEL", str(tmp_path / "nothing"))
+    assert predict_main([str(image)]) == 2
+    assert "no such model" in capsys.readouterr().err
