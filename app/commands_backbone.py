@@ -105,7 +105,8 @@ def _run_extract(args) -> int:
     log = get_logger(__name__)
     accelerator = Accelerator()
     image_root, split = _load_data(args)
-    backbone = create_backbone(args.backbone, args.weights)
+    # seeded: a random-init backbone (--weights none) is the same in every process and every run
+    backbone = create_backbone(args.backbone, args.weights, seed=0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -150,7 +151,7 @@ def _run_finetune(args) -> int:
     accelerator = Accelerator(mixed_precision=None if args.mixed_precision == "no" else args.mixed_precision,
                               gradient_accumulation_steps=config.grad_accum_steps)
     image_root, split = _load_data(args)
-    backbone = create_backbone(args.backbone, args.weights)
+    backbone = create_backbone(args.backbone, args.weights, seed=args.seed)
     tuned = finetune_backbone(backbone, image_root, split, config, protocol=args.protocol, output_dir=args.out,
                               accelerator=accelerator, seed=args.seed, image_size=args.image_size,
                               num_workers=args.workers)

@@ -41,7 +41,9 @@ class FeatureBackbone(nn.Module):
     Attributes:
         model: the timm model.
         model_name: timm architecture name (with a pretrained tag when one was used).
-        num_features: size of the pooled feature.
+        num_features: width of what `forward` returns. timm's `num_features` is the width before the
+            head; models with a pre-logits head (MobileNetV3/V4, GhostNet, LCNet: a 1x1 conv after
+            pooling) return their `head_hidden_size` (1024 for mobilenetv3_small_100, not 576).
         data_config: timm data config dict (input_size, interpolation, mean, std, crop_pct, crop_mode)
             for bsegn.datasets.transforms.
         weights_id: "random-init", or a short hash of the weights as loaded (see `weights_hash`).
@@ -53,8 +55,8 @@ class FeatureBackbone(nn.Module):
         super().__init__()
         self.model = model
         self.model_name = model_name
-        self.num_features = int(model.num_features)
         self.data_config = {key: data_config[key] for key in DATA_CONFIG_KEYS if key in data_config}
+        self.num_features = output_width(model, self.data_config)
         self.weights_id = weights_id
         self.weights_source = weights_source
 
@@ -90,6 +92,24 @@ class FeatureBackbone(nn.Module):
                 "data_config": json.loads(json.dumps(self.data_config, default=jsonable))}  # tuples -> lists
 
 
+def output_width(model: nn.Module, data_config: dict[str, Any]) -> int:
+    """The width of `forward_head(forward_features(x), pre_logits=True)`: what the backbone returns.
+
+    timm says it as `head_hidden_size` (timm >= 1.0); a model without that attribute is asked with one
+    forward pass of a zero image at its data config's input size (eval mode, no gradient).
+    """
+    width = getattr(model, "head_hidden_size", None)
+    if width:
+        return int(width)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            sample = torch.zeros(1, *data_config.get("input_size", (3, 224, 224)))
+            return int(model.eval().forward_head(model.forward_features(sample), pre_logits=True).shape[-1])
+    finally:
+        model.train(was_training)
+
+
 def weights_hash(module: nn.Module, length: int = 16) -> str:
     """A short sha256 over the module's state_dict (names, dtypes, shapes, values).
 
@@ -104,7 +124,7 @@ def weights_hash(module: nn.Module, length: int = 16) -> str:
 
 
 def create_backbone(model_name: str = "resnet101", weights: str | os.PathLike = "default", *,
-                    num_classes: int = 0, hash_weights: bool = True) -> FeatureBackbone:
+                    num_classes: int = 0, hash_weights: bool = True, seed: int | None = None) -> FeatureBackbone:
     """Build a FeatureBackbone from a timm model name and a weights source.
 
     Args:
@@ -117,6 +137,9 @@ def create_backbone(model_name: str = "resnet101", weights: str | os.PathLike = 
             or "none" (random init: a warning says features are meaningless for real data).
         num_classes: 0 drops the classifier (features only); >0 keeps/creates a head of that size.
         hash_weights: compute `weights_id` from the loaded tensors (about 0.5 s for ResNet-101).
+        seed: draw every randomly initialised tensor (all of them with "none", a new head otherwise)
+            from this seed, so a run repeats exactly and every process of a distributed run builds the
+            same model; the caller's global torch RNG state is left as it was. None: the global RNG.
 
     Raises:
         WeightsError when the weights are not on this machine, with a message that says how to
@@ -124,6 +147,17 @@ def create_backbone(model_name: str = "resnet101", weights: str | os.PathLike = 
 
     Warnings (random-init weights) are logged through bsegn.core.logs, not raised as Python warnings.
     """
+    if seed is None:
+        return _create_backbone(model_name, weights, num_classes, hash_weights)
+    # timm initialises on the CPU: only the CPU generator is seeded (torch.manual_seed would reseed
+    # every GPU's too), and fork_rng puts its state back on exit.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return _create_backbone(model_name, weights, num_classes, hash_weights)
+
+
+def _create_backbone(model_name: str, weights: str | os.PathLike, num_classes: int,
+                     hash_weights: bool) -> FeatureBackbone:
     import timm  # heavy: imported only when a backbone is really built
 
     weights_str = str(weights)

@@ -76,17 +76,25 @@ def load_split(name: str, splits_dir: str | Path | None = None, **demo_kwargs) -
 
 
 def check_benchmark_images(name: str, images_root: str | Path, splits_dir: str | Path | None = None, *,
-                           split: ZSLSplit | None = None, show: int = 5):
+                           split: ZSLSplit | None = None, show: int = 5, decode: bool = True):
     """`image_folders.check_images` for benchmark `name`, loading its split when none is given
-    (a demo image folder's split files sit beside it)."""
+    (a demo image folder's split files sit beside it); `decode`: also decode every image.
+
+    For your own data the class table is checked too: a class table the default run cannot train on
+    (no unseen class; fewer seen classes than the validation protocol needs) is a problem.
+    """
     from bsegn.datasets.image_folders import check_images, resolve_image_root
+    from bsegn.datasets.protocol import protocol_problems
 
     name = canonical_name(name)
     if split is None:
         if name == "demo" and splits_dir is None:
             splits_dir = resolve_image_root(images_root, name).parent
         split = load_split(name, splits_dir)
-    return check_images(name, images_root, splits_dir, split=split, show=show)
+    report = check_images(name, images_root, splits_dir, split=split, show=show, decode=decode)
+    if name == "own":
+        report.problems += protocol_problems(split, "final", needs_validation=True)
+    return report
 
 
 def load_benchmark(name: str, *, splits_dir: str | Path | None = None, images_root: str | Path | None = None,

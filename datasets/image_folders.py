@@ -145,6 +145,10 @@ class ImageCheckReport:
     unexpected: list[str] = field(default_factory=list)  # first few found files not expected
     num_missing: int = 0
     num_unexpected: int = 0
+    unreadable: list[str] = field(default_factory=list)  # first few "path: why" of files that do not decode
+    num_empty: int = 0        # 0-byte image files
+    num_undecodable: int = 0  # non-empty files that are corrupt, truncated or not images
+    decoded: bool = False     # whether every image was decoded (else only names and counts were checked)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -169,19 +173,50 @@ class ImageCheckReport:
             lines.append(f"  missing ({self.num_missing}): " + ", ".join(self.missing))
         if self.num_unexpected:
             lines.append(f"  unexpected ({self.num_unexpected}): " + ", ".join(self.unexpected))
+        if self.num_empty or self.num_undecodable:
+            lines.append(f"  unreadable ({self.num_empty} empty, {self.num_undecodable} undecodable): "
+                         + "; ".join(self.unreadable))
         lines += [f"  problem: {p}" for p in self.problems] + [f"  note: {n}" for n in self.notes]
-        lines.append("OK" if self.ok else "NOT OK: fix the image folder before training")
+        lines.append("OK" if self.ok else "NOT OK: fix the data before training")
         return "\n".join(lines)
 
 
+def find_unreadable_images(image_root: str | Path, files: list[str], *, workers: int = 4) -> list[tuple[str, str]]:
+    """(relative path, reason) of every file that bsegn.datasets.images.open_rgb cannot decode, in
+    `files` order; the reason starts with "empty" for a 0-byte file. Decoded in `workers` threads
+    (PIL releases the GIL while decoding)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bsegn.core.errors import ImageError
+    from bsegn.datasets.images import open_rgb
+
+    image_root = Path(image_root)
+
+    def problem(name: str) -> str | None:
+        path = image_root / name
+        if path.is_file() and path.stat().st_size == 0:
+            return "empty (0 bytes)"
+        try:
+            open_rgb(path)
+        except ImageError as error:
+            return str(error).removeprefix(f"{path}: ")
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        reasons = list(pool.map(problem, files))
+    return [(name, reason) for name, reason in zip(files, reasons) if reason is not None]
+
+
 def check_images(benchmark: str, images_root: str | Path, splits_dir: str | Path | None = None, *,
-                 split: ZSLSplit, show: int = 5) -> ImageCheckReport:
-    """Verify an image folder against the benchmark's `split` before any training (no image is decoded).
+                 split: ZSLSplit, show: int = 5, decode: bool = False) -> ImageCheckReport:
+    """Verify an image folder against the benchmark's `split` before any training.
 
     Compares the sorted relative paths with the expected image list when the split or the metadata
     in `splits_dir` has one (CUB, AWA2, demo), else the count with the number of indexed images;
     validates every split's class-consistency where folders give classes. Lists the first `show`
-    missing/unexpected files. (`bsegn.datasets.benchmarks.check_benchmark_images` loads the split.)
+    missing/unexpected files. With `decode`, every image is also decoded as training would read it,
+    and 0-byte and undecodable files are counted and named (a problem). Without, no image is decoded.
+    (`bsegn.datasets.benchmarks.check_benchmark_images` loads the split.)
     """
     from bsegn.datasets.xlsa17 import validate_split
 
@@ -221,6 +256,8 @@ def check_images(benchmark: str, images_root: str | Path, splits_dir: str | Path
     for name in SPLIT_NAMES:
         loc = split.locs.get(name)
         report.splits[name] = None if loc is None else {"expected": int(len(loc)), "present": int(present[loc].sum())}
+    if decode:
+        _check_decoding(report, image_root, found, show)
 
     if not report.problems:
         try:
@@ -236,3 +273,17 @@ def check_images(benchmark: str, images_root: str | Path, splits_dir: str | Path
             else:
                 report.notes.append("the folder layout does not give classes: class-consistency not checked")
     return report
+
+
+def _check_decoding(report: ImageCheckReport, image_root: Path, files: list[str], show: int) -> None:
+    bad = find_unreadable_images(image_root, files)
+    report.decoded = True
+    report.num_empty = sum(reason.startswith("empty") for _, reason in bad)
+    report.num_undecodable = len(bad) - report.num_empty
+    report.unreadable = [f"{name}: {reason}" for name, reason in bad[:show]]
+    if bad:
+        report.problems.append(
+            f"{len(bad)} image files cannot be read ({report.num_empty} empty, {report.num_undecodable} corrupt, "
+            f"truncated or not images; first: {bad[0][0]}); training would skip them: "
+            + ("re-copy or remove them" if report.benchmark == "own" else "re-copy them from the original "
+               "download (removing one would shift the split's index of every image after it)"))

@@ -3,6 +3,9 @@
 Real benchmark folders hold grayscale, CMYK, palette, RGBA and 16-bit files next to ordinary
 JPEGs, and the occasional truncated or mislabelled file. Every reader in bsegn goes through
 `open_rgb` / `load_rgb`, so every model sees 8-bit RGB and every bad file is reported by name.
+It also applies the EXIF orientation (a phone photo stored sideways with Orientation=6 comes out
+upright, as every viewer shows it), in this one place for training, extraction and predict alike;
+`upright_rgb` does the same for an image already opened by the caller.
 """
 from __future__ import annotations
 
@@ -10,16 +13,17 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bsegn.core.errors import ImageError
 
 # PIL's own decompression-bomb threshold (about 89.5 megapixels): far above any benchmark photo.
 DEFAULT_MAX_PIXELS = 89_478_485
+ORIENTATION_TAG = 0x0112  # EXIF Orientation
 
 
 def open_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open `path` fully decoded as a PIL image in mode "RGB".
+    """Open `path` fully decoded as a PIL image in mode "RGB", turned upright by its EXIF orientation.
 
     Raises ImageError (naming the file) for a missing, empty, non-image, corrupt or truncated file,
     and for an image over `max_pixels` pixels: the size is read from the header before any pixel
@@ -52,8 +56,16 @@ def open_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
                 # Truncated JPEG/PNG ("image file is truncated"), broken streams, bad headers.
                 raise ImageError(f"{path}: corrupt or truncated image: {error}; re-copy or remove it.") from None
+            # still inside: a PNG's or TIFF's EXIF may sit in the file past the pixels
+            return upright_rgb(image)
     except OSError as error:  # unreadable file (permissions, I/O error)
         raise ImageError(f"{path}: cannot open image: {error}") from None
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """A loaded PIL image as "RGB", rotated/flipped as its EXIF Orientation tag says (1-8; none: as is)."""
+    if image.getexif().get(ORIENTATION_TAG, 1) != 1:
+        image = ImageOps.exif_transpose(image)  # a transposed copy, the tag removed
     return _to_rgb(image)
 
 

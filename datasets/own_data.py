@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bsegn.core.errors import DataError
+from bsegn.datasets.protocol import MIN_SEEN_CLASSES_FOR_VALIDATION
 from bsegn.datasets.splits import ZSLSplit
 
 
@@ -120,14 +121,15 @@ def load_own_data(images_root: str | Path, attributes_csv: str | Path, *, seed: 
     notes = [f"own data from {images_root} and {attributes_csv}; {holdout_fraction:.0%} of each seen class's images "
              f"held out as test_seen (seed {seed})."]
     train = val = None
-    if seen.size >= 4:
+    if seen.size >= MIN_SEEN_CLASSES_FOR_VALIDATION:
         shuffled = rng.permutation(seen)
         num_val = max(1, int(round(seen.size / 3)))
         val_classes, train_classes = shuffled[:num_val], shuffled[num_val:]
         train = np.flatnonzero(np.isin(labels, train_classes))
         val = np.flatnonzero(np.isin(labels, val_classes))
     else:
-        notes.append("fewer than 4 seen classes: no train/val class split (the validation protocol is unavailable).")
+        notes.append(f"fewer than {MIN_SEEN_CLASSES_FOR_VALIDATION} seen classes: no train/val class split (the "
+                     "validation protocol is unavailable).")
     if unseen.size == 0:
         notes.append("no unseen class: only seen-class (GZSL S) results can be measured.")
     split = ZSLSplit(

@@ -101,6 +101,24 @@ def test_flip_average_changes_features_and_cache_key(tree, tmp_path):
     assert not np.allclose(plain.features, flipped.features)
 
 
+def test_exif_rotated_copy_gives_the_same_features(tmp_path):
+    """Finding 8: a copy stored sideways with EXIF Orientation=6 extracts the features of the upright image."""
+    upright = np.asarray(Image.fromarray(np.random.default_rng(5).integers(0, 256, (6, 9, 3), dtype=np.uint8))
+                         .resize((45, 30), Image.Resampling.BILINEAR))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    sideways.save(tmp_path / "phone.png", exif=exif.tobytes())
+    sideways.save(tmp_path / "untagged.png")  # the same pixels without the tag: really sideways
+    files = ["upright.png", "phone.png", "untagged.png"]
+    features, bad = extract_features(_random_backbone(), tmp_path, files, None, batch_size=3, num_workers=0,
+                                     image_size=32, progress=False)
+    rows = features.features
+    assert bad == [] and np.allclose(rows[0], rows[1], atol=1e-6)
+    assert not np.allclose(rows[0], rows[2], atol=1e-3)
+
+
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_match_one(tree, tmp_path):

@@ -173,3 +173,54 @@ def test_default_weights_load_from_the_local_hub_cache(tmp_path):
     name, num_classes, weights = json.loads(result.stdout.strip().splitlines()[-1])
     assert name == "test_resnet" and num_classes == 0
     assert weights == pytest.approx(expected)
+
+
+def _state(backbone):
+    return {name: tensor.clone() for name, tensor in backbone.model.state_dict().items()}
+
+
+def test_seeded_random_init_repeats_and_leaves_the_global_rng_alone():
+    """Finding 3: create_backbone(seed=...) draws the random init from that seed, not the global RNG."""
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = _state(create_backbone("test_resnet", "none", seed=3))
+    second = _state(create_backbone("test_resnet", "none", seed=3))
+    other = _state(create_backbone("test_resnet", "none", seed=4))
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's RNG stream is where it was
+    assert first.keys() == second.keys() == other.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert not all(torch.equal(first[name], other[name]) for name in first)
+
+
+def test_seed_also_fixes_a_new_head_over_loaded_weights(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet").state_dict().items()}, str(path))
+    heads = [create_backbone("test_resnet", path, num_classes=5, seed=seed).model.get_classifier().weight
+             for seed in (1, 1, 2)]
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
+
+
+def test_num_features_is_the_width_forward_returns():
+    """Finding 9: MobileNetV3's pre-logits conv head returns 1024 features, not timm's num_features 576."""
+    backbone = create_backbone("mobilenetv3_small_100", "none", seed=0).eval()
+    with torch.no_grad():
+        features = backbone(torch.randn(2, 3, 32, 32))
+    assert backbone.model.num_features == 576
+    assert features.shape == (2, 1024) and backbone.num_features == 1024
+    assert backbone.describe()["num_features"] == 1024
+
+
+def test_output_width_without_head_hidden_size_asks_the_model():
+    """A model without timm's head_hidden_size is measured with one forward pass at its input size."""
+    import timm
+
+    from bsegn.backbone.factory import output_width
+
+    model = timm.create_model("mobilenetv3_small_100", num_classes=0).train()
+    del model.head_hidden_size
+    assert output_width(model, {"input_size": (3, 32, 32)}) == 1024
+    assert model.training  # the probe leaves the mode as it was

@@ -113,6 +113,16 @@ def test_guard_filters_test_images_listed_in_trainval(tiny):
     assert test_image not in allowed.tolist() and len(allowed) == len(split.locs["trainval"])
 
 
+def test_guard_filters_test_unseen_images_listed_in_trainval(tiny):
+    """An image in both trainval and test_unseen (a leak in the split files) is never trained on, even
+    when its label is a seen class: only the test_unseen rule catches it."""
+    _, split = tiny
+    leaked = int(split.locs["trainval"][0])
+    leaky = _leaky(split, locs={"test_unseen": np.append(split.locs["test_unseen"], leaked)})
+    for protocol in ("final", "validation"):
+        assert leaked not in allowed_training_indices(leaky, protocol)[0].tolist()
+
+
 def test_guard_filters_unseen_class_images(tiny):
     """An unseen-class image listed in trainval but in no test loc is still never trained on."""
     _, split = tiny

@@ -172,3 +172,41 @@ def test_dataset_flags_bad_images_and_collate_drops_them(tmp_path):
 def _pil_decode(path):
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
+
+
+# stored pixels = the upright image turned by the inverse of what the EXIF Orientation tag asks for
+_SIDEWAYS = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270,
+             2: Image.Transpose.FLIP_LEFT_RIGHT}
+
+
+def save_with_orientation(upright: np.ndarray, path, orientation: int) -> None:
+    """Write `upright` as a camera would: pixels stored turned, plus the EXIF tag that turns them back."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(upright).transpose(_SIDEWAYS[orientation]).save(path, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("orientation", sorted(_SIDEWAYS))
+def test_exif_orientation_is_applied(tmp_path, orientation):
+    """Finding 8: a photo stored sideways with Orientation=6 (and 3, 8, 2) decodes upright."""
+    from bsegn.datasets.images import open_rgb
+
+    upright = _photo(40, 60)
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    save_with_orientation(upright, tmp_path / "sideways.png", orientation)
+    assert Image.open(tmp_path / "sideways.png").getexif()[0x0112] == orientation  # the tag really is there
+    assert np.array_equal(load_rgb(tmp_path / "sideways.png"), load_rgb(tmp_path / "upright.png"))
+    assert open_rgb(tmp_path / "sideways.png").size == (60, 40)
+
+
+def test_exif_orientation_in_a_jpeg(tmp_path):
+    upright = _photo(48, 64)
+    Image.fromarray(upright).save(tmp_path / "upright.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", quality=95,
+                                                                        exif=exif.tobytes())
+    decoded = load_rgb(tmp_path / "phone.jpg").astype(int)
+    assert decoded.shape == (48, 64, 3)
+    error = np.abs(decoded - upright).mean()  # JPEG loss only (about 6 grey levels here)
+    assert error < 12 and error * 4 < np.abs(decoded - upright[::-1, ::-1]).mean()  # not upside down
