@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "bsegn.app.commands_data",
     "bsegn.app.commands_backbone",
     "bsegn.app.commands_app",
+    "bsegn.app.serve",
 )
 
 

@@ -1,0 +1,316 @@
+"""The model behind `bsegn serve`: loaded once in the background, forward passes batched across
+waiting requests by one worker thread, classes added in memory, the extended model saved to a new
+folder under --save-dir only.
+
+    engine = Engine("runs/demo-final", save_dir="served")
+    engine.start()                              # loads in a thread; engine.state: loading -> ready | failed
+    future = engine.submit(tensor, top_k=5)     # concurrent.futures.Future -> predict_tensors' answer + p_unseen
+    engine.add_classes([("new", [0.1, ...])])   # the served model gains unseen classes (memory only)
+    engine.save("my_model")                     # save_dir/my_model; the original bundle is never touched
+
+Requests are bounded (Busy beyond `max_pending`); the worker takes up to `max_batch` queued images and,
+while more requests are still being decoded, waits up to `max_wait_ms` for them to join the batch.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import math
+import queue
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bsegn.core.errors import BsegnError, BundleError
+from bsegn.core.logs import get_logger
+
+log = get_logger("bsegn.serve")
+
+SAFE_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_CLASS_NAME = 100
+FLOAT32_MAX = 3.4028234663852886e38  # the model's type
+
+
+class Busy(Exception):
+    """More requests are pending than the server accepts; the client should retry."""
+
+
+class RequestError(Exception):
+    """A client error with its HTTP status (the message is what the client sees)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 20_000_000      # one upload
+    max_pixels: int = 40_000_000     # width x height, read from the header before decoding
+    max_batch: int = 16
+    max_wait_ms: float = 10.0
+    max_pending: int = 64            # requests admitted at once (decoding, queued or in the forward)
+    decoders: int = 2                # uploads decoded at the same time (threads)
+
+
+class Engine:
+    def __init__(self, model_path: str | Path, *, mode: str = "gzsl", device: str = "cpu",
+                 save_dir: str | Path | None = None, limits: Limits = Limits()):
+        self.model_path, self.mode, self.device, self.limits = Path(model_path), mode, device, limits
+        self.save_dir = None if save_dir is None else Path(save_dir).resolve()
+        self.state, self.error = "loading", None
+        self.predictor = None   # replaced whole (never mutated) when classes are added
+        self.added: list[str] = []
+        self.batch_sizes: collections.Counter = collections.Counter()
+        self._queue: queue.Queue = queue.Queue()
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._change_lock = threading.Lock()  # one add/save at a time
+        self._worker: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self, *, background: bool = True) -> None:
+        """Load the model (in a thread unless background=False), then start the batching worker."""
+        if background:
+            threading.Thread(target=self._load, name="bsegn-serve-load", daemon=True).start()
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        from bsegn.app.bundle import load_bundle
+
+        started = time.perf_counter()
+        try:
+            bundle = load_bundle(self.model_path, device="cpu", with_train_features=True)  # add-class refits on them
+            self.predictor = served_predictor(bundle, self.mode, self.device)
+        except BsegnError as error:
+            self.state, self.error = "failed", str(error)
+            log.error("serve: the model did not load: %s", error)
+            return
+        self.start_worker()
+        self.state = "ready"
+        log.info("serve: model %s ready in %.1f s (%d classes)", bundle.path, time.perf_counter() - started,
+                 bundle.num_classes)
+
+    def start_worker(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="bsegn-serve-batcher", daemon=True)
+            self._worker.start()
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=10)
+            self._worker = None
+
+    # --- admission and batching --------------------------------------------------------------------
+
+    def admit(self) -> None:
+        """Count one more request in flight, or raise Busy when `max_pending` are already in."""
+        with self._pending_lock:
+            if self._pending >= self.limits.max_pending:
+                raise Busy(f"the server is busy ({self._pending} requests in progress); retry in a moment")
+            self._pending += 1
+
+    def release(self) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+
+    def submit(self, tensor, *, top_k: int = 5, explain: bool = False):
+        """One transformed image (3, H, W) -> a Future of predict_tensors' answer for it, with "p_unseen"."""
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        self._queue.put((tensor, top_k, explain, future))
+        return future
+
+    def _collect(self, first) -> list:
+        items = [first]
+        deadline = time.monotonic() + self.limits.max_wait_ms / 1000
+        while len(items) < self.limits.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                # wait only while admitted requests are still decoding: they are about to arrive
+                if self._pending <= len(items) or time.monotonic() >= deadline:
+                    break
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+            if item is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            items.append(item)
+        return items
+
+    def _work(self) -> None:
+        import torch
+
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            items = self._collect(first)
+            predictor = self.predictor
+            self.batch_sizes[len(items)] += 1
+            try:  # one forward for the batch: the largest top_k asked, the explanation if anyone asked
+                answers = predictor.predict_tensors(torch.stack([item[0] for item in items]),
+                                                    top_k=max(item[1] for item in items),
+                                                    explain=any(item[2] for item in items))
+                p_unseen = predictor.last_p_unseen()
+            except Exception as error:  # noqa: BLE001 - every waiting request must hear of it
+                log.exception("serve: forward failed")
+                for item in items:
+                    item[3].set_exception(error)
+                continue
+            for (_, top_k, explain, future), answer, p in zip(items, answers, p_unseen):
+                answer["top"] = answer["top"][:top_k]
+                if not explain:
+                    answer.pop("explain", None)
+                future.set_result({**answer, "p_unseen": p})
+
+    # --- the served model --------------------------------------------------------------------------
+
+    def ready_predictor(self):
+        if self.state != "ready":
+            raise RuntimeError(f"the model is {self.state}")
+        return self.predictor
+
+    def describe(self) -> dict[str, Any]:
+        """The model card and classes (GET /model)."""
+        bundle = self.ready_predictor().bundle
+        info = bundle.info
+        seen = bundle.seen_mask.tolist()
+        metrics = {k: bundle.metrics.get(k) for k in ("T1", "U", "S", "H", "protocol") if k in bundle.metrics}
+        return {"state": self.state, "benchmark": bundle.benchmark or "custom", "path_name": self.model_path.name,
+                "backbone": info.get("backbone"), "input_size": bundle.data_config.get("input_size"),
+                "mode": self.mode, "gamma": bundle.gamma, "unseen_ranking": bundle.unseen_ranking,
+                "metrics": metrics, "semantic_kind": bundle.semantic_kind,
+                "attribute_names": bundle.attribute_names, "semantic_dim": int(bundle.trained.semantic_dim),
+                "classes": [{"name": name, "seen": flag, "added": name in self.added}
+                            for name, flag in zip(bundle.class_names, seen)],
+                "added": list(self.added), "saving": self.save_dir is not None,
+                "limits": {"max_bytes": self.limits.max_bytes, "max_pixels": self.limits.max_pixels}}
+
+    def add_classes(self, new_classes: list[tuple[str, list[float]]]) -> list[str]:
+        """Append unseen classes to the served model, in memory; refits the classifiers as add-class does."""
+        import torch
+
+        from bsegn.app.add_class import _normalised_like_bundle
+        from bsegn.generative.classifier import fit_final_classifier
+        from bsegn.generative.experiment import split_classes
+
+        with self._change_lock:
+            old = self.ready_predictor().bundle
+            names = list(old.class_names)
+            for name, values in new_classes:
+                _check_new_class(name, values, names, int(old.trained.semantic_dim))
+                names.append(name)
+            if old.train_features is None:
+                raise RequestError(409, "this model holds no training features: classes cannot be added to it")
+            trained = copy.deepcopy(old.trained)  # requests keep using the old model until the swap below
+            try:
+                for name, values in new_classes:
+                    trained.add_class(_normalised_like_bundle(old, torch.tensor(values, dtype=torch.float32), name))
+            except BundleError as error:
+                raise RequestError(400, str(error)) from None
+            every_class = split_classes(trained.seen_classes, trained.unseen_classes)
+            gzsl = fit_final_classifier(trained, old.train_features.float(), old.train_labels, every_class)
+            zsl = fit_final_classifier(trained, None, None, trained.unseen_classes)
+            if not all(bool(torch.isfinite(v).all()) for c in (gzsl, zsl) for v in c.state_dict().values()):
+                raise RequestError(400, "the refitted classifier is not finite: the attribute values are far off the "
+                                        "scale of the model's classes; the model is unchanged")
+            metrics = {"note": "classes changed after evaluation: metrics of the original model",
+                       **{k: v for k, v in old.metrics.items() if k != "note"}}
+            bundle = dataclasses.replace(old, trained=trained.eval(), gzsl=gzsl.eval(), zsl=zsl.eval(),
+                                         class_names=names, metrics=metrics)
+            self.predictor = served_predictor(bundle, self.mode, self.device)
+            self.added += [name for name, _ in new_classes]
+        log.info("serve: added %s as unseen class(es) (in memory)", ", ".join(n for n, _ in new_classes))
+        return [name for name, _ in new_classes]
+
+    def save(self, folder_name: str) -> str:
+        """Write the served model (with its added classes) to save_dir/folder_name, a new folder."""
+        from bsegn.app.bundle import save_bundle
+        from bsegn.core.files import existing_folder
+
+        if self.save_dir is None:
+            raise RequestError(403, "saving is off: start `bsegn serve` with --save-dir DIR to allow it")
+        name = folder_name if isinstance(folder_name, str) else ""
+        if not SAFE_FOLDER.fullmatch(name) or set(name) == {"."}:
+            raise RequestError(400, "the folder name must be one plain name: letters, digits, '.', '_' or '-', "
+                                    "1 to 64 characters, starting with a letter or digit (no path)")
+        target = self.save_dir / name
+        with self._change_lock:
+            if target.exists() or existing_folder(target) is not None:
+                raise RequestError(409, f"{name!r} already exists in the save folder; choose a new name")
+            save_bundle(self.ready_predictor().bundle, target)
+        log.info("serve: saved the served model to %s", target)
+        return name
+
+
+def served_predictor(bundle, mode: str, device: str):
+    """predict's Predictor, keeping the last batch's class probabilities: p(unseen) sums over every class,
+    not only the top k that predict_tensors reports (asking it for all K would build K entries per image)."""
+    import torch
+
+    from bsegn.app.predict import Predictor
+
+    class ServedPredictor(Predictor):
+        def scores(self, images):
+            features, scores, class_ids = super().scores(images)
+            self._last = (scores, class_ids)
+            return features, scores, class_ids
+
+        def last_p_unseen(self) -> list[float]:
+            """p(unseen) per image of the last batch: the total probability of the unseen classes."""
+            scores, class_ids = self._last
+            unseen = ~self.seen[class_ids]
+            return [round(float(p), 6) for p in torch.softmax(scores, dim=1)[:, unseen].sum(dim=1)]
+
+    predictor = ServedPredictor(bundle, mode=mode, device=device)
+    predictor.seen = bundle.seen_mask
+    return predictor
+
+
+def parse_values(text: Any, semantic_dim: int, where: str) -> list[float]:
+    """Comma-separated numbers (or a JSON list of them) -> floats; RequestError unless finite and complete."""
+    items = text if isinstance(text, list) else str(text).split(",")
+    try:
+        values = [float(v) for v in items]
+    except (TypeError, ValueError):
+        raise RequestError(400, f"{where}: attribute values must be numbers") from None
+    if len(values) != semantic_dim:
+        raise RequestError(400, f"{where}: {len(values)} attribute values; this model's classes have {semantic_dim} "
+                                "(one per attribute, in the model's attribute order)")
+    if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in values):
+        raise RequestError(400, f"{where}: attribute values contain NaN or infinity, or values too large for float32")
+    return values
+
+
+def parse_csv(text: str, semantic_dim: int) -> list[tuple[str, list[float]]]:
+    """CSV text `name,<attributes...>` with a header row (as add-class reads) -> [(name, values)]."""
+    import csv
+    import io
+
+    rows = [row for row in csv.reader(io.StringIO(text)) if row]
+    if len(rows) < 2:
+        raise RequestError(400, "the CSV needs a header `name,<attribute columns...>` and at least one class row")
+    return [(row[0].strip(), parse_values(row[1:], semantic_dim, f"CSV line {line}"))
+            for line, row in enumerate(rows[1:], start=2)]
+
+
+def _check_new_class(name: Any, values: list[float], names: list[str], semantic_dim: int) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_CLASS_NAME or not name.isprintable():
+        raise RequestError(400, f"a class name must be 1 to {MAX_CLASS_NAME} printable characters")
+    known = {n.casefold(): n for n in names}  # as add-class: names compared ignoring case
+    if name.casefold() in known:
+        raise RequestError(409, f"class {name!r} is already in the model (as {known[name.casefold()]!r}; names are "
+                                "compared ignoring case); choose another name")
+    if len(values) != semantic_dim:
+        raise RequestError(400, f"{name!r}: {len(values)} values; the model needs {semantic_dim}")
