@@ -1,8 +1,11 @@
-"""Train and evaluate a bsegn model: `accelerate launch train.py [--config NAME|FILE] [--section.key VALUE ...]`.
+"""Train and evaluate a bsegn model: `accelerate launch -q train.py [--config NAME|FILE] [--section.key VALUE ...]`.
 
 With no arguments: the embedded demo benchmark (synthetic; generated on first use) end to end.
 Also runs as `python train.py`. `--config cub` loads the shipped configs/cub.yaml; `--help-config`
-lists every key.
+lists every key. A user error (config, data, run folder) is one line on stderr and exit status 2;
+`-q` stops accelerate's single-process launcher from adding its own CalledProcessError traceback
+below that line (the launcher then exits 1). Config, run folder and data are all checked before
+any compute, and a run folder busy with another run is refused (bsegn.core.locks).
 """
 import argparse
 import os
@@ -50,6 +53,9 @@ def main(argv=None) -> int:
     rank, world = launch_rank()
     try:
         config = load_run_config(args.config, overrides)
+        from bsegn.core.locks import check_run_folder
+
+        check_run_folder(config.output_dir())  # a file or a read-only folder: one line, before log.txt is opened
         setup_logging(args.log_level, log_file=config.output_dir() / "log.txt", is_main=rank == 0,
                       rank=rank if world > 1 else None)
         from bsegn.app.pipeline import run_pipeline

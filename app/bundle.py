@@ -17,8 +17,9 @@ executing code.
     save_bundle(bundle, folder); bundle = load_bundle(RUN_OR_BUNDLE_DIR)
 
 The folder is written whole beside its place and renamed into it (core.files.atomic_folder). A
-truncated or edited file, or a bundle of another format version, raises BundleError with a message
-that says what is wrong; nothing is unpickled, nothing is executed.
+truncated or edited file, a bundle of another format version, or one whose content is not a valid
+model (app.bundle_schema: fields, ranges, finite weights) raises BundleError with a message that says
+what is wrong; nothing is unpickled, nothing is executed.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch
 
+from bsegn.app.bundle_schema import check_bundle_config, check_finite_tensors
 from bsegn.core.errors import BundleError
 from bsegn.core.files import atomic_file, atomic_folder, digest_json, existing_folder, file_sha256, jsonable
 
@@ -208,6 +210,7 @@ def read_bundle_config(folder: Path) -> dict[str, Any]:
     if config_digest(config) != config.get("config_sha256"):
         raise BundleError(f"{path}: content does not match its integrity hash: the file was edited or "
                           "damaged; re-copy the bundle (bsegn add-class writes a new valid one)")
+    check_bundle_config(config, folder)  # a hash recomputed after an edit passes the line above, not this
     return config
 
 
@@ -242,6 +245,7 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu", 
         tensors = load_file(str(model_path))
     except (SafetensorError, OSError, ValueError) as error:
         raise BundleError(f"{model_path}: cannot be read ({error})") from None
+    check_finite_tensors(tensors, model_path)
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}

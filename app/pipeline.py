@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from bsegn.app.config import RunConfig, write_run_config
-from bsegn.core.errors import DataError
+from bsegn.core.errors import BsegnError, DataError
 from bsegn.core.files import atomic_write_json, digest_arrays, digest_json
+from bsegn.core.locks import RunFolderBusy, RunLock, check_run_folder
 from bsegn.core.logs import get_logger
 from bsegn.core.sections import to_dict
 
@@ -90,7 +91,8 @@ def backbone_stage(config: RunConfig, benchmark, split, protocol: str, run_dir: 
     from bsegn.backbone.factory import create_backbone
     from bsegn.backbone.finetune import finetune_backbone
 
-    backbone = create_backbone(config.backbone.model, config.backbone.weights)
+    # seeded: a random init (weights none, or a new head) repeats exactly, and is the same on every rank
+    backbone = create_backbone(config.backbone.model, config.backbone.weights, seed=config.run.seed)
     if not config.finetunes:
         return backbone
     folder = run_dir / "backbone"
@@ -162,18 +164,14 @@ def pre_extracted_features(config: RunConfig, benchmark):
 
 
 def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *, gamma: float | None = None,
-                 benchmark=None) -> ProtocolOutcome:
-    """Every stage for one protocol in run_dir."""
+                 data: PreparedData | None = None) -> ProtocolOutcome:
+    """Every stage for one protocol in run_dir (`data`: from `preflight`, made here when not given)."""
     from bsegn.datasets.protocol import validation_protocol
     from bsegn.generative.experiment import run_bsegn
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    benchmark = benchmark or load_run_benchmark(config)
-    given = pre_extracted_features(config, benchmark)
-    split = benchmark.split if given is None else given[1]
-    if split.seen_classes is None or split.labels is None:
-        raise DataError(f"{split.benchmark}: training needs per-image labels and the seen/unseen class lists; "
-                        "check the data with `bsegn data summary` / `bsegn data check`")
+    data = data or preflight(config)
+    benchmark, given, split = data.benchmark, data.given, data.split
     if given is None:
         backbone = backbone_stage(config, benchmark, split, protocol, run_dir, accelerator)
         features, split = feature_stage(config, benchmark, split, backbone, run_dir, accelerator)
@@ -183,9 +181,7 @@ def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *
         log.info(f"features: pre-extracted {features.features.shape} ({features.meta.get('source', split.benchmark)});"
                  " backbone stages skipped, so the bundle classifies features, not images")
     eval_split = validation_protocol(split, seed=config.run.seed) if protocol == "validation" else split
-    if not len(eval_split.unseen_classes):
-        raise DataError(f"{split.benchmark}: no unseen classes; zero-shot training needs at least one class known "
-                        "only by its attributes (mark some classes `unseen` in the attributes CSV).")
+    check_classes(eval_split, protocol)  # again: unreadable images may have emptied a class
     generative = config.generative
     # a generator checkpoint of another config or other features is never resumed: the stage starts over
     _reset_if_changed(run_dir / "generative", digest_json({
@@ -200,6 +196,55 @@ def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *
     return ProtocolOutcome(outcome, backbone, features, eval_split, benchmark, time.perf_counter() - started)
 
 
+@dataclass
+class PreparedData:
+    """What `preflight` loaded and checked: the benchmark, its pre-extracted features (or None), the split."""
+
+    benchmark: Any
+    given: Any  # (FeatureSet, split) from pre_extracted_features, or None when features come from images
+    split: Any
+
+
+def protocols_of(config: RunConfig) -> list[str]:
+    """The protocols a run trains, in order: the validation one first when it chooses gamma."""
+    protocol = config.run.protocol
+    chooses_gamma = protocol == "final" and config.run.calibration and config.run.gamma is None
+    return ["validation", "final"] if chooses_gamma else [protocol]
+
+
+def check_classes(split, protocol: str) -> None:
+    """DataError unless `split` (the one a protocol trains and evaluates) has seen classes with training
+    images and at least one unseen class."""
+    where = f"{split.benchmark} ({protocol} protocol)"
+    if not len(split.unseen_classes):
+        raise DataError(f"{where}: no unseen classes; zero-shot training needs at least one class known only by "
+                        "its attributes (mark some classes `unseen` in the attributes CSV)")
+    trainval = split.locs.get("trainval")
+    if not len(split.seen_classes) or trainval is None or not len(trainval):
+        raise DataError(f"{where}: no seen class has training images; give images of the seen classes")
+
+
+def preflight(config: RunConfig) -> PreparedData:
+    """Everything a run needs, checked before any compute (every rank runs it; nothing is written):
+    the data loads, has per-image labels and seen/unseen classes, and the protocols the run trains
+    (the validation one too, when it chooses gamma) can work on it (bsegn.datasets.protocol's check,
+    then each protocol's split built and checked). The config itself was checked when it was built
+    (types and ranges), the run folder by check_run_folder."""
+    from bsegn.datasets.protocol import check_protocol_feasible, validation_protocol
+
+    benchmark = load_run_benchmark(config)
+    given = pre_extracted_features(config, benchmark)
+    split = benchmark.split if given is None else given[1]
+    if split.seen_classes is None or split.labels is None:
+        raise DataError(f"{split.benchmark}: training needs per-image labels and the seen/unseen class lists; "
+                        "check the data with `bsegn data summary` / `bsegn data check`")
+    protocols = protocols_of(config)
+    check_protocol_feasible(split, config.run.protocol, needs_validation="validation" in protocols)
+    for protocol in protocols:
+        check_classes(validation_protocol(split, seed=config.run.seed) if protocol == "validation" else split, protocol)
+    return PreparedData(benchmark, given, split)
+
+
 def accelerator_options(config: RunConfig) -> dict:
     """One Accelerator serves every stage of a process. run.mixed_precision "no" (the default) leaves the
     precision to accelerate, so `accelerate launch --mixed_precision fp16 train.py` (or `accelerate
@@ -210,28 +255,60 @@ def accelerator_options(config: RunConfig) -> dict:
 
 
 def run_pipeline(config: RunConfig, *, accelerator=None) -> dict:
-    """Train and evaluate as `config` says; write the run folder; return metrics (percent)."""
+    """Train and evaluate as `config` says; write the run folder; return metrics (percent).
+
+    Before any compute: the run folder and the data are checked (`preflight`), then the main process
+    takes the run folder's lock (a second run into the same folder is refused, on every rank)."""
     from accelerate import Accelerator
 
+    run_dir = check_run_folder(config.output_dir())
+    data = preflight(config)
     accelerator = accelerator or Accelerator(**accelerator_options(config))
-    run_dir = config.output_dir()
+    lock = hold_run_folder(run_dir, accelerator)
+    try:
+        return _run_locked(config, run_dir, data, accelerator)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def hold_run_folder(run_dir: Path, accelerator) -> RunLock | None:
+    """The main process locks the run folder; every process learns whether it did (one broadcast, so
+    under `accelerate launch` every rank refuses, and exits non-zero, when the folder is busy)."""
+    lock, refusal = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = RunLock(run_dir).acquire()
+        except BsegnError as error:
+            refusal = str(error)
+        except OSError as error:  # told to every rank too, or they would wait for rank 0 forever
+            refusal = f"run folder {run_dir}: its lock cannot be taken ({error}); choose another --output"
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise RunFolderBusy(refusal)
+    return lock
+
+
+def _run_locked(config: RunConfig, run_dir: Path, data: PreparedData, accelerator) -> dict:
     protocol = config.run.protocol
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(config, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
     started = time.perf_counter()
 
     gamma = config.run.gamma
     validation = None
-    if protocol == "final" and config.run.calibration and gamma is None:
+    if protocols_of(config)[0] != protocol:
         # gamma is chosen where the test set cannot inform it: a full run of the validation protocol
         # (its own backbone fine-tuned on the train classes only, val classes playing unseen).
         log.info("calibration: choosing gamma on the validation protocol first (run/validation/)")
-        validation = run_protocol(config, "validation", run_dir / "validation", accelerator)
+        validation = run_protocol(config, "validation", run_dir / "validation", accelerator, data=data)
         gamma = float(validation.result["gamma"])
         log.info(f"calibration: gamma = {gamma:.1f} (validation H {validation.result['H']:.1f})")
-    outcome = run_protocol(config, protocol, run_dir, accelerator, gamma=gamma)
+    outcome = run_protocol(config, protocol, run_dir, accelerator, gamma=gamma, data=data)
     metrics = collect_metrics(config, outcome, validation, accelerator, time.perf_counter() - started)
     if accelerator.is_main_process:
         write_outputs(config, outcome, metrics, run_dir)
@@ -242,6 +319,8 @@ def run_pipeline(config: RunConfig, *, accelerator=None) -> dict:
     log.info(f"run folder: {run_dir} (config.yaml, metrics.json, log.txt, plots, bundle/)")
     image_root = outcome.benchmark.image_root
     if accelerator.is_main_process and image_root is not None and outcome.backbone is not None:
+        from bsegn.app.predict import demo_prediction
+
         shown = demo_prediction(run_dir, outcome.split, image_root)
         if shown:
             log.info("predict on a test image of an unseen class, with the bundle just written:\n" + shown)
@@ -297,19 +376,3 @@ def write_outputs(config: RunConfig, outcome: ProtocolOutcome, metrics: dict, ru
         write_plots(run_dir, metrics, outcome)
     except ImportError as error:
         log.warning(f"plots skipped: {error} (matplotlib is a dependency of bsegn: reinstall it)")
-
-
-def demo_prediction(run_dir: Path, outcome_split, image_root: Path) -> str | None:
-    """Predict one test image of an unseen class with the written bundle (what `predict` would print)."""
-    from bsegn.app.bundle import load_bundle
-    from bsegn.app.predict import Predictor, predict_paths
-
-    unseen = outcome_split.loc("test_unseen")
-    if not len(unseen):
-        return None
-    path = Path(image_root) / outcome_split.image_files[int(unseen[0])]
-    predictor = Predictor(load_bundle(run_dir))
-    truth = outcome_split.class_names[int(outcome_split.labels[int(unseen[0])])]
-    for prediction in predict_paths(predictor, [path], top_k=3):
-        return f"{prediction.format()}\n    (true class: {truth}, an unseen class)"
-    return None

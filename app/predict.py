@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -38,6 +39,28 @@ def collect_images(inputs: Iterable[str]) -> tuple[list[Path], list[str]]:
     return paths, problems
 
 
+def resolve_device(name: str):
+    """A torch.device that exists here; ConfigError naming the device otherwise (never a CUDA traceback)."""
+    import torch
+
+    from bsegn.core.errors import ConfigError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(f"device {name!r} is not a device name ({error}); use cpu, cuda, cuda:1 or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(f"device {name!r}: {count or 'no'} CUDA device(s) visible here; use --device cpu"
+                              + (f" or cuda:0..cuda:{count - 1}" if count else ""))
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {name!r}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r}: predict runs on cpu, cuda or mps")
+    return device
+
+
 class Predictor:
     """Bundle + mode -> class scores for images.
 
@@ -46,19 +69,23 @@ class Predictor:
     """
 
     def __init__(self, bundle, *, mode: str = "gzsl", gamma: float | None = None, device: str = "cpu",
-                 batch_size: int = 32):
-        import torch
-
+                 batch_size: int = 32, max_pixels: int | None = None):
+        from bsegn.datasets.images import DEFAULT_MAX_PIXELS
         from bsegn.datasets.transforms import build_eval_transform
 
         from bsegn.core.errors import BundleError, ConfigError
 
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+        if gamma is not None and not math.isfinite(gamma):
+            raise ConfigError(f"calibration gamma (--calibration) must be a finite number, got {gamma}")
+        if max_pixels is not None and max_pixels < 1:
+            raise ConfigError(f"max_pixels (--max-pixels) must be >= 1, got {max_pixels}")
         if bundle.backbone is None:
             raise BundleError("this bundle has no backbone (trained on pre-extracted features): it cannot read images")
-        self.bundle, self.mode, self.device, self.batch_size = bundle, mode, torch.device(device), batch_size
+        self.bundle, self.mode, self.device, self.batch_size = bundle, mode, resolve_device(device), batch_size
         self.gamma = bundle.gamma if gamma is None else float(gamma)
+        self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)  # None: the reader's limit
         self.transform = build_eval_transform(bundle.data_config)
         bundle.backbone.to(self.device).eval()
         bundle.trained.to(self.device)
@@ -145,9 +172,9 @@ class Predictor:
         def load(path):
             """(tensor, None) or (None, message); runs in worker threads (PIL decoding releases the GIL)."""
             try:
-                return self.transform(open_rgb(path)), None
-            except ImageError as error:
-                return None, str(error)
+                return self.transform(open_rgb(path, max_pixels=self.max_pixels)), None
+            except ImageError as error:  # the reader's advice, in predict's terms
+                return None, str(error).replace("raise max_pixels", "raise the limit with --max-pixels N")
             except (OSError, ValueError) as error:  # anything PIL raises past open_rgb's checks
                 return None, f"{path}: cannot read image ({error})"
 
@@ -210,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="calibrated-stacking gamma subtracted from seen-class log-probabilities "
                              "(default: the bundle's, chosen on validation)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="images with more pixels are skipped before decoding (default about 89.5 million)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     parser.add_argument("--explain", action="store_true",
                         help="show the attributes the semantic decoder reads from the image next to the "
@@ -255,17 +284,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top_k < 1 or args.batch_size < 1:
-        print("predict: error: --top-k and --batch-size must be >= 1", file=sys.stderr)
-        return 2
     from bsegn.app.bundle import load_bundle
+    from bsegn.core.errors import ConfigError
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise ConfigError("--top-k and --batch-size must be >= 1")
+    resolve_device(args.device)  # before the bundle is read (the other options: checked by Predictor)
 
     paths, problems = collect_images(args.images)
     for problem in problems:
         print(f"predict: {problem}", file=sys.stderr)
     bundle = load_bundle(args.model or default_model(), device="cpu", with_train_features=False)
     predictor = Predictor(bundle, mode=args.mode, gamma=args.calibration, device=args.device,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, max_pixels=args.max_pixels)
     failures = []
 
     def on_error(path, message):
@@ -280,3 +311,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"predict: {len(results)} image(s) predicted, {len(failures) + len(problems)} skipped", file=sys.stderr)
         return 1
     return 0
+
+
+def demo_prediction(run_dir: Path, outcome_split, image_root: Path) -> str | None:
+    """Predict one test image of an unseen class with the written bundle (what `predict` would print)."""
+    from bsegn.app.bundle import load_bundle
+
+    unseen = outcome_split.loc("test_unseen")
+    if not len(unseen):
+        return None
+    path = Path(image_root) / outcome_split.image_files[int(unseen[0])]
+    predictor = Predictor(load_bundle(run_dir))
+    truth = outcome_split.class_names[int(outcome_split.labels[int(unseen[0])])]
+    for prediction in predict_paths(predictor, [path], top_k=3):
+        return f"{prediction.format()}\n    (true class: {truth}, an unseen class)"
+    return None

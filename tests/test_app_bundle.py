@@ -202,3 +202,56 @@ def test_predict_without_model_uses_the_newest_run_then_bsegn_model(saved, tmp_p
     monkeypatch.setenv("BSEGN_MODEL", str(tmp_path / "nothing"))
     assert predict_main([str(image)]) == 2
     assert "no such model" in capsys.readouterr().err
+
+
+def test_predictor_applies_the_bundles_gamma(saved):
+    """Calibrated stacking: the bundle's gamma (chosen on validation) is subtracted from every seen
+    class's score in GZSL mode, unless --calibration gives another."""
+    from bsegn.app.predict import Predictor
+
+    bundle = load_bundle(saved)
+    bundle.gamma = 3.0
+    images = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(2))
+    _, plain, class_ids = Predictor(bundle, gamma=0.0).scores(images)
+    _, default, _ = Predictor(bundle).scores(images)
+    _, given, _ = Predictor(bundle, gamma=1.0).scores(images)
+    seen = bundle.seen_mask[class_ids].float()
+    assert torch.allclose(plain - default, 3.0 * seen.expand_as(plain))
+    assert torch.allclose(plain - given, 1.0 * seen.expand_as(plain))
+    assert Predictor(load_bundle(saved)).gamma == 0.5  # as saved by _tiny_bundle
+
+
+def _one_image(tmp_path, size=(40, 40)) -> Path:
+    path = tmp_path / f"x{size[0]}.png"
+    _image().resize(size).save(path)
+    return path
+
+
+def test_predict_refuses_a_missing_device_in_one_line(saved, tmp_path, capsys, monkeypatch):
+    from bsegn.app.cli import predict_main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    for device, words in (("cuda", "no CUDA device"), ("cuda:3", "no CUDA device"), ("tpu", "not a device name")):
+        assert predict_main([str(_one_image(tmp_path)), "--model", str(saved), "--device", device]) == 2, device
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_predict_refuses_a_calibration_that_is_not_finite(saved, tmp_path, capsys, value):
+    from bsegn.app.cli import predict_main
+
+    assert predict_main([str(_one_image(tmp_path)), "--model", str(saved), f"--calibration={value}"]) == 2
+    assert "--calibration) must be a finite number" in capsys.readouterr().err
+
+
+def test_predict_max_pixels_is_an_option_and_the_message_names_it(saved, tmp_path, capsys):
+    from bsegn.app.cli import predict_main
+
+    image = _one_image(tmp_path, (50, 50))
+    assert predict_main([str(image), "--model", str(saved), "--max-pixels", "2000"]) == 1
+    err = capsys.readouterr().err
+    assert "over the limit of 2000" in err and "--max-pixels" in err and "raise max_pixels" not in err
+    assert predict_main([str(image), "--model", str(saved), "--max-pixels", "2500"]) == 0
+    assert predict_main([str(image), "--model", str(saved), "--max-pixels", "0"]) == 2
+    assert "--max-pixels) must be >= 1" in capsys.readouterr().err

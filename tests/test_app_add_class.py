@@ -1,0 +1,179 @@
+"""`bsegn add-class` / `remove-class` on the tiny bundle: the model read is never overwritten unless
+--in-place (and then atomically), CSV input cannot lose a class to header detection, values are
+checked as the model's float32, names are unique ignoring case. Fast."""
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bsegn.app.add_class import _normalised_like_bundle, add_classes, parse_attributes
+from bsegn.app.bundle import CONFIG_NAME, MODEL_NAME, load_bundle
+from bsegn.core.errors import BundleError
+from bsegn.core.files import file_sha256
+from test_app_bundle import CLASSES, _tiny_bundle
+
+DIM = 5
+VALUES = "0.1,0.2,0.3,0.4,0.5"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    return _tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle")
+
+
+@pytest.fixture
+def run_folder(saved, tmp_path) -> Path:
+    """A run folder holding the bundle as bundle/ (and a file that must survive)."""
+    run = tmp_path / "run"
+    shutil.copytree(saved, run / "bundle")
+    (run / "metrics.json").write_text("{}")
+    return run
+
+
+def _digests(folder: Path) -> tuple[str, str]:
+    return file_sha256(folder / CONFIG_NAME), file_sha256(folder / MODEL_NAME)
+
+
+def _bsegn(capsys, *args) -> tuple[int, str]:
+    from bsegn.app.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model, out", [("run", "run"), ("run", "run/bundle"), ("run/bundle", "run/bundle"),
+                                        ("run/bundle", "run"), ("run/bundle", "run/bundle/../bundle")])
+def test_out_naming_the_model_is_refused_and_the_model_kept(run_folder, capsys, model, out):
+    base = run_folder.parent
+    before = _digests(run_folder / "bundle")
+    code, err = _bsegn(capsys, "add-class", "--model", str(base / model), "--name", "new", "--attributes", VALUES,
+                       "--out", str(base / out))
+    assert code == 2 and "Traceback" not in err and "model being read" in err, err
+    assert _digests(run_folder / "bundle") == before and (run_folder / "metrics.json").is_file()
+
+
+def test_in_place_replaces_the_bundle_whole(run_folder, capsys):
+    code, err = _bsegn(capsys, "add-class", "--model", str(run_folder), "--name", "new", "--attributes", VALUES,
+                       "--in-place")
+    assert code == 0, err
+    assert load_bundle(run_folder).class_names == CLASSES + ["new"]
+    assert (run_folder / "metrics.json").is_file()
+    assert sorted(p.name for p in run_folder.iterdir()) == ["bundle", "metrics.json"]  # no temporary left
+    code, err = _bsegn(capsys, "remove-class", "--model", str(run_folder / "bundle"), "--name", "new",
+                       "--out", str(run_folder / "bundle"), "--in-place")
+    assert code == 0, err
+    assert load_bundle(run_folder).class_names == CLASSES
+
+
+def test_a_failed_in_place_write_leaves_the_model_whole(run_folder, monkeypatch):
+    import bsegn.app.bundle as bundle_module
+
+    before = _digests(run_folder / "bundle")
+
+    def half_written(bundle, folder):
+        (folder / MODEL_NAME).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bundle_module, "_write_bundle", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        add_classes(run_folder, [("new", [0.1] * DIM)], None, in_place=True)
+    assert _digests(run_folder / "bundle") == before
+    assert sorted(p.name for p in run_folder.iterdir()) == ["bundle", "metrics.json"]
+
+
+def test_out_must_be_given_or_in_place(run_folder, capsys):
+    code, err = _bsegn(capsys, "add-class", "--model", str(run_folder), "--name", "x", "--attributes", VALUES)
+    assert code == 2 and "give --out FOLDER" in err
+
+
+def test_an_out_folder_that_is_not_a_bundle_is_not_replaced(run_folder, saved, tmp_path, capsys):
+    other = tmp_path / "documents"
+    other.mkdir()
+    (other / "thesis.tex").write_text("precious")
+    code, err = _bsegn(capsys, "add-class", "--model", str(saved), "--name", "x", "--attributes", VALUES,
+                       "--out", str(other))
+    assert code == 2 and "not a bsegn bundle" in err and (other / "thesis.tex").read_text() == "precious"
+    code, err = _bsegn(capsys, "add-class", "--model", str(run_folder), "--name", "x", "--attributes", VALUES,
+                       "--out", str(run_folder / "bundle" / "inner"))
+    assert code == 2 and "inside the model" in err
+    # another bundle, or an empty folder, may be replaced
+    for target in (run_folder / "bundle", tmp_path / "empty"):
+        target.mkdir(exist_ok=True)
+        code, err = _bsegn(capsys, "add-class", "--model", str(saved), "--name", "x", "--attributes", VALUES,
+                           "--out", str(target))
+        assert code == 0, err
+        assert load_bundle(target).class_names[-1] == "x"
+
+
+def _csv(tmp_path, text) -> str:
+    path = tmp_path / "new.csv"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_csv_without_header_loses_no_row(tmp_path):
+    rows = parse_attributes(_csv(tmp_path, f"a,{VALUES}\nb,{VALUES}\n"), DIM)
+    assert [name for name, _ in rows] == ["a", "b"]
+    with_header = parse_attributes(_csv(tmp_path, f"name,{','.join(f'att{j}' for j in range(DIM))}\na,{VALUES}\n"), DIM)
+    assert [name for name, _ in with_header] == ["a"]
+    single = parse_attributes(_csv(tmp_path, f"only,{VALUES}"), DIM)
+    assert single == [("only", pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5]))]
+    with pytest.raises(BundleError, match="new.csv:1: attribute values for 'a' must be numbers"):
+        parse_attributes(_csv(tmp_path, f"a,0.1,0.2,O.3,0.4,0.5\nb,{VALUES}\n"), DIM)  # a typo, not a header
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "name,a0,a1,a2,a3,a4\n"])
+def test_a_csv_with_no_class_row_is_refused(tmp_path, text):
+    with pytest.raises(BundleError, match="holds no class rows"):
+        parse_attributes(_csv(tmp_path, text), DIM)
+
+
+def test_values_are_checked_as_float32(tmp_path):
+    with pytest.raises(BundleError, match="too large for float32"):
+        parse_attributes("1e39,0,0,0,0", DIM, "huge")
+    with pytest.raises(BundleError, match="NaN or infinity"):
+        parse_attributes(_csv(tmp_path, "a,nan,0,0,0,0\n"), DIM)
+    with pytest.raises(BundleError, match="must be numbers"):
+        parse_attributes("1,2,three,4,5", DIM, "x")
+    assert parse_attributes("1e30,0,0,0,0", DIM, "big")[0][1][0] == pytest.approx(1e30)
+
+
+def test_normalisation_of_huge_or_tiny_vectors_does_not_overflow():
+    """xlsa17-style (unit-norm) bundles: 1e30 used to overflow the float32 norm to inf, giving an
+    all-zero vector past the all-zero check; 1e-30 underflowed to a zero norm."""
+    unit = torch.nn.functional.normalize(torch.rand(4, DIM), dim=1)
+    bundle = SimpleNamespace(trained=SimpleNamespace(semantics=unit))
+    for scale in (1e30, 1e-30):
+        out = _normalised_like_bundle(bundle, torch.full((DIM,), scale), "x")
+        assert torch.isfinite(out).all() and out.norm().item() == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(BundleError, match="all-zero"):
+        _normalised_like_bundle(bundle, torch.zeros(DIM), "zero")
+
+
+def test_a_refit_that_is_not_finite_writes_nothing(saved, tmp_path, monkeypatch):
+    import bsegn.generative.classifier as classifier_module
+
+    original = classifier_module.fit_final_classifier
+
+    def diverged(*args, **kwargs):
+        fitted = original(*args, **kwargs)
+        with torch.no_grad():
+            next(fitted.parameters()).fill_(float("nan"))
+        return fitted
+
+    monkeypatch.setattr(classifier_module, "fit_final_classifier", diverged)
+    with pytest.raises(BundleError, match="refitted classifier is not finite"):
+        add_classes(saved, [("x", [1e30] * DIM)], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_names_are_unique_ignoring_case(saved, tmp_path):
+    with pytest.raises(BundleError, match="given twice"):
+        parse_attributes(_csv(tmp_path, f"blue_dotted_cross,{VALUES}\nBLUE_DOTTED_CROSS,{VALUES}\n"), DIM)
+    with pytest.raises(BundleError, match="already in the model \\(as 'class0'"):
+        add_classes(saved, [("CLASS0", [0.1] * DIM)], tmp_path / "out")
+    with pytest.raises(BundleError, match="class name is empty"):
+        parse_attributes(_csv(tmp_path, f" ,{VALUES}\n"), DIM)
