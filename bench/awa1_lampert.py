@@ -3,6 +3,7 @@
     python bench/awa1_lampert.py [--seeds 3] [--json OUT] [--features-dir DIR] [--feature-type lss]
                                  [--config configs/awa1-lampert.yaml] [--methods eszsl,f-clswgan,bsegn,...]
                                  [--epochs N] [--select-epochs 3,6,12 [--validation-seeds 2]]
+                                 [--semantics attributes|text|attributes+text [--descriptions CSV] [--encoder E]]
 
 Methods: eszsl, f-clswgan (every BSeGN part off), bsegn, bsegn-no-<part> for fem, fem_s2f, balance,
 fem_boosts_g, cycle, mfim_levels (BSeGNConfig.without(part)). The config is a train.py run config: its
@@ -12,7 +13,8 @@ classes as seen, val classes as unseen, test_seen images removed): ESZSL's (gamm
 generative method's calibration gamma. Then each method is retrained on trainval and evaluated once on
 test, for each seed. With `--select-epochs E1,E2,...` the validation run also picks each generative
 method's number of generator epochs among those (by validation T1 + H; otherwise the config's epochs are
-used); `--validation-seeds N` trains N validation models per method and chooses on their mean (gamma on
+used); `--semantics text` replaces the 85 attributes by MiniLM embeddings of the class names (or of
+`--descriptions bench/descriptions/awa1.csv`), `attributes+text` puts both side by side; `--validation-seeds N` trains N validation models per method and chooses on their mean (gamma on
 the mean H curve). Prints one table (mean ± std over seeds, percent) and the seconds per generator
 epoch; `--json OUT` writes (after every method, so a stopped run keeps what it did)
 {"methods": {name: {"T1", "U", "S", "H", "T1_std", "H_std", ...}}, "seconds_per_epoch": ...}.
@@ -29,6 +31,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from harness import METHODS as ALL_METHODS  # noqa: E402  (bench/ is the script's folder: on sys.path)
+from harness import add_semantics_arguments, with_semantics  # noqa: E402
 
 ESZSL_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0)
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "awa1-lampert.yaml"
@@ -90,6 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--oracle", action="store_true",
                         help="also report each generative method's ORACLE numbers (best epoch picked on test, as "
                              "public ZSL code does), in a separate, labelled table; never used to choose anything")
+    add_semantics_arguments(parser)
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in ALL_METHODS]
@@ -121,12 +125,14 @@ def main(argv=None) -> int:
         if args.epochs:
             base = base.replace(epochs=args.epochs)
         features, split = load_awa1_lampert(args.features_dir, args.splits_dir, args.feature_type)
+        split = with_semantics(split, args)
     except BsegnError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     calibration, unseen_ranking = options["calibration"], options["unseen_ranking"]
     validation = validation_protocol(split, holdout_fraction=0.2, seed=0)
-    log(f"{features.features.shape[0]} images, {features.dim}-d {args.feature_type}; validation: "
+    log(f"{features.features.shape[0]} images, {features.dim}-d {args.feature_type}, {split.semantic_dim}-d "
+        f"{split.semantic_kind} semantics; validation: "
         f"{len(validation.seen_classes)} train / {len(validation.unseen_classes)} val classes; "
         f"final: {len(split.seen_classes)} seen / {len(split.unseen_classes)} unseen")
 
@@ -135,7 +141,9 @@ def main(argv=None) -> int:
             return
         payload = {"methods": table,
                    "seconds_per_epoch": float(sum(epoch_seconds) / len(epoch_seconds)) if epoch_seconds else None,
-                   "feature_type": args.feature_type, "seeds": args.seeds, "config": base.to_dict(),
+                   "feature_type": args.feature_type, "semantics": args.semantics,
+                   "semantic_dim": split.semantic_dim, "descriptions": args.descriptions,
+                   "text_encoder_id": split.text_encoder_id, "seeds": args.seeds, "config": base.to_dict(),
                    "calibration": calibration, "unseen_ranking": unseen_ranking,
                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                    "select_epochs": candidate_epochs, "validation_seeds": args.validation_seeds,
@@ -205,7 +213,8 @@ def main(argv=None) -> int:
         write_json(table, oracle_table, chosen, epoch_seconds)
 
     seconds_per_epoch = float(sum(epoch_seconds) / len(epoch_seconds)) if epoch_seconds else None
-    print(f"AwA1 proposed split, Lampert 2009 {args.feature_type} features; per-class mean accuracy, percent; "
+    print(f"AwA1 proposed split, Lampert 2009 {args.feature_type} features, {split.semantic_kind} semantics "
+          f"({split.semantic_dim}-d); per-class mean accuracy, percent; "
           f"mean ± std over seeds; choices on the validation protocol only")
     print(f"{'method':24s} {'T1':>13s} {'U':>13s} {'S':>13s} {'H':>13s}")
     for name, row in table.items():

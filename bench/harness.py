@@ -7,7 +7,9 @@
                                               # best epoch ON TEST, labelled; for comparison with papers only
     run_eszsl(feature_set, split, gamma_reg, lam) -> result
     choose_eszsl(feature_set, validation_split, grid) -> (gamma_reg, lam, validation result)
+    eszsl_grid(feature_set, split, gammas, lambdas) -> {(gamma, lambda): V}   # fit_eszsl's V, shared work
     method_config(name, base) -> BSeGNConfig   # "bsegn", "f-clswgan", "bsegn-no-<part>"
+    add_semantics_arguments(parser); with_semantics(split, args) -> split   # --semantics, --descriptions, --encoder
 
 Every choice is made on a VALIDATION split (bsegn.datasets.protocol.validation_protocol); the oracle
 exists only to set our numbers beside published ones and never chooses anything.
@@ -28,6 +30,26 @@ from bsegn.generative.model import train_bsegn
 ORACLE_LABEL = "ORACLE: best epoch picked on TEST (as TF-VAEGAN's and CE-GZSL's code do); for comparison with papers only"
 ABLATIONS = ("fem", "fem_s2f", "balance", "fem_boosts_g", "cycle", "mfim_levels")
 METHODS = ("eszsl", "f-clswgan", "bsegn") + tuple(f"bsegn-no-{part}" for part in ABLATIONS)
+
+
+def add_semantics_arguments(parser) -> None:
+    """--semantics attributes|text|attributes+text, --descriptions CSV, --encoder (bsegn.datasets.text_semantics)."""
+    from bsegn.datasets.text_semantics import SEMANTIC_MODES
+
+    parser.add_argument("--semantics", default="attributes", choices=SEMANTIC_MODES,
+                        help="class semantics: the benchmark's attributes, text embeddings of the class texts, or both")
+    parser.add_argument("--descriptions", type=Path, default=None,
+                        help="CSV class,description: the class texts for the text semantics (default: class names)")
+    parser.add_argument("--encoder", default="minilm", help="text encoder: minilm or local-dir:PATH")
+
+
+def with_semantics(split, args):
+    """`split` with the semantics the command line asks for (bsegn.datasets.text_semantics.apply_semantics)."""
+    from bsegn.datasets.text_semantics import apply_semantics
+
+    if args.semantics == "attributes" and args.descriptions is not None:
+        raise SystemExit("--descriptions needs --semantics text or attributes+text")
+    return apply_semantics(split, args.semantics, args.descriptions, args.encoder)
 
 
 def method_config(name: str, base: BSeGNConfig) -> BSeGNConfig:
@@ -129,12 +151,41 @@ def run_eszsl(feature_set, split, gamma_reg: float, lam: float) -> dict:
                            eszsl_scores(projection, unseen_x, semantics, all_classes), unseen_y, all_classes, seen)
 
 
+def eszsl_grid(feature_set, split, gammas, lambdas):
+    """{(gamma, lambda): projection V} for every pair, as fit_eszsl makes each, sharing the work: X X^T and
+    X Y A^T are formed once and the (d, d) solve is done once per gamma (not once per pair)."""
+    import torch
+
+    data = split_tensors(feature_set, split)
+    features, labels = data["trainval"]
+    seen = torch.as_tensor(data["seen"], dtype=torch.long)
+    x = torch.as_tensor(features, dtype=torch.float64).t()
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    column = torch.full((int(max(seen.max(), labels.max())) + 1,), -1, dtype=torch.long)
+    column[seen] = torch.arange(len(seen))
+    y = -torch.ones(x.shape[1], len(seen), dtype=torch.float64)
+    y[torch.arange(x.shape[1]), column[labels]] = 1.0
+    a = torch.as_tensor(data["semantics"], dtype=torch.float64)[seen].t()
+    d, k = x.shape[0], a.shape[0]
+    gram, target = x @ x.t(), x @ y @ a.t()
+    out = {}
+    for gamma_reg in gammas:
+        left = torch.linalg.solve(gram + gamma_reg * torch.eye(d, dtype=torch.float64), target)
+        for lam in lambdas:
+            right = (a @ a.t() + lam * torch.eye(k, dtype=torch.float64)).t()
+            out[(gamma_reg, lam)] = torch.linalg.solve(right, left.t()).t().float()
+    return out
+
+
 def choose_eszsl(feature_set, validation, grid) -> tuple[float, float, dict]:
     """ESZSL's (gamma, lambda) over grid x grid with the best validation T1 + H (the first on ties)."""
+    data = split_tensors(feature_set, validation)
+    semantics, all_classes, seen = data["semantics"], data["all_classes"], data["seen"]
+    (seen_x, seen_y), (unseen_x, unseen_y) = data["test_seen"], data["test_unseen"]
     best = None
-    for gamma_reg in grid:
-        for lam in grid:
-            result = run_eszsl(feature_set, validation, gamma_reg, lam)
-            if best is None or result["T1"] + result["H"] > best[2]["T1"] + best[2]["H"]:
-                best = (gamma_reg, lam, result)
+    for (gamma_reg, lam), projection in eszsl_grid(feature_set, validation, grid, grid).items():
+        result = evaluate_scores(eszsl_scores(projection, seen_x, semantics, all_classes), seen_y,
+                                 eszsl_scores(projection, unseen_x, semantics, all_classes), unseen_y, all_classes, seen)
+        if best is None or result["T1"] + result["H"] > best[2]["T1"] + best[2]["H"]:
+            best = (gamma_reg, lam, result)
     return best

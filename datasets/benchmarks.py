@@ -4,6 +4,11 @@ Names: "demo" (synthetic, generated on first use), the xlsa17 benchmarks CUB, CU
 SUN, FLO, APY (split files from `splits_dir`, default ../shared/data; images optional), and "own"
 (your class folders + attributes CSV), and "AWA1-Lampert2009": the AwA1 v1 image features (no
 images; `Benchmark.features` holds them; see `bsegn.datasets.lampert.load_awa1_lampert`).
+
+Semantics: `semantics="attributes"` (the default) keeps what the files hold; "text" or
+"attributes+text" replace them by sentence embeddings of each class's description or readable name
+(`descriptions`: a class,description CSV or a dict; `encoder`: "minilm" or "local-dir:PATH"), see
+bsegn.datasets.text_semantics.apply_semantics.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pathlib import Path
 from bsegn.core.errors import DataError
 from bsegn.datasets.features import FeatureSet
 from bsegn.datasets.splits import ZSLSplit
+from bsegn.datasets.text_encoder import DEFAULT_ENCODER
 
 XLSA17_NAMES = ("CUB", "CUB-sent", "AWA1", "AWA2", "SUN", "FLO", "APY")
 LAMPERT_NAME = "AWA1-Lampert2009"
@@ -51,8 +57,24 @@ def _default_splits_dir(name: str) -> Path:
     return root
 
 
-def load_split(name: str, splits_dir: str | Path | None = None, **demo_kwargs) -> ZSLSplit:
-    """Only the split metadata of benchmark `name` (no image folder needed; "own" is not possible here)."""
+def load_split(name: str, splits_dir: str | Path | None = None, *, semantics: str = "attributes",
+               descriptions=None, encoder: str = DEFAULT_ENCODER, **demo_kwargs) -> ZSLSplit:
+    """Only the split metadata of benchmark `name` (no image folder needed; "own" is not possible here),
+    with the semantics asked for (module doc)."""
+    split = _load_split(name, splits_dir, **demo_kwargs)
+    return _with_semantics(split, semantics, descriptions, encoder)
+
+
+def _with_semantics(split: ZSLSplit, semantics: str, descriptions, encoder: str) -> ZSLSplit:
+    from bsegn.datasets.text_semantics import apply_semantics, parse_semantics
+
+    if parse_semantics(semantics)[0] == "attributes" and descriptions is not None:
+        raise DataError("descriptions were given but semantics is 'attributes'; set semantics to 'text' or "
+                        "'attributes+text' to use them.")
+    return apply_semantics(split, semantics, descriptions, encoder)
+
+
+def _load_split(name: str, splits_dir: str | Path | None = None, **demo_kwargs) -> ZSLSplit:
     name = canonical_name(name)
     if name == "demo":
         from bsegn.datasets.demo import ensure_demo_dataset, read_demo_split
@@ -98,17 +120,27 @@ def check_benchmark_images(name: str, images_root: str | Path, splits_dir: str |
 
 
 def load_benchmark(name: str, *, splits_dir: str | Path | None = None, images_root: str | Path | None = None,
-                   attributes_csv: str | Path | None = None, **demo_kwargs) -> Benchmark:
-    """Load benchmark `name` (see module doc).
+                   attributes_csv: str | Path | None = None, semantics: str = "attributes", descriptions=None,
+                   encoder: str = DEFAULT_ENCODER, **demo_kwargs) -> Benchmark:
+    """Load benchmark `name` (see module doc) with the semantics asked for.
+
+    `semantics`, `descriptions`, `encoder`: see bsegn.datasets.text_semantics.apply_semantics.
 
     Args:
         splits_dir: xlsa17 benchmarks: folder with att_splits.mat (or its parent); default ../shared/data.
         images_root: the benchmark's image folder (optional for xlsa17; required for "own"). When given,
             the sorted image list must match the split exactly (else DataError; `bsegn data check`
             says which files differ), and the folder classes must be consistent with the split.
-        attributes_csv: "own" only: the class,split,<attributes...> CSV.
+        attributes_csv: "own" only: the class,split,<attributes...>[,description] CSV.
         demo_kwargs: "demo" only: images_per_class, image_size, seed, root.
     """
+    benchmark = _load_benchmark(name, splits_dir=splits_dir, images_root=images_root, attributes_csv=attributes_csv,
+                                **demo_kwargs)
+    benchmark.split = _with_semantics(benchmark.split, semantics, descriptions, encoder)
+    return benchmark
+
+
+def _load_benchmark(name: str, *, splits_dir=None, images_root=None, attributes_csv=None, **demo_kwargs) -> Benchmark:
     name = canonical_name(name)
     if demo_kwargs and name != "demo":
         raise DataError(f"{name}: options {sorted(demo_kwargs)} apply to the demo benchmark only.")
@@ -133,7 +165,7 @@ def load_benchmark(name: str, *, splits_dir: str | Path | None = None, images_ro
 
     if splits_dir is None:
         splits_dir = _default_splits_dir(name)
-    split = load_split(name, splits_dir)
+    split = _load_split(name, splits_dir)
     if images_root is None:
         return Benchmark(name, split, None, None)
     from bsegn.datasets.image_folders import check_images, labels_from_folders, list_images, resolve_image_root

@@ -10,6 +10,10 @@
 
 `split` is seen or unseen. Attribute values are numbers; each class's row becomes its semantic
 vector, L2-normalised like xlsa17's `att` (the raw values are kept as original_semantics).
+Classes described in words: a `description` column (beside the attributes, or instead of them:
+`class,split,description`) goes to ZSLSplit.descriptions, for the text semantics
+(bsegn.datasets.text_semantics.apply_semantics; load_benchmark(..., semantics="text") applies it).
+A table without attribute columns loads with (C, 0) semantics (semantic_kind "none") until then.
 Images are listed like the benchmarks (sorted relative paths). The split:
 * seen-class images: a seeded 80/20 per-class split into trainval / test_seen;
 * unseen-class images: test_unseen;
@@ -18,62 +22,98 @@ Images are listed like the benchmarks (sorted relative paths). The split:
 """
 from __future__ import annotations
 
-import csv
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bsegn.core.errors import DataError
+from bsegn.core.logs import get_logger
 from bsegn.datasets.protocol import MIN_SEEN_CLASSES_FOR_VALIDATION
 from bsegn.datasets.splits import ZSLSplit
 
+logger = get_logger(__name__)
 
-def read_attributes_csv(path: str | Path) -> tuple[list[str], list[str], list[str], np.ndarray]:
-    """-> (class names, splits "seen"/"unseen", attribute names, values (C, k) float64). DataError on any problem."""
+
+@dataclass
+class ClassTable:
+    """Your class table: names, "seen"/"unseen" splits, attribute names and values (C, k) float64 (k may be
+    0 when the table has descriptions only), and the descriptions given (class -> text)."""
+
+    names: list[str]
+    splits: list[str]
+    attribute_names: list[str]
+    values: np.ndarray
+    descriptions: dict[str, str]
+
+
+def read_class_table(path: str | Path) -> ClassTable:
+    """Read `class,split[,<attributes...>][,description]`; DataError (naming the line) on any problem.
+
+    An empty description cell is a warning (the class name is used instead)."""
+    from bsegn.datasets.csv_rows import read_csv_rows
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such attributes file; expected a CSV with header class,split,<attributes...>.")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    rows = read_csv_rows(path, "a CSV with header class,split,<attributes...> (and/or a description column)")
     if not rows:
         raise DataError(f"{path}: empty; expected a header class,split,<attributes...> and one row per class.")
-    header = [cell.strip() for cell in rows[0]]
+    header = rows[0][1]
     if len(header) < 3 or header[0].lower() != "class" or header[1].lower() != "split":
-        raise DataError(f"{path}: the header must start with class,split followed by attribute names; got {header[:3]}.")
-    attribute_names = header[2:]
-    names, splits, values = [], [], []
-    for line_number, row in enumerate(rows[1:], start=2):
-        cells = [cell.strip() for cell in row]
+        raise DataError(f"{path}: the header must start with class,split followed by attribute names and/or a "
+                        f"description column; got {header[:3]}.")
+    lowered = [cell.lower() for cell in header]
+    if lowered.count("description") > 1:
+        raise DataError(f"{path}: the header has {lowered.count('description')} description columns; keep one.")
+    text_column = lowered.index("description") if "description" in lowered else None
+    attribute_columns = [j for j in range(2, len(header)) if j != text_column]
+    attribute_names = [header[j] for j in attribute_columns]
+    names, splits, values, descriptions = [], [], [], {}
+    for line_number, cells in rows[1:]:
         name = cells[0]
         if len(cells) != len(header):
             raise DataError(f"{path}, line {line_number} (class {name!r}): {len(cells)} values but the header has "
-                            f"{len(header)} columns; every row needs class, split and {len(attribute_names)} attributes.")
+                            f"{len(header)} columns; every row needs a value in every column (quote a description "
+                            "that contains a comma).")
         split = cells[1].lower()
         if split not in ("seen", "unseen"):
             raise DataError(f"{path}, line {line_number} (class {name!r}): split must be 'seen' or 'unseen', got {cells[1]!r}.")
         if name in names:
-            raise DataError(f"{path}, line {line_number}: class {name!r} appears twice.")
-        if all(cell == "" for cell in cells[2:]):
+            raise DataError(f"{path}, line {line_number}: class {name!r} appears twice (first on line "
+                            f"{rows[1 + names.index(name)][0]}); keep one row per class.")
+        if attribute_columns and all(cells[j] == "" for j in attribute_columns):
             raise DataError(f"{path}, line {line_number}: {split} class {name!r} has no attribute values; "
                             "every class needs its attribute row.")
         row_values = []
-        for column, cell in zip(attribute_names, cells[2:]):
+        for column, j in zip(attribute_names, attribute_columns):
             try:
-                value = float(cell)
+                value = float(cells[j])
             except ValueError:
-                raise DataError(f"{path}, line {line_number} (class {name!r}), column {column!r}: {cell!r} is not a "
+                raise DataError(f"{path}, line {line_number} (class {name!r}), column {column!r}: {cells[j]!r} is not a "
                                 "number.") from None
             if not math.isfinite(value):
-                raise DataError(f"{path}, line {line_number} (class {name!r}), column {column!r}: {cell!r} is not a "
+                raise DataError(f"{path}, line {line_number} (class {name!r}), column {column!r}: {cells[j]!r} is not a "
                                 "finite number (NaN or infinity); fill in every attribute value.")
             row_values.append(value)
+        if text_column is not None:
+            if cells[text_column]:
+                descriptions[name] = cells[text_column]
+            else:
+                logger.warning("%s, line %d (class %r): empty description; the class name is used instead. Write a "
+                               "description to describe it in words.", path, line_number, name)
         names.append(name)
         splits.append(split)
         values.append(row_values)
     if not names:
         raise DataError(f"{path}: no class rows below the header.")
-    return names, splits, attribute_names, np.array(values, dtype=np.float64)
+    return ClassTable(names, splits, attribute_names, np.array(values, dtype=np.float64).reshape(len(names), -1),
+                      descriptions)
+
+
+def read_attributes_csv(path: str | Path) -> tuple[list[str], list[str], list[str], np.ndarray]:
+    """-> (class names, splits "seen"/"unseen", attribute names, values (C, k) float64). DataError on any problem."""
+    table = read_class_table(path)
+    return table.names, table.splits, table.attribute_names, table.values
 
 
 def load_own_data(images_root: str | Path, attributes_csv: str | Path, *, seed: int = 0,
@@ -84,7 +124,8 @@ def load_own_data(images_root: str | Path, attributes_csv: str | Path, *, seed: 
     images_root = Path(images_root)
     if not images_root.is_dir():
         raise DataError(f"{images_root}: no such image folder; expected one sub-folder of images per class.")
-    names, splits, attribute_names, values = read_attributes_csv(attributes_csv)
+    table = read_class_table(attributes_csv)
+    names, splits, attribute_names, values = table.names, table.splits, table.attribute_names, table.values
     files = list_images(images_root, "own")
     by_class: dict[str, list[int]] = {}
     for i, path in enumerate(files):
@@ -101,7 +142,7 @@ def load_own_data(images_root: str | Path, attributes_csv: str | Path, *, seed: 
     if empty:
         raise DataError(f"class {empty[0]!r} (in {attributes_csv}) has no images in {images_root / empty[0]}; "
                         f"add images or remove its row ({len(empty)} such classes).")
-    norms = np.linalg.norm(values, axis=1)
+    norms = np.linalg.norm(values, axis=1) if attribute_names else np.ones(len(names))
     if (norms == 0).any():
         zero = names[int(np.flatnonzero(norms == 0)[0])]
         raise DataError(f"{attributes_csv}: class {zero!r} has all attribute values 0; its semantic vector would be empty.")
@@ -147,8 +188,10 @@ def load_own_data(images_root: str | Path, attributes_csv: str | Path, *, seed: 
         unseen_classes=unseen,
         labels=labels,
         image_files=files,
-        original_semantics=values.astype(np.float32),
-        attribute_names=attribute_names,
+        original_semantics=values.astype(np.float32) if attribute_names else None,
+        attribute_names=attribute_names or None,
+        semantic_kind="attributes" if attribute_names else "none",
+        descriptions=table.descriptions or None,
         notes=notes,
         sources=[str(images_root), str(attributes_csv)],
     )

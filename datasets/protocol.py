@@ -157,6 +157,10 @@ def validation_protocol(split: ZSLSplit, *, holdout_fraction: float = 0.2, seed:
         original_semantics=split.original_semantics,
         attribute_names=split.attribute_names,
         semantic_kind=split.semantic_kind,
+        descriptions=split.descriptions,
+        class_texts=split.class_texts,
+        text_encoder=split.text_encoder,
+        text_encoder_id=split.text_encoder_id,
         notes=list(split.notes) + [
             f"validation protocol: seen = {len(train_classes)} train classes, unseen = {len(val_classes)} val "
             f"classes; test_seen images removed from train/val; {holdout_fraction:.0%} of train-class images "

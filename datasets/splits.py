@@ -32,7 +32,14 @@ class ZSLSplit:
         image_files: N relative image paths (the order the locs index), when known.
         original_semantics: (C, k) raw attribute values (xlsa17 `original_att`), when present.
         attribute_names: k names of the semantic dimensions, when known.
-        semantic_kind: "attributes" or "sentences" (sentence embeddings have no names).
+        semantic_kind: where the semantics come from: "attributes", "sentences" (CUB's sentence
+            embeddings), "text" (embedded class texts) or "attributes+text" / "sentences+text"
+            (bsegn.datasets.text_semantics.apply_semantics).
+        descriptions: class name -> description given with the data (your CSV's description column),
+            used by the text semantics; None when the data gives none.
+        class_texts: C texts the text semantics embedded (description or readable name), when used.
+        text_encoder / text_encoder_id: the encoder as named ("minilm", "local-dir:PATH") and its
+            identity (cache key; what a bundle records), when text semantics are used.
         notes: facts about this benchmark a user should know (e.g. "FLO has no class names").
         sources: files this split was read from.
     """
@@ -48,6 +55,10 @@ class ZSLSplit:
     original_semantics: np.ndarray | None = None
     attribute_names: list[str] | None = None
     semantic_kind: str = "attributes"
+    descriptions: dict[str, str] | None = None
+    class_texts: list[str] | None = None
+    text_encoder: str | None = None
+    text_encoder_id: str | None = None
     notes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
 
