@@ -22,25 +22,30 @@ from torch.utils.data import DataLoader
 from bsegn.backbone.factory import FeatureBackbone, weights_hash
 from bsegn.core.files import digest_arrays, digest_json
 from bsegn.datasets.features import FeatureSet, load_feature_cache, read_feature_cache_header, save_feature_cache
-from bsegn.datasets.image_dataset import ImageFolderDataset, collate_flagged
+from bsegn.datasets.image_dataset import ImageFolderDataset, collate_flagged, loader_options
 from bsegn.datasets.transforms import build_eval_transform
 
 
 @torch.no_grad()
 def extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, image_files: Sequence[str],
-                     labels: Sequence[int] | np.ndarray | None, *, batch_size: int = 64, num_workers: int = 4,
+                     labels: Sequence[int] | np.ndarray | None, *, batch_size: int = 64, num_workers: int | None = 4,
                      flip_average: bool = False, accelerator=None, image_size: int | None = None,
-                     progress: bool = True) -> tuple[FeatureSet, list[str]]:
+                     progress: bool = True, reduced_decode: bool = False,
+                     compile: bool = False) -> tuple[FeatureSet, list[str]]:
     """Features of every image `image_root / image_files[i]`, in that order.
 
     Args:
         backbone: a FeatureBackbone (its data_config decides the eval transform).
         image_files: N relative paths; labels: (N,) class ids or None (-1).
-        batch_size: per process. num_workers: DataLoader workers per process.
+        batch_size: per process. num_workers: DataLoader workers per process (None: sized from the
+            machine); on a GPU batches come in pinned memory and the model runs channels-last.
         flip_average: average the features of the image and its horizontal mirror.
         accelerator: accelerate.Accelerator (default: a new one; one process unless launched
             with `accelerate launch`). Every process gets the full result.
         image_size: override the backbone's input size (tests, quick looks).
+        reduced_decode: JPEGs at least twice the resized size are decoded at 1/2..1/8 scale by the
+            decoder (EvalTransform's reduced_decode; part of the transform, so of the cache key).
+        compile: run the model through torch.compile (the first batches then wait for compilation).
 
     Returns:
         (FeatureSet with features (N, D) float32, labels (N,), image_ids = image_files, meta with
@@ -50,12 +55,16 @@ def extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, i
     from tqdm.auto import tqdm
 
     accelerator = accelerator or Accelerator()
-    transform = build_eval_transform(backbone.data_config_at(image_size))
+    transform = build_eval_transform(backbone.data_config_at(image_size), reduced_decode=reduced_decode)
     dataset = ImageFolderDataset(image_root, image_files, labels, transform)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_flagged, pin_memory=accelerator.device.type == "cuda")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_flagged,
+                        **loader_options(num_workers, accelerator.device.type, processes=accelerator.num_processes))
     loader = accelerator.prepare(loader)  # shards batches over processes; padding is removed below
     model = backbone.to(accelerator.device).eval()
+    channels_last = accelerator.device.type == "cuda"
+    if channels_last:  # NHWC: the layout tensor cores convolve in
+        model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile else model
 
     n = len(dataset)
     features = np.zeros((n, backbone.num_features), dtype=np.float32)
@@ -63,10 +72,12 @@ def extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, i
     ok_rows = np.zeros(n, dtype=bool)
     bar = tqdm(loader, desc=f"extract {backbone.model_name}", disable=not (progress and accelerator.is_local_main_process))
     for images, _, indices, ok in bar:
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
-            batch_features = model(images)
+            batch_features = forward(images)
             if flip_average:
-                batch_features = (batch_features + model(torch.flip(images, dims=[3]))) / 2
+                batch_features = (batch_features + forward(torch.flip(images, dims=[3]))) / 2
         batch_features, indices, ok = accelerator.gather_for_metrics((batch_features.float(), indices, ok))
         rows = indices.cpu().numpy()
         features[rows] = batch_features.cpu().numpy()
@@ -79,11 +90,14 @@ def extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, i
     bad_files = [str(image_files[i]) for i in bad_indices]
     meta = {"backbone": backbone.describe(), "transform": transform.describe(), "flip_average": flip_average,
             "bad_indices": bad_indices.tolist()}
+    if channels_last:  # the backbone goes back as it came: other code may run it on contiguous inputs
+        backbone.to(memory_format=torch.contiguous_format)
     return FeatureSet(features, dataset.labels, list(image_files), meta), bad_files
 
 
 def feature_cache_key(backbone: FeatureBackbone, image_files: Sequence[str], labels, *, dataset_id: str,
-                      flip_average: bool = False, image_size: int | None = None) -> tuple[str, dict]:
+                      flip_average: bool = False, image_size: int | None = None,
+                      reduced_decode: bool = False) -> tuple[str, dict]:
     """(hex key, header dict) naming one backbone state + transform + image list exactly.
 
     The weights hash is recomputed from the tensors as they are now (not trusted from weights_id):
@@ -94,7 +108,7 @@ def feature_cache_key(backbone: FeatureBackbone, image_files: Sequence[str], lab
     header = {
         "model_name": backbone.model_name,
         "weights_hash": weights_hash(backbone.model),
-        "transform": build_eval_transform(backbone.data_config_at(image_size)).describe(),
+        "transform": build_eval_transform(backbone.data_config_at(image_size), reduced_decode=reduced_decode).describe(),
         "flip_average": bool(flip_average),
         "dataset": {"id": dataset_id, "num_images": len(image_files), "files_sha256": files_digest,
                     "labels_sha256": labels_digest},
@@ -107,7 +121,7 @@ def cached_extract_features(backbone: FeatureBackbone, image_root: str | os.Path
                             ) -> tuple[FeatureSet, list[str], Path, bool]:
     """extract_features, re-using `cache_dir/features_<dataset>_<model>_<key>.safetensors` when present.
 
-    options: batch_size, num_workers, flip_average, accelerator, image_size, progress.
+    options: batch_size, num_workers, flip_average, accelerator, image_size, progress, reduced_decode, compile.
     Returns (FeatureSet, bad_files, cache path, reused: bool).
     """
     from accelerate import Accelerator
@@ -115,7 +129,8 @@ def cached_extract_features(backbone: FeatureBackbone, image_root: str | os.Path
     accelerator = options.pop("accelerator", None) or Accelerator()
     key, header = feature_cache_key(backbone, image_files, labels, dataset_id=dataset_id,
                                     flip_average=options.get("flip_average", False),
-                                    image_size=options.get("image_size"))
+                                    image_size=options.get("image_size"),
+                                    reduced_decode=options.get("reduced_decode", False))
     safe_model = backbone.model_name.replace("/", "_").replace(":", "_")
     path = Path(cache_dir) / f"features_{dataset_id}_{safe_model}_{key}.safetensors"
     if path.is_file():

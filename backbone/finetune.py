@@ -42,7 +42,7 @@ from bsegn.core.errors import ConfigError, DataError
 from bsegn.core.files import atomic_file, atomic_write_json, atomic_write_text, digest_arrays, digest_json
 from bsegn.core.logs import get_logger
 from bsegn.core.sections import build_section, option, require, to_dict
-from bsegn.datasets.image_dataset import ImageFolderDataset, collate_flagged, collate_skip_bad
+from bsegn.datasets.image_dataset import ImageFolderDataset, collate_flagged, collate_skip_bad, loader_options
 from bsegn.datasets.splits import ZSLSplit
 from bsegn.datasets.transforms import build_eval_transform, build_train_transform
 
@@ -92,7 +92,7 @@ class FinetuneConfig:
 def finetune_backbone(backbone: FeatureBackbone, image_root: str | os.PathLike, split: ZSLSplit,
                       config: FinetuneConfig, *, protocol: str = "final", output_dir: str | os.PathLike,
                       indices: Sequence[int] | None = None, accelerator=None, seed: int = 0,
-                      image_size: int | None = None, num_workers: int = 0, progress: bool = True,
+                      image_size: int | None = None, num_workers: int | None = 0, progress: bool = True,
                       val_fraction: float = 0.1, max_epochs_this_run: int | None = None) -> FeatureBackbone:
     """Fine-tune `backbone` on seen-class images; returns it (unwrapped, weights_id refreshed).
 
@@ -109,7 +109,8 @@ def finetune_backbone(backbone: FeatureBackbone, image_root: str | os.PathLike, 
             config.grad_accum_steps) (the precision is then accelerate's: `accelerate launch --mixed_precision`).
         seed: the run seed (initialisation of the head, held-out images, shuffles, augmentations).
         image_size: override the backbone's input size (small images in tests and the demo).
-        num_workers: DataLoader workers per process. progress: show tqdm bars.
+        num_workers: DataLoader workers per process (None: sized from the machine); with workers they
+            persist across epochs and, on a GPU, batches come in pinned memory. progress: show tqdm bars.
         val_fraction: share of every seen class held out of training for the val loss/accuracy.
         max_epochs_this_run: stop after this many epochs in this call (time-sliced or preemptible
             jobs); a later call with the same output_dir resumes. The schedule still spans config.epochs.
@@ -140,12 +141,16 @@ def finetune_backbone(backbone: FeatureBackbone, image_root: str | os.PathLike, 
     to_column = np.full(split.num_classes, -1, dtype=np.int64)
     to_column[seen_classes] = np.arange(len(seen_classes))
     data_config = backbone.data_config_at(image_size)
+    options = loader_options(num_workers, accelerator.device.type, processes=accelerator.num_processes,
+                             persistent=True)
     train_set, sampler, train_loader, val_loader = _loaders(
         image_root, split.image_files, to_column[labels], data_config, train_idx, val_idx,
-        batch_size=config.batch_size, num_workers=num_workers, seed=seed)
+        batch_size=config.batch_size, seed=seed, **options)
 
     head = build_head(config.head, backbone.num_features, split.semantics[seen_classes])
     model = SeenClassifier(backbone, head)
+    if accelerator.device.type == "cuda":  # NHWC: the layout tensor cores convolve in
+        model = model.to(memory_format=torch.channels_last)
     groups = [{"params": [p for p in backbone.parameters() if p.requires_grad], "lr": config.lr_backbone},
               {"params": list(head.parameters()), "lr": config.lr_head}]
     if config.optimizer == "sgd":
@@ -241,21 +246,24 @@ def _write_history(accelerator, output_dir: Path, history: list[dict]) -> None:
 
 
 def _loaders(image_root, image_files, head_labels, data_config, train_idx, val_idx, *, batch_size: int,
-             num_workers: int, seed: int):
-    """(train dataset, its sampler, train loader, val loader or None); the loaders are not prepared yet."""
+             seed: int, **options):
+    """(train dataset, its sampler, train loader, val loader or None); the loaders are not prepared yet.
+    options: DataLoader keyword arguments (bsegn.datasets.image_dataset.loader_options)."""
     train_images = ImageFolderDataset(image_root, image_files, head_labels,
                                       build_eval_transform(data_config), indices=train_idx)
     train_set = AugmentedImages(train_images, build_train_transform(data_config), seed)
     sampler = EpochShuffleSampler(len(train_set), seed)
-    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                              collate_fn=collate_skip_bad, drop_last=False)
+    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, collate_fn=collate_skip_bad,
+                              drop_last=False, **options)
     val_loader = None
     if len(val_idx):
         val_set = ImageFolderDataset(image_root, image_files, head_labels, build_eval_transform(data_config),
                                      indices=val_idx)
         # every process must gather equal batches, so unreadable images stay as flagged placeholders
-        val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                collate_fn=collate_flagged)
+        # one short pass an epoch: its workers need not stay (their memory goes back to the train loader's)
+        val_options = {**options, "persistent_workers": False} if "persistent_workers" in options else options
+        val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, collate_fn=collate_flagged,
+                                **val_options)
     return train_set, sampler, train_loader, val_loader
 
 
@@ -270,7 +278,7 @@ def _train_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, bad_
     for batch in bar:
         bad_files.update(image_files[i] for i in batch.bad_indices.tolist())
         with accelerator.accumulate(model):
-            loss = loss_fn(model(batch.images), batch.labels)
+            loss = loss_fn(model(as_model_input(batch.images)), batch.labels)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
@@ -280,6 +288,11 @@ def _train_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, bad_
         total_count += len(batch)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return float(accelerator.reduce(total_loss, "sum") / accelerator.reduce(total_count, "sum").clamp(min=1))
+
+
+def as_model_input(images: torch.Tensor) -> torch.Tensor:
+    """A batch of images in channels-last layout on a GPU (the model is converted too), as is elsewhere."""
+    return images.contiguous(memory_format=torch.channels_last) if images.is_cuda else images
 
 
 def _warmup_cosine(warmup_steps: int, total_steps: int):
@@ -299,7 +312,7 @@ def _evaluate(model, loader, loss_fn, accelerator) -> tuple[float | None, float 
     model.eval()
     losses, hits, count = 0.0, 0, 0
     for images, labels, _, ok in loader:
-        logits = model(images)
+        logits = model(as_model_input(images))
         logits, labels, ok = accelerator.gather_for_metrics((logits, labels, ok))
         logits, labels = logits[ok], labels[ok]  # unreadable images do not count
         if not len(labels):

@@ -5,7 +5,9 @@ The one rule that must never break: no test image and no unseen-class image may 
 never trained on), and `check_training_indices` refuses any other index a caller asks for.
 
 The rest makes a resumed run repeat an uninterrupted one exactly: the shuffle depends only on
-(seed, epoch) and every augmentation only on (seed, epoch, image index).
+(seed, epoch) and every augmentation only on (seed, epoch, image index). The sampler hands each
+position to the dataset together with its epoch, so DataLoader workers that persist across epochs
+(holding a copy of the dataset made in the first epoch) still augment with the current epoch.
 """
 from __future__ import annotations
 
@@ -87,8 +89,9 @@ def stratified_holdout(indices: np.ndarray, labels: np.ndarray, fraction: float,
     return np.sort(np.setdiff1d(indices, val)), val
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation that depends only on (seed, epoch): identical on every process and after a resume."""
+class EpochShuffleSampler(Sampler[tuple[int, int]]):
+    """A permutation that depends only on (seed, epoch): identical on every process and after a resume.
+    Yields (epoch, position) pairs: AugmentedImages reads the epoch from the pair."""
 
     def __init__(self, length: int, seed: int):
         self.length, self.seed, self.epoch = length, seed, 0
@@ -98,14 +101,15 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=generator).tolist())
+        return iter([(self.epoch, position) for position in torch.randperm(self.length, generator=generator).tolist()])
 
     def __len__(self) -> int:
         return self.length
 
 
 class AugmentedImages(Dataset):
-    """Training images; augmentation seeded by (seed, epoch, image index) for exact resumes."""
+    """Training images; augmentation seeded by (seed, epoch, image index) for exact resumes.
+    An item is a position (augmented for the epoch of the last set_epoch) or an (epoch, position) pair."""
 
     def __init__(self, images: ImageFolderDataset, transform, seed: int):
         self.images, self.transform, self.seed, self.epoch = images, transform, seed, 0
@@ -116,12 +120,13 @@ class AugmentedImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, position: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        epoch, position = item if isinstance(item, tuple) else (self.epoch, item)
         index = int(self.images.indices[position])
         label = int(self.images.labels[index])
         try:
             image = open_rgb(self.images.root / self.images.files[index], max_pixels=self.images.max_pixels)
         except ImageError:
             return torch.zeros(self.images.placeholder_shape), label, index, False
-        seed = (self.seed * 1_000_003 + self.epoch * 7_919 + index) % (2**32)
+        seed = (self.seed * 1_000_003 + epoch * 7_919 + index) % (2**32)
         return self.transform(image, seed=seed), label, index, True

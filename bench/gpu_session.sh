@@ -9,21 +9,31 @@
 #   ablations the six BSeGN ablations of bench/awa1_lampert.py, as `main`, one process each, side by
 #             side (one process leaves the GPU mostly idle between its small kernels);
 #   longer    f-CLSWGAN and BSeGN (one process each) choosing among longer trainings ($LONGER_EPOCHS).
-# Usage: BSEGN_SHARED_DATA=/path/to/shared/data [STAGES="speed main"] bash bench/gpu_session.sh OUT_DIR
+#   images    bench/images.py: extraction and fine-tuning of resnet101 at 224 px in bf16 on $IMAGES
+#             generated 500x375 JPEGs (channels-last, pinned memory, workers sized from the machine),
+#             once as shipped and once with --reduced-decode --compile; img/s and whole/bare ratios
+#   graphs    bench/trainer_speed.py --complete in fp32 with BSEGN_CUDA_GRAPHS unset and =1 (the critic
+#             steps replayed as a CUDA graph): ms per iteration, off vs on
+#   predict   bench/predict.py on the bundle the demo stage wrote ($DEMO_RUN; needs the demo stage)
+# Usage: BSEGN_SHARED_DATA=/path/to/shared/data [STAGES="speed main"] bash bench/gpu_session.sh [OUT_DIR]
+# OUT_DIR defaults to bench/results/<gpu name>_<date>/ (the images stage writes its JSON there).
 # Stages run in the background where they can share the machine (demo, ablations, longer). Nothing
 # here is GPU-specific code: the same commands run on a CPU, only slower. OUT_DIR gets awa1_runs.json
 # (every bench process's --json, by stage name), demo_metrics.json and logs.txt (every stage's log).
 set -u
-out=${1:?usage: bench/gpu_session.sh OUT_DIR}
+repo=$(realpath "$(dirname "$0")/..")
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -c 'A-Za-z0-9\n' '_' | tr -s '_')
+out=$(realpath -m "${1:-$repo/bench/results/${gpu:-cpu}_$(date +%F)}")
 mkdir -p "$out"
+cd "$repo"
 export HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
-STAGES=${STAGES:-speed main demo ablations}
+STAGES=${STAGES:-speed images graphs main demo ablations predict}
 EPOCHS=${EPOCHS:-2,3,6,12}
 LONGER_EPOCHS=${LONGER_EPOCHS:-2,3,6,12,24}
 CONFIG=${CONFIG:-configs/awa1-lampert.yaml}
+IMAGES=${IMAGES:-5000}
 logs=${LOGS:-/tmp/bsegn-gpu-logs}
 mkdir -p "$logs"
-cd "$(dirname "$0")/.."
 
 stage() {  # stage NAME LIMIT_SECONDS COMMAND...: run time-boxed, log to $logs/NAME.log, print its tail
     local name=$1 limit=$2 t
@@ -54,6 +64,17 @@ if wants speed; then
         --mixed-precision no; python3 bench/trainer_speed.py --iterations ${SPEED_ITERATIONS:-30} --complete \
         --mixed-precision bf16"
 fi
+if wants images; then
+    for variant in shipped fast; do
+        extra=""; [[ $variant == fast ]] && extra="--reduced-decode --compile"
+        stage "images_$variant" "${IMAGES_LIMIT:-300}" python3 bench/images.py --model resnet101 --image-size 224 \
+            --mixed-precision bf16 --images "$IMAGES" --batch-size 64 --folder /tmp/bsegn-jpegs $extra --json "$out/images_resnet101_bf16_$variant.json"
+    done
+fi
+if wants graphs; then
+    stage graphs_off 120 env -u BSEGN_CUDA_GRAPHS python3 bench/trainer_speed.py --iterations "${SPEED_ITERATIONS:-30}" --complete
+    stage graphs_on 120 env BSEGN_CUDA_GRAPHS=1 python3 bench/trainer_speed.py --iterations "${SPEED_ITERATIONS:-30}" --complete
+fi
 if wants demo; then
     TAIL=25 stage demo_fp16 "${DEMO_LIMIT:-300}" python3 -m accelerate.commands.launch --mixed_precision fp16 \
         --num_processes 1 --num_machines 1 --dynamo_backend no train.py --output "${DEMO_RUN:-/tmp/bsegn-demo-fp16}" &
@@ -73,6 +94,9 @@ if wants longer; then
     done
 fi
 wait
+if wants predict; then
+    stage predict 180 python3 bench/predict.py --model "${DEMO_RUN:-/tmp/bsegn-demo-fp16}" --images 256
+fi
 cp "${DEMO_RUN:-/tmp/bsegn-demo-fp16}/metrics.json" "$out/demo_metrics.json" 2>/dev/null
 python3 - "$logs" "$out/awa1_runs.json" <<'PY'
 import json, pathlib, sys

@@ -7,6 +7,7 @@ an exception, so one broken JPEG never kills a feature-extraction or fine-tuning
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -59,10 +60,44 @@ class ImageFolderDataset(Dataset):
         index = int(self.indices[position])
         label = int(self.labels[index])
         try:
-            image = open_rgb(self.root / self.files[index], max_pixels=self.max_pixels)
+            image = open_rgb(self.root / self.files[index], max_pixels=self.max_pixels,
+                             decode_size=getattr(self.transform, "decode_size", None))
         except ImageError:
             return torch.zeros(self.placeholder_shape), label, index, False
         return self.transform(image), label, index, True
+
+
+MAX_AUTO_WORKERS = 12  # beyond this, more decoding processes mostly add memory
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's or a job's share)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def auto_workers(device_type: str, processes: int = 1) -> int:
+    """DataLoader workers per process, sized from the machine: on a GPU every core of this process's
+    share but one (the one that feeds the GPU); on a CPU half the share (the other half computes:
+    more workers than that oversubscribe the cores, and the model's OpenMP threads then spin)."""
+    share = available_cores() // max(1, processes)
+    workers = share - 1 if device_type == "cuda" else share // 2
+    return max(0, min(workers, MAX_AUTO_WORKERS))
+
+
+def loader_options(num_workers: int | None, device_type: str, *, processes: int = 1,
+                   persistent: bool = False) -> dict:
+    """DataLoader keyword arguments for decoding images: num_workers (None: auto_workers), pinned
+    memory on a GPU, a deeper prefetch with workers, and with `persistent` workers that live
+    across epochs (no new processes, no second albumentations import, each epoch)."""
+    workers = auto_workers(device_type, processes) if num_workers is None else int(num_workers)
+    if workers < 0:
+        raise ValueError(f"num_workers must be >= 0 or None, got {num_workers}")
+    options: dict = {"num_workers": workers, "pin_memory": device_type == "cuda"}
+    if workers:
+        options.update(prefetch_factor=4, persistent_workers=persistent)
+    return options
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,10 +21,21 @@ from bsegn.core.errors import ImageError
 # PIL's own decompression-bomb threshold (about 89.5 megapixels): far above any benchmark photo.
 DEFAULT_MAX_PIXELS = 89_478_485
 ORIENTATION_TAG = 0x0112  # EXIF Orientation
+# image.info key of a JPEG decoded at reduced size (open_rgb's decode_size): the file's (width, height),
+# from which the eval transform computes its resize exactly as for a full decode.
+SOURCE_SIZE = "bsegn_source_size"
+DecodeSize = Callable[[int, int], "tuple[int, int] | None"]
 
 
-def open_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+             decode_size: DecodeSize | None = None) -> Image.Image:
     """Open `path` fully decoded as a PIL image in mode "RGB", turned upright by its EXIF orientation.
+
+    decode_size: (file width, height) -> the smallest (width, height) the caller needs, or None. A JPEG
+    at least twice that size in both sides is then decoded at 1/2, 1/4 or 1/8 scale by the decoder
+    itself (PIL's Image.draft: never below the size asked), and the file's size is kept in
+    image.info[SOURCE_SIZE]; other formats, files under twice the size and files stored rotated
+    (EXIF orientation other than 1) are decoded whole, as without decode_size.
 
     Raises ImageError (naming the file) for a missing, empty, non-image, corrupt or truncated file,
     and for an image over `max_pixels` pixels: the size is read from the header before any pixel
@@ -51,15 +63,30 @@ def open_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
                 raise ImageError(
                     f"{path}: image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}; "
                     "downscale it, or raise max_pixels if it is genuine.")
+            source = _draft(image, decode_size)
             try:
                 image.load()
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
                 # Truncated JPEG/PNG ("image file is truncated"), broken streams, bad headers.
                 raise ImageError(f"{path}: corrupt or truncated image: {error}; re-copy or remove it.") from None
             # still inside: a PNG's or TIFF's EXIF may sit in the file past the pixels
-            return upright_rgb(image)
+            rgb = upright_rgb(image)
+            if source is not None and rgb.size != source:
+                rgb.info[SOURCE_SIZE] = source
+            return rgb
     except OSError as error:  # unreadable file (permissions, I/O error)
         raise ImageError(f"{path}: cannot open image: {error}") from None
+
+
+def _draft(image: Image.Image, decode_size: DecodeSize | None) -> tuple[int, int] | None:
+    """Ask the JPEG decoder for a reduced scale (see open_rgb); returns the file's size when it may."""
+    if decode_size is None or image.format != "JPEG" or image.getexif().get(ORIENTATION_TAG, 1) != 1:
+        return None
+    source = image.size
+    wanted = decode_size(*source)
+    if wanted is not None:
+        image.draft(image.mode, (max(1, int(wanted[0])), max(1, int(wanted[1]))))
+    return source
 
 
 def upright_rgb(image: Image.Image) -> Image.Image:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bsegn.datasets.images import SOURCE_SIZE
+
 _PIL_RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -27,6 +29,7 @@ _PIL_RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 DEFAULT_CROP_PCT = 0.875  # timm's default when a config gives none
+DRAFT_MARGIN = 2  # reduced_decode keeps >= 2x the resized size, so the antialiased resize still reduces >= 2x
 
 
 def _image_size(data_config: dict[str, Any]) -> tuple[int, int]:
@@ -52,9 +55,16 @@ class EvalTransform:
     Picklable (DataLoader workers) and stateless. The sizes follow timm exactly: scale size =
     floor(size / crop_pct); the shorter side is resized to it (the longer to int(scale * long /
     short), as torchvision does); the center crop offset rounds half-to-even like torchvision.
+
+    reduced_decode: let the JPEG decoder reduce a file by 1/2, 1/4 or 1/8 while it stays at least
+    DRAFT_MARGIN times the resized size (open_rgb's decode_size = `decode_size`); the resize then
+    starts from that image, to the size computed from the file's own size, so only the resampling
+    differs, never the geometry. Off by default (the output of a full decode; predict decodes in full).
+    Measured with ImageNet EfficientNet-Lite0 on 7 photos: pooled features within 2-7 % (relative
+    L2; cosine >= 0.996) of a full decode with the margin of 2, 7-15 % without it.
     """
 
-    def __init__(self, data_config: dict[str, Any]):
+    def __init__(self, data_config: dict[str, Any], *, reduced_decode: bool = False):
         self.image_size = _image_size(data_config)
         self.crop_pct = float(data_config.get("crop_pct") or DEFAULT_CROP_PCT)
         self.interpolation = _interpolation(data_config)
@@ -62,10 +72,11 @@ class EvalTransform:
         self.std = tuple(float(v) for v in data_config.get("std", (0.229, 0.224, 0.225)))
         self._mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        self.reduced_decode = bool(reduced_decode)
 
     def describe(self) -> dict[str, Any]:
         """Everything that determines the output: part of the feature-cache key."""
-        return {
+        described = {
             "kind": "eval-center-crop",
             "image_size": list(self.image_size),
             "crop_pct": self.crop_pct,
@@ -73,6 +84,16 @@ class EvalTransform:
             "mean": list(self.mean),
             "std": list(self.std),
         }
+        if self.reduced_decode:  # only when on: the keys of caches made without it stay as they were
+            described["reduced_decode"] = True
+        return described
+
+    def decode_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The size a (width, height) file may be decoded at (see reduced_decode), or None: in full."""
+        if not self.reduced_decode:
+            return None
+        new_w, new_h = self.resized_size(width, height)
+        return new_w * DRAFT_MARGIN, new_h * DRAFT_MARGIN
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the shorter-side resize, as timm/torchvision compute it."""
@@ -91,7 +112,7 @@ class EvalTransform:
             image = Image.fromarray(image)
         if image.mode != "RGB":
             image = image.convert("RGB")
-        new_w, new_h = self.resized_size(*image.size)
+        new_w, new_h = self.resized_size(*image.info.get(SOURCE_SIZE, image.size))
         if (new_w, new_h) != image.size:
             image = image.resize((new_w, new_h), _PIL_RESAMPLE[self.interpolation])
         crop_h, crop_w = self.image_size
@@ -174,9 +195,9 @@ class TrainTransform:
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float()
 
 
-def build_eval_transform(data_config: dict[str, Any]) -> EvalTransform:
+def build_eval_transform(data_config: dict[str, Any], *, reduced_decode: bool = False) -> EvalTransform:
     """The deterministic eval transform (see EvalTransform)."""
-    return EvalTransform(data_config)
+    return EvalTransform(data_config, reduced_decode=reduced_decode)
 
 
 def build_train_transform(data_config: dict[str, Any], **options) -> TrainTransform:

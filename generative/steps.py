@@ -16,14 +16,26 @@ backward: the form that works under DDP (ecosystem.md).
 
 The methods read the trainer's attributes: config, accelerator, features, labels, semantics,
 seen_classes, unseen_classes, seen_class_mask, split_class_mask, prepared, optimizers, seen_classifier,
-seen_index.
+seen_index (and critic_graph, a CriticGraph or None).
+
+GPU option (environment variable BSEGN_CUDA_GRAPHS=1, off by default, ignored on a CPU): the n_critic
+critic (+ decoder) steps of an iteration, which are most of its kernel launches at batch 64, are
+captured once as a CUDA graph and replayed (`CriticGraph`); the FEM and generator steps stay eager
+(their losses take torch.unique and boolean masks, whose shapes depend on the data: not capturable).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import nn
 
+from bsegn.core.logs import get_logger
 from bsegn.generative.losses import balance_gap, contrastive_from_logits, critic_loss, cycle_loss
+
+log = get_logger(__name__)
+
+CUDA_GRAPHS_VARIABLE = "BSEGN_CUDA_GRAPHS"
 
 SEEN_CLASSIFIER_EPOCHS = 10  # the frozen seen classifier of the lambda_cls term (f-CLSWGAN)
 SEEN_CLASSIFIER_LR = 1e-3
@@ -76,7 +88,7 @@ class TrainingSteps:
         cfg = self.config
         with self.accelerator.autocast():
             logits = self.prepared["embedder"](features, self.semantics).float()
-        if not bool(self.split_class_mask.all()):
+        if not self.all_split_classes:
             logits = logits.masked_fill(~self.split_class_mask, -1e9)
         f2s, s2f = contrastive_from_logits(logits, labels, cfg.lambda_s2f > 0)
         loss = f2s + cfg.lambda_s2f * s2f
@@ -194,7 +206,8 @@ class TrainingSteps:
         """One generator iteration; returns its logged losses (detached scalars)."""
         logs: dict[str, torch.Tensor] = {}
         draws = self.draw(rng)
-        real, labels = self.critic_steps(draws, logs)
+        graph = getattr(self, "critic_graph", None)
+        real, labels = (graph or self.critic_steps)(draws, logs)
         if "embedder" in self.prepared:
             loss_e, fem_parts = self.fem_loss(draws, real, labels)
             self._step("embedder", loss_e)
@@ -204,3 +217,68 @@ class TrainingSteps:
         self._step("generator", loss_g)
         logs.update(g_logs)
         return logs
+
+
+def cuda_graphs_wanted(accelerator) -> bool:
+    """Whether BSEGN_CUDA_GRAPHS=1 asks for CriticGraph and it can run here: one CUDA process without
+    fp16's loss scaler (whose inf checks synchronise with the host). Elsewhere it is ignored (logged)."""
+    if os.environ.get(CUDA_GRAPHS_VARIABLE, "0") in ("", "0"):
+        return False
+    reason = None
+    if accelerator.device.type != "cuda":
+        reason = f"the device is {accelerator.device.type}"
+    elif accelerator.num_processes > 1:
+        reason = "more than one process (DDP)"
+    elif accelerator.mixed_precision == "fp16":
+        reason = "fp16's loss scaler synchronises with the host"
+    if reason:
+        log.info(f"{CUDA_GRAPHS_VARIABLE} ignored: {reason}; the critic steps run eagerly")
+        return False
+    return True
+
+
+class CriticGraph:
+    """The critic steps of TrainingSteps as one CUDA graph: WARMUP eager calls on a side stream (CUDA
+    graphs' rule), then one capture on static copies of the draws, then a replay per iteration with the
+    new draws copied in. Each call is a real training step (the capture's own draws are replayed at
+    once), so the run is the eager one up to floating-point order. A capture that fails logs why and
+    leaves the trainer eager for good. Needs capturable optimisers (the trainer makes them so)."""
+
+    WARMUP = 3
+
+    def __init__(self, critic_steps):
+        self.critic_steps, self.calls = critic_steps, 0
+        self.graph = self.static_draws = self.static_logs = self.static_out = None
+        self.failed = False
+
+    def __call__(self, draws: dict[str, torch.Tensor], logs: dict[str, torch.Tensor]):
+        if self.failed or (self.graph is None and self.calls < self.WARMUP):
+            self.calls += 1
+            if self.failed:
+                return self.critic_steps(draws, logs)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self.critic_steps(draws, logs)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if self.graph is None and not self._capture(draws):
+            return self.critic_steps(draws, logs)
+        for key, value in draws.items():
+            self.static_draws[key].copy_(value, non_blocking=True)
+        self.graph.replay()
+        logs.update({key: value.clone() for key, value in self.static_logs.items()})
+        return tuple(value.clone() for value in self.static_out)
+
+    def _capture(self, draws) -> bool:
+        self.static_draws = {key: value.clone() for key, value in draws.items()}
+        self.static_logs, graph = {}, torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.static_out = self.critic_steps(self.static_draws, self.static_logs)
+        except RuntimeError as error:
+            log.warning(f"{CUDA_GRAPHS_VARIABLE}: capturing the critic steps failed ({error}); they run eagerly")
+            self.failed = True
+            return False
+        self.graph = graph
+        return True

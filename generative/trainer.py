@@ -32,7 +32,7 @@ from bsegn.core.files import digest_arrays, digest_json
 from bsegn.core.logs import get_logger
 from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.networks import build_networks
-from bsegn.generative.steps import TrainingSteps
+from bsegn.generative.steps import CriticGraph, TrainingSteps, cuda_graphs_wanted
 from bsegn.generative.training_log import TrainingLog
 
 log = get_logger(__name__)
@@ -76,6 +76,7 @@ class BSeGNTrainer(TrainingSteps):
         # validation-protocol run) take no part: the FEM's softmax runs over seen + unseen classes only.
         self.split_class_mask = self.seen_class_mask.clone()
         self.split_class_mask[self.unseen_classes] = True
+        self.all_split_classes = bool(self.split_class_mask.all())  # a Python bool: no host sync per step
         if not self.seen_class_mask[self.labels].all():
             raise ValueError("training labels must all be seen classes (real unseen features are never used)")
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -92,11 +93,14 @@ class BSeGNTrainer(TrainingSteps):
         self.seen_classifier = self.pretrain_seen_classifier(self.seed) if config.lambda_cls > 0 else None
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.prepared: dict[str, nn.Module] = {}
+        graphs = cuda_graphs_wanted(self.accelerator)  # BSEGN_CUDA_GRAPHS=1 on one GPU (generative/steps.py)
+        extra = {"capturable": True} if graphs else {}  # the step count on the GPU, so a graph can replay it
         for name, module in self.modules.items():
             # fused Adam: one kernel per step instead of a Python loop over tensors (CPU and CUDA)
             optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, betas=(BETA1, 0.999),
-                                         fused=device.type in ("cpu", "cuda"))
+                                         fused=device.type in ("cpu", "cuda"), **extra)
             self.prepared[name], self.optimizers[name] = self.accelerator.prepare(module, optimizer)
+        self.critic_graph = CriticGraph(self.critic_steps) if graphs else None
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.checkpoint = None if self.run_dir is None else EpochCheckpoint(

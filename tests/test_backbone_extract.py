@@ -161,3 +161,76 @@ def _worker(root, weights, out, files):
 
 if __name__ == "__main__":
     _worker(sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4].split(","))
+
+
+def _photo(path, width, height, seed=0):
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 25 + 1, width // 25 + 1, 3), dtype=np.uint8)
+    Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC).save(path, quality=90)
+
+
+def test_loader_options_follow_the_device_and_the_worker_count(monkeypatch):
+    from bsegn.datasets import image_dataset
+    from bsegn.datasets.image_dataset import auto_workers, loader_options
+
+    assert loader_options(0, "cpu", persistent=True) == {"num_workers": 0, "pin_memory": False}
+    assert loader_options(3, "cuda", persistent=True) == {"num_workers": 3, "pin_memory": True,
+                                                          "prefetch_factor": 4, "persistent_workers": True}
+    assert loader_options(2, "cpu")["persistent_workers"] is False
+    monkeypatch.setattr(image_dataset, "available_cores", lambda: 16)
+    assert auto_workers("cuda") == 12 and auto_workers("cuda", processes=4) == 3 and auto_workers("cpu") == 8
+    monkeypatch.setattr(image_dataset, "available_cores", lambda: 2)
+    assert auto_workers("cuda") == 1 and auto_workers("cpu") == 1 and auto_workers("cuda", processes=2) == 0
+    assert loader_options(None, "cpu")["num_workers"] == 1
+    with pytest.raises(ValueError):
+        loader_options(-1, "cpu")
+
+
+def test_workers_and_reduced_decode_leave_small_images_features_identical(tree):
+    """The new loader settings never change a feature; reduced decoding changes none where no JPEG is at
+    least 2 x DRAFT_MARGIN times the resized size (the demo's 64 px images, these 20 px PNGs)."""
+    root, files = tree
+    backbone = _random_backbone()
+    common = dict(batch_size=4, image_size=32, progress=False)
+    base, _ = extract_features(backbone, root, files, None, num_workers=0, **common)
+    workers, _ = extract_features(backbone, root, files, None, num_workers=2, **common)
+    reduced, _ = extract_features(backbone, root, files, None, num_workers=0, reduced_decode=True, **common)
+    assert np.array_equal(base.features, workers.features) and np.array_equal(base.features, reduced.features)
+    assert "reduced_decode" not in base.meta["transform"] and reduced.meta["transform"]["reduced_decode"] is True
+
+
+def test_reduced_decode_keeps_the_geometry_and_stays_close(tmp_path):
+    from bsegn.datasets.images import SOURCE_SIZE, open_rgb
+    from bsegn.datasets.transforms import DRAFT_MARGIN, build_eval_transform
+
+    config = {"input_size": (3, 32, 32), "crop_pct": 0.875, "interpolation": "bilinear"}
+    full, reduced = build_eval_transform(config), build_eval_transform(config, reduced_decode=True)
+    assert full.decode_size(640, 480) is None
+    assert reduced.decode_size(640, 480) == tuple(DRAFT_MARGIN * v for v in full.resized_size(640, 480))
+    _photo(tmp_path / "big.jpg", 643, 481)
+    image = open_rgb(tmp_path / "big.jpg", decode_size=reduced.decode_size)
+    assert image.size == (161, 121) and image.info[SOURCE_SIZE] == (643, 481)  # 1/4: still >= 2 x 48 x 36
+    a, b = full(open_rgb(tmp_path / "big.jpg")), reduced(image)
+    assert a.shape == b.shape == (3, 32, 32)
+    assert 0 < float((a - b).abs().mean()) < 0.15  # normalised units: the resampling differs, not the crop
+    # the resize goes to the size computed from the FILE's size (48 x 36), not the decoded one's (47 x 36)
+    assert torch.equal(b, full(image.resize(full.resized_size(643, 481), Image.Resampling.BILINEAR)))
+    from bsegn.datasets.image_dataset import ImageFolderDataset
+    assert torch.equal(ImageFolderDataset(tmp_path, ["big.jpg"], None, reduced)[0][0], b)
+    # never for other formats, nor for files stored rotated (EXIF orientation 6)
+    Image.open(tmp_path / "big.jpg").save(tmp_path / "big.png")
+    assert open_rgb(tmp_path / "big.png", decode_size=reduced.decode_size).size == (643, 481)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(tmp_path / "big.jpg").save(tmp_path / "rotated.jpg", exif=exif, quality=90)
+    assert open_rgb(tmp_path / "rotated.jpg", decode_size=reduced.decode_size).size == (481, 643)
+
+
+def test_reduced_decode_has_a_cache_of_its_own(tree, tmp_path):
+    from bsegn.backbone.extract import feature_cache_key
+
+    root, files = tree
+    backbone = _random_backbone()
+    off, header = feature_cache_key(backbone, files, None, dataset_id="tree", image_size=32)
+    on, _ = feature_cache_key(backbone, files, None, dataset_id="tree", image_size=32, reduced_decode=True)
+    assert off != on and "reduced_decode" not in header["transform"]

@@ -206,3 +206,35 @@ def test_attribute_head_trains(tiny, tmp_path):
 
     head = load_file(str(tmp_path / "validation" / "head.safetensors"))
     assert head["seen_semantics"].shape == (2, 5)
+
+
+def test_augmentation_follows_the_epoch_the_sampler_hands_over(tiny):
+    """Workers that persist across epochs hold a dataset copy made in epoch 0: the epoch must come with
+    each index (EpochShuffleSampler's (epoch, position) pairs), not from the copy's set_epoch."""
+    from bsegn.backbone.seen_images import AugmentedImages, EpochShuffleSampler
+    from bsegn.datasets.image_dataset import ImageFolderDataset
+    from bsegn.datasets.transforms import build_eval_transform, build_train_transform
+
+    root, split = tiny
+    config = _backbone().data_config_at(32)
+    images = ImageFolderDataset(root, split.image_files, split.labels, build_eval_transform(config))
+    stale = AugmentedImages(images, build_train_transform(config), seed=1)  # a worker's copy: epoch 0
+    current = AugmentedImages(images, build_train_transform(config), seed=1)
+    current.set_epoch(3)
+    sampler = EpochShuffleSampler(len(images), seed=1)
+    sampler.set_epoch(3)
+    pairs = list(sampler)
+    assert all(epoch == 3 for epoch, _ in pairs) and sorted(p for _, p in pairs) == list(range(len(images)))
+    epoch, position = pairs[0]
+    assert torch.equal(stale[(epoch, position)][0], current[position][0])
+    assert not torch.equal(stale[position][0], current[position][0])
+
+
+@pytest.mark.slow
+def test_persistent_workers_train_exactly_as_the_main_process(tiny, tmp_path):
+    """Two epochs with one persistent worker give the weights of two epochs without workers."""
+    root, split = tiny
+    inline = _finetune(root, split, _config(), tmp_path / "inline", num_workers=0)
+    workers = _finetune(root, split, _config(), tmp_path / "workers", num_workers=1)
+    for (name, a), b in zip(inline.model.state_dict().items(), workers.model.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -154,3 +154,28 @@ def test_awa1_bench_reads_a_run_config_with_its_run_options(tmp_path):
     path.write_text("hidden: 16\n")
     config, options = awa1_lampert.read_config(path)
     assert config.hidden == 16 and options == {"calibration": False, "unseen_ranking": "gzsl"}
+
+
+def test_gpu_session_script_parses_and_names_its_new_stages():
+    script = BENCH / "gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    for stage in ("wants images", "wants graphs", "wants predict", "BSEGN_CUDA_GRAPHS=1", "bench/images.py"):
+        assert stage in text, stage
+
+
+@pytest.mark.slow
+def test_images_bench_writes_both_stages_with_their_ratios(tmp_path):
+    out = tmp_path / "images.json"
+    done = subprocess.run([sys.executable, str(BENCH / "images.py"), "--model", "test_resnet", "--images", "12",
+                           "--batch-size", "4", "--image-size", "32", "--source-size", "120x90", "--workers", "1",
+                           "--folder", str(tmp_path / "jpegs"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert len(list((tmp_path / "jpegs").rglob("*.jpg"))) == 12
+    for stage in ("extract", "finetune"):
+        entry = result[stage]
+        assert entry["ratio"] == pytest.approx(entry["whole_img_s"] / entry["bare_img_s"], rel=0.01)
+        assert entry["bare_img_s"] > 0 and entry["pipeline_img_s"] > 0 and entry["workers"] == 1
+    assert result["finetune"]["first_epoch_img_s"] > 0 and result["settings"]["model"] == "test_resnet"

@@ -341,3 +341,44 @@ def test_run_bsegn_returns_a_run_with_calibration_chosen_only_when_asked():
     assert given.result["gamma"] == 2.5 and "calibration_curve" not in given.result
     other_seed = run_bsegn(features, split, config, seed=1, show_progress=False)
     assert other_seed.trained.seed == 1
+
+
+def test_cuda_graphs_option_is_ignored_on_a_cpu_and_the_losses_stay(monkeypatch):
+    """BSEGN_CUDA_GRAPHS=1 (generative/steps.py) only acts on one CUDA process: on a CPU no graph, no
+    capturable optimiser, and the same losses as without it."""
+    from accelerate import Accelerator
+
+    from bsegn.generative.steps import CUDA_GRAPHS_VARIABLE, cuda_graphs_wanted
+
+    data = gaussian_benchmark()
+    config = BSeGNConfig(epochs=1, iterations_per_epoch=3, lambda_cyc=0.1, **TINY)
+    monkeypatch.delenv(CUDA_GRAPHS_VARIABLE, raising=False)
+    plain = make_trainer(data, config).fit()
+    monkeypatch.setenv(CUDA_GRAPHS_VARIABLE, "1")
+    assert not cuda_graphs_wanted(Accelerator(cpu=True))
+    graphed = make_trainer(data, config)
+    assert graphed.critic_graph is None
+    assert not any(group.get("capturable") for opt in graphed.optimizers.values() for group in opt.param_groups)
+    graphed.fit()
+    assert graphed.history[0].keys() == plain.history[0].keys()
+    for key in plain.history[0]:
+        if key != "seconds":
+            assert graphed.history[0][key] == plain.history[0][key], key
+
+
+def test_cuda_graphs_are_refused_where_they_cannot_replay(monkeypatch):
+    """The guard of cuda_graphs_wanted: off unless asked; never with DDP, fp16's scaler or a CPU."""
+    from types import SimpleNamespace
+
+    from bsegn.generative.steps import CUDA_GRAPHS_VARIABLE, cuda_graphs_wanted
+
+    def accelerator(device="cuda", processes=1, precision="no"):
+        return SimpleNamespace(device=torch.device(device), num_processes=processes, mixed_precision=precision)
+
+    monkeypatch.setenv(CUDA_GRAPHS_VARIABLE, "0")
+    assert not cuda_graphs_wanted(accelerator())
+    monkeypatch.setenv(CUDA_GRAPHS_VARIABLE, "1")
+    assert cuda_graphs_wanted(accelerator()) and cuda_graphs_wanted(accelerator(precision="bf16"))
+    assert not cuda_graphs_wanted(accelerator("cpu"))
+    assert not cuda_graphs_wanted(accelerator(processes=2))
+    assert not cuda_graphs_wanted(accelerator(precision="fp16"))
