@@ -1,86 +1,22 @@
-"""New unseen classes from their attribute vectors alone, without retraining: the point of zero-shot learning.
+"""New unseen classes from their semantics alone (attribute values, or a description for a model trained
+with text semantics), without retraining: the point of zero-shot learning.
 
 The bundled generator synthesises features for the new classes, and the final classifier is refitted
 (seconds) on the bundle's real seen training features plus synthetic features of every unseen class,
-exactly as in training. `remove_classes` is the inverse (for unseen classes).
+exactly as in training. `remove_classes` is the inverse (for unseen classes). What a new class may be
+given, and how it becomes a semantic vector: bsegn.app.class_inputs.
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import torch
 
-from bsegn.app.bundle import CONFIG_NAME, Bundle, load_bundle, resolve_bundle_dir, save_bundle
+from bsegn.app.bundle import CONFIG_NAME, Bundle, load_bundle, record_of, resolve_bundle_dir, save_bundle
+from bsegn.app.class_inputs import NewClass, class_vector_for, normalised_like_bundle, parse_attributes  # noqa: F401
 from bsegn.core.errors import BundleError
 
-
-def parse_attributes(value: str, semantic_dim: int, name: str | None = None) -> list[tuple[str, list[float]]]:
-    """`v1,v2,...` (needs name) or a CSV file `name,<attribute columns...>` -> [(name, values)].
-
-    The CSV's first row is a header when none of its attribute cells is a number, and a data row
-    otherwise (a typo in a value is then reported, not taken for a header), so no class is lost. Raises BundleError when there is no class,
-    a row has the wrong number of values, a value is not a number representable as float32 (the
-    model's type: 1e39 is refused), or two names differ only in case."""
-    path = Path(value)
-    rows: list[tuple[str, list[str], str]] = []
-    if path.suffix.lower() == ".csv" or path.is_file():
-        if not path.is_file():
-            raise BundleError(f"attribute file {path} does not exist")
-        with open(path, newline="") as handle:
-            lines = [(number, row) for number, row in enumerate(csv.reader(handle), start=1) if any(c.strip() for c in row)]
-        if lines and len(lines[0][1]) > 1 and not any(_is_number(cell) for cell in lines[0][1][1:]):
-            lines = lines[1:]  # a header: `name,<attribute names...>` (a data row with a typo is no header)
-        if not lines:
-            raise BundleError(f"{path} holds no class rows; expected rows `name,<{semantic_dim} attribute values>` "
-                              "(a header row `name,<attribute names...>` is optional)")
-        rows = [(row[0].strip(), row[1:], f"{path}:{number}") for number, row in lines]
-    else:
-        if not name:
-            raise BundleError("--name is needed when --attributes is a list of values")
-        rows.append((name.strip(), value.split(","), "--attributes"))
-    out, names = [], {}
-    for class_name, values, where in rows:
-        if not class_name:
-            raise BundleError(f"{where}: the class name is empty")
-        if class_name.casefold() in names:
-            raise BundleError(f"{where}: class {class_name!r} is given twice ({names[class_name.casefold()]!r}); names "
-                              "are compared ignoring case")
-        names[class_name.casefold()] = class_name
-        if len(values) != semantic_dim:
-            raise BundleError(f"{where}: {len(values)} attribute values for {class_name!r}; this model's classes "
-                              f"have {semantic_dim} (one per attribute, in the bundle's attribute order)")
-        if not all(_is_number(v) for v in values):
-            raise BundleError(f"{where}: attribute values for {class_name!r} must be numbers")
-        vector = torch.tensor([float(v) for v in values], dtype=torch.float32)  # the model's type: checked after
-        if not bool(torch.isfinite(vector).all()):
-            raise BundleError(f"{where}: attribute values for {class_name!r} contain NaN or infinity, or values too "
-                              f"large for float32 (|v| > {torch.finfo(torch.float32).max:.3g})")
-        out.append((class_name, vector.tolist()))
-    return out
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _normalised_like_bundle(bundle: Bundle, vector: torch.Tensor, name: str) -> torch.Tensor:
-    """xlsa17-style semantics are L2-normalised per class: a raw attribute vector is normalised the same way
-    (in float64, so huge values do not overflow on the way); the result must be finite and not all zero."""
-    norms = bundle.trained.semantics.norm(dim=1)
-    if torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
-        norm = vector.double().norm()
-        if not norm > 0:
-            raise BundleError(f"{name!r}: an all-zero attribute vector cannot describe a class")
-        vector = (vector.double() / norm).float()
-    if not bool(torch.isfinite(vector).all()) or not bool(vector.abs().sum() > 0):
-        raise BundleError(f"{name!r}: the attribute vector is all zero or not representable; give values on the "
-                          "scale of the model's classes")
-    return vector
+_normalised_like_bundle = normalised_like_bundle  # the name serve and older callers use
 
 
 def _refit_and_save(bundle: Bundle, class_names: list[str], out: str | Path) -> Path:
@@ -105,7 +41,7 @@ def _refit_and_save(bundle: Bundle, class_names: list[str], out: str | Path) -> 
                                 **{k: v for k, v in bundle.metrics.items() if k != "note"}},
                        train_features=bundle.train_features, train_labels=bundle.train_labels,
                        benchmark=bundle.info.get("benchmark", ""), run_config=bundle.info.get("run_config"),
-                       semantic_kind=bundle.semantic_kind)
+                       semantic=record_of(bundle))
 
 
 def output_folder(model: str | Path, out: str | Path | None, *, in_place: bool = False) -> Path:
@@ -136,23 +72,25 @@ def output_folder(model: str | Path, out: str | Path | None, *, in_place: bool =
     return target
 
 
-def add_classes(bundle_path: str | Path, new_classes: list[tuple[str, list[float]]], out: str | Path | None, *,
-                in_place: bool = False) -> Path:
-    """Append unseen classes [(name, attribute values)] to a bundle; write the result to `out` (see
-    output_folder; `in_place`: replace the bundle read, atomically)."""
+def add_classes(bundle_path: str | Path, new_classes: list, out: str | Path | None, *, in_place: bool = False,
+                text_encoder: str | None = None) -> Path:
+    """Append unseen classes to a bundle: NewClass(name, attributes, description) items, or (name, attribute
+    values) pairs; write the result to `out` (see output_folder; `in_place`: replace the bundle read,
+    atomically). Every class is checked and embedded before anything is written. `text_encoder`: the
+    encoder for descriptions (default: the bundle's; its identity must be the bundle's)."""
     out = output_folder(bundle_path, out, in_place=in_place)
     bundle = load_bundle(bundle_path, with_train_features=True)
     names = list(bundle.class_names)
-    for name, values in new_classes:
+    new_classes = [c if isinstance(c, NewClass) else NewClass(c[0], attributes=list(c[1])) for c in new_classes]
+    for new in new_classes:
         known = {n.casefold(): n for n in names}
-        if name.casefold() in known:
-            raise BundleError(f"class {name!r} is already in the model (as {known[name.casefold()]!r}; names are "
-                              "compared ignoring case); choose another name")
-        vector = torch.tensor(values, dtype=torch.float32)
-        if vector.numel() != bundle.trained.semantic_dim:
-            raise BundleError(f"{name!r}: {vector.numel()} values; the model needs {bundle.trained.semantic_dim}")
-        bundle.trained.add_class(_normalised_like_bundle(bundle, vector, name))
-        names.append(name)
+        if new.name.casefold() in known:
+            raise BundleError(f"class {new.name!r} is already in the model (as {known[new.name.casefold()]!r}; names "
+                              "are compared ignoring case); choose another name")
+        bundle.trained.add_class(class_vector_for(bundle, new, text_encoder))
+        names.append(new.name)
+        if bundle.class_texts is not None:
+            bundle.class_texts.append(new.description)
     return _refit_and_save(bundle, names, out)
 
 
@@ -179,4 +117,6 @@ def remove_classes(bundle_path: str | Path, remove: list[str], out: str | Path |
     meta["unseen_classes"] = [new_id[c] for c in trained.unseen_classes.tolist() if c in new_id]
     bundle.trained = TrainedBSeGN.from_state(meta, trained.state_dict())
     bundle.train_labels = torch.tensor([new_id[int(c)] for c in bundle.train_labels.tolist()], dtype=torch.long)
+    if bundle.class_texts is not None:
+        bundle.class_texts = [bundle.class_texts[c] for c in keep]
     return _refit_and_save(bundle, [bundle.class_names[c] for c in keep], out)

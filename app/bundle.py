@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from bsegn.app.bundle_schema import check_bundle_config, check_finite_tensors
+from bsegn.app.bundle_semantics import fields_from_config, record_of, semantic_fields, uses_text  # noqa: F401
 from bsegn.core.errors import BundleError
 from bsegn.core.files import atomic_file, atomic_folder, digest_json, existing_folder, file_sha256, jsonable
 
@@ -70,7 +71,12 @@ class Bundle:
     metrics: dict[str, Any] = field(default_factory=dict)
     run_config: dict[str, Any] = field(default_factory=dict)
     benchmark: str = ""
-    semantic_kind: str = "attributes"
+    semantic_kind: str = "attributes"  # attributes, sentences, text, attributes+text (app.bundle_semantics)
+    text_encoder: str | None = None  # text semantics: the encoder as named ("minilm", "local-dir:PATH")
+    text_encoder_id: str | None = None  # and its identity (a class added by description must use the same)
+    attribute_dim: int | None = None  # the attribute part of a semantic vector (None: all of it)
+    text_dim: int = 0  # the text part (after the attribute part)
+    class_texts: list[str] | None = None  # the text of every class (text semantics)
     path: Path | None = None  # the folder it was loaded from
     info: dict[str, Any] = field(default_factory=dict)  # config.json as read
 
@@ -105,12 +111,14 @@ def config_digest(config: dict[str, Any]) -> str:
 def save_bundle(bundle_or_folder, folder: str | os.PathLike | None = None, *, backbone=None, trained=None,
                 classifier=None, zsl_classifier=None, class_names=None, attribute_names=None, data_config=None,
                 gamma: float = 0.0, unseen_ranking: str = "gzsl", metrics=None, train_features=None,
-                train_labels=None, benchmark: str = "", run_config=None, semantic_kind: str = "attributes") -> Path:
+                train_labels=None, benchmark: str = "", run_config=None, semantic_kind: str = "attributes",
+                semantic: dict[str, Any] | None = None) -> Path:
     """Write model.safetensors, config.json (with both hashes) and README.md as one folder.
 
     Two call forms: save_bundle(bundle, folder), or save_bundle(folder, backbone=..., trained=...,
     classifier=GZSL FinalClassifier, class_names=..., data_config=..., gamma=..., unseen_ranking=...,
-    metrics=..., train_features=(M, d) real seen trainval features, train_labels=(M,), ...).
+    metrics=..., train_features=(M, d) real seen trainval features, train_labels=(M,), ...);
+    `semantic`: app.bundle_semantics.semantic_fields(split) (kind, encoder, dims, class texts).
     """
     if isinstance(bundle_or_folder, Bundle):
         bundle = bundle_or_folder
@@ -120,7 +128,7 @@ def save_bundle(bundle_or_folder, folder: str | os.PathLike | None = None, *, ba
                         class_names=list(class_names), gamma=float(gamma or 0.0), unseen_ranking=unseen_ranking,
                         attribute_names=attribute_names, data_config=dict(data_config or {}),
                         metrics=dict(metrics or {}), run_config=dict(run_config or {}), benchmark=benchmark or "",
-                        semantic_kind=semantic_kind,
+                        **(semantic or {"semantic_kind": semantic_kind}),
                         train_features=None if train_features is None else torch.as_tensor(train_features).float(),
                         train_labels=None if train_labels is None else torch.as_tensor(train_labels).long())
     folder = Path(folder)
@@ -161,7 +169,7 @@ def _write_bundle(bundle: Bundle, folder: Path) -> None:
         "data_config": bundle.data_config,
         "classes": [{"name": n, "seen": bool(s)} for n, s in zip(bundle.class_names, bundle.seen_mask.tolist())],
         "attribute_names": bundle.attribute_names,
-        "semantic_kind": bundle.semantic_kind,
+        **record_of(bundle),
         "bsegn": bundle.trained.metadata(),  # its config, dims, semantic matrix, seen/unseen ids
         "gzsl_classes": bundle.gzsl.class_ids.tolist(),
         "zsl_classes": None if bundle.zsl is None else bundle.zsl.class_ids.tolist(),
@@ -274,7 +282,7 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu", 
         attribute_names=config.get("attribute_names"), data_config=data_config,
         train_features=None if replay is None else replay.float(), train_labels=tensors.get("replay.labels"),
         metrics=config.get("metrics") or {}, run_config=config.get("run_config") or {},
-        benchmark=config.get("benchmark", ""), semantic_kind=config.get("semantic_kind", "attributes"))
+        benchmark=config.get("benchmark", ""), **fields_from_config(config))
     if backbone is not None:
         bundle.backbone = backbone.to(device).eval()
     if not with_train_features:
@@ -319,7 +327,8 @@ def model_card(config: dict[str, Any]) -> str:
         f"(weights id {backbone.get('weights_id', '-')}, {backbone.get('num_features', '-')}-d features)",
         f"- input: {config.get('data_config', {}).get('input_size')}",
         f"- classes: {len(classes)} ({len(seen)} seen, {len(unseen)} unseen), "
-        f"semantics: {config.get('semantic_kind')} of dimension {len(config['bsegn']['semantics'][0])}",
+        f"semantics: {config.get('semantic_kind')} of dimension {len(config['bsegn']['semantics'][0])}"
+        + (f" (text encoder {config.get('text_encoder_id')})" if uses_text(config.get('semantic_kind')) else ""),
         f"- unseen classes: {', '.join(unseen[:30])}{' ...' if len(unseen) > 30 else ''}",
         f"- calibration gamma: {float(config.get('gamma') or 0.0):.1f}; unseen classes ranked by the "
         f"{config.get('unseen_ranking', 'gzsl').upper()} classifier",
@@ -339,15 +348,22 @@ def model_card(config: dict[str, Any]) -> str:
         "## Use",
         "```",
         "predict IMAGE_OR_FOLDER --model THIS_FOLDER [--top-k 5] [--mode gzsl|zsl|seen] [--explain] [--json]",
-        "bsegn add-class --model THIS_FOLDER --name NAME --attributes VALUES_OR_CSV --out NEW_FOLDER",
+        _add_class_line(config.get("semantic_kind")),
         "```",
         "",
         "## Limits",
         "- Unseen classes are recognised from their semantic vectors only; quality depends on how well "
-        "the attributes describe them.",
+        "the attributes (or descriptions) describe them.",
         "- Images unlike the training domain give confident but meaningless answers.",
         "",
         f"Format {config['format']} v{config['format_version']}; written with {config.get('versions')}.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _add_class_line(kind: str | None) -> str:
+    words = '--description "WORDS" (or a CSV name,description)'
+    given = words if kind == "text" else ("--attributes VALUES_OR_CSV " + words if uses_text(kind) else
+                                          "--attributes VALUES_OR_CSV")
+    return f"bsegn add-class --model THIS_FOLDER --name NAME {given} --out NEW_FOLDER"

@@ -111,6 +111,47 @@ def check_bundle_config(config: dict[str, Any], folder: Path) -> None:
         if _int(folder, "backbone.num_features", backbone.get("num_features"), 1, MAX_DIM) != feature_dim:
             raise _fail(folder, "backbone.num_features", f"must equal bsegn.feature_dim ({feature_dim})")
         _check_data_config(config.get("data_config"), folder)
+    _check_semantics(config, folder, count, semantic_dim)
+
+
+SEMANTIC_KINDS = ("attributes", "sentences", "text", "attributes+text", "sentences+text")
+
+
+def _text(folder, field, value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(folder, field, f"must be non-empty text, got {value!r}")
+    return value
+
+
+def _check_semantics(config: dict[str, Any], folder: Path, count: int, semantic_dim: int) -> None:
+    """semantic_kind, attribute_dim + text_dim = bsegn.semantic_dim, and for text semantics the encoder
+    and one text per class (a bundle without these fields is an attribute bundle: app.bundle_semantics)."""
+    kind = config.get("semantic_kind", "attributes")
+    if kind not in SEMANTIC_KINDS:
+        raise _fail(folder, "semantic_kind", f"must be one of {', '.join(SEMANTIC_KINDS)}, got {kind!r}")
+    text = kind == "text" or kind.endswith("+text")
+    if not text and "attribute_dim" not in config and "text_dim" not in config:
+        return  # an older attribute bundle
+    for key in ("attribute_dim", "text_dim"):
+        if key not in config:
+            raise _fail(folder, key, "is missing")
+    attribute_dim = _int(folder, "attribute_dim", config["attribute_dim"], 0, MAX_DIM)
+    text_dim = _int(folder, "text_dim", config["text_dim"], 0, MAX_DIM)
+    if attribute_dim + text_dim != semantic_dim:
+        raise _fail(folder, "text_dim", f"({text_dim}) plus attribute_dim ({attribute_dim}) must equal "
+                                        f"bsegn.semantic_dim ({semantic_dim})")
+    if (text_dim > 0) != text or (attribute_dim > 0) != (kind != "text"):
+        raise _fail(folder, "attribute_dim / text_dim", f"({attribute_dim} / {text_dim}) do not fit semantic_kind "
+                                                        f"{kind!r}")
+    if not text:
+        for key in ("text_encoder", "text_encoder_id", "class_texts"):
+            if config.get(key) is not None:
+                raise _fail(folder, key, f"must be null for semantic_kind {kind!r}")
+        return
+    _text(folder, "text_encoder", config.get("text_encoder"))
+    _text(folder, "text_encoder_id", config.get("text_encoder_id"))
+    for index, value in enumerate(_list(folder, "class_texts", config.get("class_texts"), count)):
+        _text(folder, f"class_texts[{index}]", value)
 
 
 def _check_data_config(data_config: Any, folder: Path) -> None:

@@ -3,11 +3,19 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    add = subparsers.add_parser("add-class", help="add unseen classes from their attribute vectors (no images needed)")
+    add = subparsers.add_parser("add-class", help="add unseen classes from their attribute values or descriptions "
+                                "(no images needed)")
     add.add_argument("--model", required=True, help="bundle folder or run folder")
-    add.add_argument("--name", help="the new class's name (with a list of values)")
-    add.add_argument("--attributes", required=True,
-                     help="comma-separated values (one per attribute, bundle order) or a CSV `name,<attributes...>`")
+    add.add_argument("--name", help="the new class's name (with a list of values or a description)")
+    add.add_argument("--attributes",
+                     help="comma-separated values (one per attribute, bundle order) or a CSV `name,<attributes...>` "
+                          "(models trained with attribute semantics, or attributes+text)")
+    add.add_argument("--description",
+                     help='the class described in words ("a red striped square"), or a CSV `name,description` '
+                          "(models trained with text or attributes+text semantics)")
+    add.add_argument("--text-encoder", default=None,
+                     help="encoder for descriptions: minilm or local-dir:PATH (default: the model's; it must be the "
+                          "same model)")
     add.add_argument("--out", help="folder for the new bundle (not the model's own, unless --in-place)")
     add.add_argument("--in-place", action="store_true", help="replace the model's bundle (written whole, atomically)")
     add.set_defaults(func=_run_add)
@@ -23,15 +31,16 @@ def register(subparsers) -> None:
 def _run_add(args) -> int:
     import time
 
-    from bsegn.app.add_class import add_classes, parse_attributes
+    from bsegn.app.add_class import add_classes
     from bsegn.app.bundle import read_bundle_info
+    from bsegn.app.class_inputs import parse_new_classes
 
     info = read_bundle_info(args.model)
-    classes = parse_attributes(args.attributes, int(info["bsegn"]["semantic_dim"]), args.name)
+    classes = parse_new_classes(info, attributes=args.attributes, description=args.description, name=args.name)
     started = time.perf_counter()
-    out = add_classes(args.model, classes, args.out, in_place=args.in_place)
-    print(f"added {', '.join(n for n, _ in classes)} as unseen class(es); classifier refitted in "
-          f"{time.perf_counter() - started:.1f} s; new bundle: {out}")
+    out = add_classes(args.model, classes, args.out, in_place=args.in_place, text_encoder=args.text_encoder)
+    print(f"added {', '.join(c.name for c in classes)} as unseen class(es) in {time.perf_counter() - started:.1f} s "
+          f"(semantic vectors made, classifier refitted); new bundle: {out}")
     return 0
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bsegn.core.errors import ConfigError
+from bsegn.core.errors import ConfigError, DataError
 from bsegn.core.sections import build_section, describe, option, require, to_dict
 
 DEFAULT_CONFIG = "demo"
@@ -37,8 +37,19 @@ class DataSection:
     features_file: str | None = option(None, "pre-extracted features (res101.mat or a bsegn cache): no backbone stages")
     demo_images_per_class: int = option(40, "demo benchmark: images generated per class")
     demo_image_size: int = option(64, "demo benchmark: image side in pixels")
+    semantics: str = option("attributes", "attributes, text or attributes+text (text@local-dir:PATH: another encoder)")
+    descriptions: str | None = option(None, "CSV class,description for text semantics (default: class names)")
 
     def check(self) -> None:
+        from bsegn.datasets.text_semantics import parse_semantics
+
+        try:
+            mode, _ = parse_semantics(self.semantics)
+        except DataError as error:
+            raise ConfigError(f"data.semantics: {error}") from None
+        require(self.descriptions is None or mode != "attributes",
+                "data.descriptions is given but data.semantics is 'attributes'; set data.semantics to text or "
+                "attributes+text to use the descriptions")
         require(self.demo_images_per_class >= 1,
                 f"data.demo_images_per_class must be >= 1, got {self.demo_images_per_class}")
         require(self.demo_image_size >= 8, f"data.demo_image_size must be >= 8, got {self.demo_image_size}")

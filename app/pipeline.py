@@ -58,7 +58,14 @@ def load_run_benchmark(config: RunConfig):
     if data.benchmark.lower() == "demo":  # the demo data always uses seed 0
         extra = dict(images_per_class=data.demo_images_per_class, image_size=data.demo_image_size)
     return load_benchmark(data.benchmark, splits_dir=data.splits_dir, images_root=data.images_root,
-                          attributes_csv=data.attributes_csv, **extra)
+                          attributes_csv=data.attributes_csv, semantics=data.semantics,
+                          descriptions=data.descriptions, **extra)
+
+
+def semantics_digest(split) -> str:
+    """What a stage trained on class semantics keys on: the semantic matrix itself (so attributes, text,
+    another encoder or edited descriptions each start the stage over)."""
+    return digest_arrays(np.asarray(split.semantics, dtype=np.float32))
 
 
 def drop_images(split, bad_indices):
@@ -96,9 +103,13 @@ def backbone_stage(config: RunConfig, benchmark, split, protocol: str, run_dir: 
     if not config.finetunes:
         return backbone
     folder = run_dir / "backbone"
-    key = digest_json({"model": config.backbone.model, "image_size": config.backbone.image_size,
-                       "finetune": to_dict(config.finetune), "seed": config.run.seed, "protocol": protocol,
-                       "data": to_dict(config.data), "weights": backbone.weights_id})
+    data = {k: v for k, v in to_dict(config.data).items() if k not in ("semantics", "descriptions")}
+    key = {"model": config.backbone.model, "image_size": config.backbone.image_size,
+           "finetune": to_dict(config.finetune), "seed": config.run.seed, "protocol": protocol,
+           "data": data, "weights": backbone.weights_id}
+    if config.finetune.head == "attribute":  # the head holds the seen classes' semantic vectors
+        key["semantics"] = semantics_digest(split)
+    key = digest_json(key)
     finetuned = folder / "backbone.safetensors"
     if _stage_key(folder) == key and finetuned.is_file():
         log.info(f"backbone: fine-tuned weights found in {folder}, stage skipped")
@@ -186,7 +197,8 @@ def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *
     # a generator checkpoint of another config or other features is never resumed: the stage starts over
     _reset_if_changed(run_dir / "generative", digest_json({
         "generative": to_dict(generative), "seed": config.run.seed, "protocol": protocol,
-        "features": digest_arrays(features.features, features.labels)}), accelerator)
+        "features": digest_arrays(features.features, features.labels), "semantics": semantics_digest(eval_split)}),
+        accelerator)
     log.info(f"generative: training BSeGN on {len(eval_split.loc('trainval'))} real seen features "
              f"({generative.epochs} epochs; checkpoints in {run_dir / 'generative'})")
     started = time.perf_counter()
@@ -235,6 +247,8 @@ def preflight(config: RunConfig) -> PreparedData:
     benchmark = load_run_benchmark(config)
     given = pre_extracted_features(config, benchmark)
     split = benchmark.split if given is None else given[1]
+    if split.class_texts is not None:
+        log.info(next((n for n in reversed(split.notes) if n.startswith("semantics")), f"semantics {split.semantic_kind}"))
     if split.seen_classes is None or split.labels is None:
         raise DataError(f"{split.benchmark}: training needs per-image labels and the seen/unseen class lists; "
                         "check the data with `bsegn data summary` / `bsegn data check`")
@@ -334,6 +348,7 @@ def collect_metrics(config: RunConfig, outcome: ProtocolOutcome, validation: Pro
     protocol = config.run.protocol
     return {"T1": result["T1"], "U": result["U"], "S": result["S"], "H": result["H"],
             "protocol": protocol, "benchmark": config.data.benchmark,
+            "semantics": outcome.split.semantic_kind, "text_encoder_id": outcome.split.text_encoder_id,
             "split_evaluated": "val classes (validation protocol)" if protocol == "validation" else "test (once)",
             "gamma": result.get("gamma", 0.0), "gamma_chosen_on": "validation" if validation else
             ("given" if config.run.gamma is not None else "none"),
@@ -357,7 +372,7 @@ def data_config_of(config: RunConfig, backbone) -> dict:
 
 
 def write_outputs(config: RunConfig, outcome: ProtocolOutcome, metrics: dict, run_dir: Path) -> None:
-    from bsegn.app.bundle import save_bundle
+    from bsegn.app.bundle import save_bundle, semantic_fields
 
     atomic_write_json(run_dir / "metrics.json", metrics)
     split, features = outcome.split, outcome.features
@@ -369,7 +384,7 @@ def write_outputs(config: RunConfig, outcome: ProtocolOutcome, metrics: dict, ru
                 unseen_ranking=config.run.unseen_ranking,
                 metrics={k: metrics[k] for k in ("T1", "U", "S", "H", "protocol", "split_evaluated")},
                 train_features=features.features[trainval], train_labels=features.labels[trainval],
-                benchmark=config.data.benchmark, run_config=config.to_dict(), semantic_kind=split.semantic_kind)
+                benchmark=config.data.benchmark, run_config=config.to_dict(), semantic=semantic_fields(split))
     try:
         from bsegn.app.plots import write_plots
 

@@ -129,11 +129,12 @@ class Predictor:
             a_hat, _ = trained.parts["decoder"](features.reshape(1, -1))
         a_hat = a_hat[0].cpu()
         vector = trained.semantics[class_id].cpu()
-        names = self.bundle.attribute_names or [f"dim{j}" for j in range(len(vector))]
-        order = torch.argsort(a_hat, descending=True)[:top].tolist()
-        return {"attributes_read": [{"attribute": names[j], "read": round(float(a_hat[j]), 4),
-                                     "class_value": round(float(vector[j]), 4)} for j in order],
-                "cosine": round(float(torch.nn.functional.cosine_similarity(a_hat, vector, dim=0)), 4)}
+        cosine = round(float(torch.nn.functional.cosine_similarity(a_hat, vector, dim=0)), 4)
+        bundle = self.bundle
+        if bundle.text_dim:
+            return {**explain_text(bundle, a_hat, class_id), "cosine": cosine}
+        names = bundle.attribute_names or [f"dim{j}" for j in range(len(vector))]
+        return {"attributes_read": _attributes_read(a_hat, vector, names, top), "cosine": cosine}
 
     def predict_tensors(self, images, *, top_k: int = 5, explain: bool = False) -> list[dict[str, Any]]:
         """images (B, 3, H, W), the bundle's eval transform applied -> per image {"top": [{"class",
@@ -208,6 +209,33 @@ class Predictor:
         return results
 
 
+def _attributes_read(a_hat, vector, names: list[str], top: int) -> list[dict[str, Any]]:
+    import torch
+
+    order = torch.argsort(a_hat, descending=True)[:top].tolist()
+    return [{"attribute": names[j], "read": round(float(a_hat[j]), 4), "class_value": round(float(vector[j]), 4)}
+            for j in order]
+
+
+def explain_text(bundle, a_hat, class_id: int, top: int = 3) -> dict[str, Any]:
+    """For a model trained with text semantics: the predicted class's text, and the classes whose text
+    embedding is nearest (cosine) to the text part of what the decoder reads from the image; with
+    attributes+text also the attributes it reads (the attribute part)."""
+    import torch
+
+    start = bundle.trained.semantic_dim - bundle.text_dim
+    semantics = bundle.trained.semantics.cpu()
+    similarity = torch.nn.functional.cosine_similarity(a_hat[start:].reshape(1, -1), semantics[:, start:], dim=1)
+    texts = bundle.class_texts or list(bundle.class_names)
+    nearest = torch.argsort(similarity, descending=True)[:top].tolist()
+    out: dict[str, Any] = {"class_text": texts[class_id], "nearest_texts": [
+        {"class": bundle.class_names[c], "text": texts[c], "cosine": round(float(similarity[c]), 4)} for c in nearest]}
+    if start:
+        names = (bundle.attribute_names or [f"dim{j}" for j in range(start)])[:start]
+        out["attributes_read"] = _attributes_read(a_hat[:start], semantics[class_id, :start], names, 5)
+    return out
+
+
 class Prediction(dict):
     """One image's result (a dict, JSON-ready) with a text form."""
 
@@ -242,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     parser.add_argument("--explain", action="store_true",
                         help="show the attributes the semantic decoder reads from the image next to the "
-                             "predicted class's attribute values")
+                             "predicted class's attribute values (text models: the nearest class descriptions)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     return parser
@@ -255,7 +283,11 @@ def _format_text(result: dict[str, Any]) -> str:
     if explanation:
         if "note" in explanation:
             lines.append(f"    {explanation['note']}")
-        else:
+        if "class_text" in explanation:
+            lines.append(f"    class text: {explanation['class_text']!r}; cosine {explanation['cosine']} to what the "
+                         "decoder reads; nearest class texts:")
+            lines += [f"      {t['cosine']:.3f}  {t['class']}: {t['text']}" for t in explanation["nearest_texts"]]
+        if "attributes_read" in explanation:
             lines.append(f"    decoder reads (attribute: read / class value), cosine {explanation['cosine']}:")
             lines += [f"      {a['attribute']}: {a['read']:.3f} / {a['class_value']:.3f}"
                       for a in explanation["attributes_read"]]

@@ -201,12 +201,17 @@ class Engine:
         """Append unseen classes to the served model, in memory; refits the classifiers as add-class does."""
         import torch
 
-        from bsegn.app.add_class import _normalised_like_bundle
+        from bsegn.app.bundle_semantics import uses_text
+        from bsegn.app.class_inputs import NewClass, class_vector_for
         from bsegn.generative.classifier import fit_final_classifier
         from bsegn.generative.experiment import split_classes
 
         with self._change_lock:
             old = self.ready_predictor().bundle
+            if uses_text(old.semantic_kind):
+                raise RequestError(400, f"this model's classes are described in words (semantics {old.semantic_kind}): "
+                                        "the page adds classes from attribute values only; use `bsegn add-class "
+                                        "--description`")
             names = list(old.class_names)
             for name, values in new_classes:
                 _check_new_class(name, values, names, int(old.trained.semantic_dim))
@@ -216,7 +221,7 @@ class Engine:
             trained = copy.deepcopy(old.trained)  # requests keep using the old model until the swap below
             try:
                 for name, values in new_classes:
-                    trained.add_class(_normalised_like_bundle(old, torch.tensor(values, dtype=torch.float32), name))
+                    trained.add_class(class_vector_for(old, NewClass(name, attributes=list(values))))
             except BundleError as error:
                 raise RequestError(400, str(error)) from None
             every_class = split_classes(trained.seen_classes, trained.unseen_classes)
