@@ -29,7 +29,13 @@ def test_bsegn_packages_import_from_repo_root_and_elsewhere(tmp_path):
 
 
 def test_hugging_face_datasets_is_not_shadowed_from_repo_root():
-    pytest.importorskip("datasets", reason="Hugging Face `datasets` is not installed (it is in the test extra)")
+    # importorskip would find our own `datasets/` folder from here: ask for the installed distribution
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("datasets")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("Hugging Face `datasets` is not installed (it is in the test extra)")
     result = _import_from_repo_root(
         "import bsegn.datasets.splits, datasets, os; "
         "print(os.path.dirname(datasets.__file__)); print(hasattr(datasets, 'load_dataset'))"
