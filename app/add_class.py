@@ -19,11 +19,13 @@ from bsegn.core.errors import BundleError
 _normalised_like_bundle = normalised_like_bundle  # the name serve and older callers use
 
 
-def _refit_and_save(bundle: Bundle, class_names: list[str], out: str | Path) -> Path:
+def refit_classifiers(bundle: Bundle, trained=None):
+    """The GZSL (all classes) and ZSL (unseen only) classifiers refitted for `trained` (default: the
+    bundle's) on the bundle's training features; BundleError when the fit is not finite."""
     from bsegn.generative.classifier import fit_final_classifier
     from bsegn.generative.experiment import split_classes
 
-    trained = bundle.trained
+    trained = trained if trained is not None else bundle.trained
     if bundle.train_features is None:
         raise BundleError(f"{bundle.path} holds no training features; it cannot be refitted")
     all_classes = split_classes(trained.seen_classes, trained.unseen_classes)
@@ -33,12 +35,22 @@ def _refit_and_save(bundle: Bundle, class_names: list[str], out: str | Path) -> 
         if not all(bool(torch.isfinite(v).all()) for v in fitted.state_dict().values()):
             raise BundleError("the refitted classifier is not finite: the new attribute values are far off the scale "
                               f"of the model's classes (max |value| {trained.semantics.abs().max():.3g}); nothing written")
-    return save_bundle(out, backbone=bundle.backbone, trained=trained, classifier=classifier,
+    return classifier, zsl_classifier
+
+
+def changed_metrics(metrics: dict) -> dict:
+    """The card's metrics after classes changed: the original model's, with a note saying so."""
+    return {"note": "classes changed after evaluation: metrics of the original model",
+            **{k: v for k, v in metrics.items() if k != "note"}}
+
+
+def _refit_and_save(bundle: Bundle, class_names: list[str], out: str | Path) -> Path:
+    classifier, zsl_classifier = refit_classifiers(bundle)
+    return save_bundle(out, backbone=bundle.backbone, trained=bundle.trained, classifier=classifier,
                        zsl_classifier=zsl_classifier,
                        class_names=class_names, attribute_names=bundle.attribute_names,
                        data_config=bundle.data_config, gamma=bundle.gamma, unseen_ranking=bundle.unseen_ranking,
-                       metrics={"note": "classes changed after evaluation: metrics of the original model",
-                                **{k: v for k, v in bundle.metrics.items() if k != "note"}},
+                       metrics=changed_metrics(bundle.metrics),
                        train_features=bundle.train_features, train_labels=bundle.train_labels,
                        benchmark=bundle.info.get("benchmark", ""), run_config=bundle.info.get("run_config"),
                        semantic=record_of(bundle))

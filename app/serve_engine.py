@@ -199,12 +199,9 @@ class Engine:
 
     def add_classes(self, new_classes: list[tuple[str, list[float]]]) -> list[str]:
         """Append unseen classes to the served model, in memory; refits the classifiers as add-class does."""
-        import torch
-
+        from bsegn.app.add_class import changed_metrics, refit_classifiers
         from bsegn.app.bundle_semantics import uses_text
         from bsegn.app.class_inputs import NewClass, class_vector_for
-        from bsegn.generative.classifier import fit_final_classifier
-        from bsegn.generative.experiment import split_classes
 
         with self._change_lock:
             old = self.ready_predictor().bundle
@@ -222,16 +219,10 @@ class Engine:
             try:
                 for name, values in new_classes:
                     trained.add_class(class_vector_for(old, NewClass(name, attributes=list(values))))
+                gzsl, zsl = refit_classifiers(old, trained)
             except BundleError as error:
-                raise RequestError(400, str(error)) from None
-            every_class = split_classes(trained.seen_classes, trained.unseen_classes)
-            gzsl = fit_final_classifier(trained, old.train_features.float(), old.train_labels, every_class)
-            zsl = fit_final_classifier(trained, None, None, trained.unseen_classes)
-            if not all(bool(torch.isfinite(v).all()) for c in (gzsl, zsl) for v in c.state_dict().values()):
-                raise RequestError(400, "the refitted classifier is not finite: the attribute values are far off the "
-                                        "scale of the model's classes; the model is unchanged")
-            metrics = {"note": "classes changed after evaluation: metrics of the original model",
-                       **{k: v for k, v in old.metrics.items() if k != "note"}}
+                raise RequestError(400, f"{error}; the served model is unchanged") from None
+            metrics = changed_metrics(old.metrics)
             bundle = dataclasses.replace(old, trained=trained.eval(), gzsl=gzsl.eval(), zsl=zsl.eval(),
                                          class_names=names, metrics=metrics)
             self.predictor = served_predictor(bundle, self.mode, self.device)

@@ -20,7 +20,10 @@ SEEN, UNSEEN = [0, 1, 2, 3], [4, 5]
 IMAGE_SIZE = 32
 
 
-def _tiny_bundle(folder: Path, *, unseen_ranking: str = "gzsl", gamma: float = 0.5) -> Path:
+def _tiny_bundle(folder: Path, *, unseen_ranking: str = "gzsl", gamma: float = 0.5, semantics=None,
+                 class_names=None, attribute_names=None, **save_options) -> Path:
+    """A tiny bundle; `semantics` (C, k) default to random 5-d vectors of CLASSES, `save_options` go to
+    save_bundle (e.g. `semantic=` for a text bundle, `metrics=`)."""
     from bsegn.backbone.factory import create_backbone
     from bsegn.generative.classifier import fit_final_classifier
     from bsegn.generative.config import BSeGNConfig
@@ -29,7 +32,10 @@ def _tiny_bundle(folder: Path, *, unseen_ranking: str = "gzsl", gamma: float = 0
     torch.manual_seed(0)
     backbone = create_backbone("test_resnet", "none")
     config = BSeGNConfig.from_dict({"hidden": 16, "embedder_hidden": 8, "syn_num": 4, "classifier_epochs": 1})
-    semantics = torch.rand(len(CLASSES), 5, generator=torch.Generator().manual_seed(0))
+    if semantics is None:
+        semantics = torch.rand(len(CLASSES), 5, generator=torch.Generator().manual_seed(0))
+        attribute_names = [f"a{j}" for j in range(5)]
+    semantics = torch.as_tensor(semantics)
     trained = TrainedBSeGN(config, backbone.num_features, semantics.shape[1], semantics, SEEN, UNSEEN).eval()
     features = torch.rand(24, backbone.num_features, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor(SEEN * 6)
@@ -37,10 +43,11 @@ def _tiny_bundle(folder: Path, *, unseen_ranking: str = "gzsl", gamma: float = 0
     gzsl = fit_final_classifier(trained, features, labels, list(range(len(CLASSES))))
     zsl = fit_final_classifier(trained, None, None, UNSEEN)
     return save_bundle(folder, backbone=backbone, trained=trained, classifier=gzsl, zsl_classifier=zsl,
-                       class_names=CLASSES, attribute_names=[f"a{j}" for j in range(5)],
+                       class_names=class_names or CLASSES, attribute_names=attribute_names,
                        data_config=backbone.data_config_at(IMAGE_SIZE), gamma=gamma, unseen_ranking=unseen_ranking,
-                       metrics={"T1": 12.345, "U": 1.0, "S": 2.0, "H": 1.33333, "protocol": "final"},
-                       train_features=features, train_labels=labels, benchmark="tiny", run_config={"run": {}})
+                       train_features=features, train_labels=labels, benchmark="tiny", run_config={"run": {}},
+                       **{"metrics": {"T1": 12.345, "U": 1.0, "S": 2.0, "H": 1.33333, "protocol": "final"},
+                          **save_options})
 
 
 @pytest.fixture(scope="module")

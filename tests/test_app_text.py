@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from bsegn.app.bundle import CONFIG_NAME, load_bundle, save_bundle
+from bsegn.app.bundle import CONFIG_NAME, load_bundle
 from bsegn.core.errors import BundleError, ConfigError
+from test_app_bundle import _tiny_bundle
 from test_app_bundle_checks import _DELETE, _set, rewrite_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,11 +64,7 @@ def _attributes() -> np.ndarray:
 
 def _bundle(folder: Path, kind: str) -> Path:
     """A tiny bundle (random test_resnet + small untrained BSeGN, fitted classifiers) with semantics `kind`."""
-    from bsegn.backbone.factory import create_backbone
     from bsegn.datasets.text_semantics import combine
-    from bsegn.generative.classifier import fit_final_classifier
-    from bsegn.generative.config import BSeGNConfig
-    from bsegn.generative.model import TrainedBSeGN
 
     torch.manual_seed(0)
     text = fake_encode(TEXTS)
@@ -77,19 +74,8 @@ def _bundle(folder: Path, kind: str) -> Path:
     if kind == "attributes":
         semantic = {"semantic_kind": kind}
     names = ([f"a{j}" for j in range(ATTRIBUTE_DIM)] + [f"text:{j}" for j in range(TEXT_DIM)])[:semantics.shape[1]]
-    backbone = create_backbone("test_resnet", "none")
-    config = BSeGNConfig.from_dict({"hidden": 16, "embedder_hidden": 8, "syn_num": 4, "classifier_epochs": 1})
-    trained = TrainedBSeGN(config, backbone.num_features, semantics.shape[1], torch.as_tensor(semantics), SEEN,
-                           UNSEEN).eval()
-    features = torch.rand(24, backbone.num_features, generator=torch.Generator().manual_seed(1))
-    labels = torch.tensor(SEEN * 6)
-    trained.fit_integration(features)
-    gzsl = fit_final_classifier(trained, features, labels, list(range(len(CLASSES))))
-    zsl = fit_final_classifier(trained, None, None, UNSEEN)
-    return save_bundle(folder, backbone=backbone, trained=trained, classifier=gzsl, zsl_classifier=zsl,
-                       class_names=CLASSES, attribute_names=None if kind == "text" else names,
-                       data_config=backbone.data_config_at(32), gamma=0.5, metrics={"T1": 1.0}, train_features=features,
-                       train_labels=labels, benchmark="tiny", run_config={}, semantic=semantic)
+    return _tiny_bundle(folder, semantics=semantics, class_names=CLASSES,
+                        attribute_names=None if kind == "text" else names, metrics={"T1": 1.0}, semantic=semantic)
 
 
 @pytest.fixture(scope="module")
