@@ -3,8 +3,12 @@ with text semantics), without retraining: the point of zero-shot learning.
 
 The bundled generator synthesises features for the new classes, and the final classifier is refitted
 (seconds) on the bundle's real seen training features plus synthetic features of every unseen class,
-exactly as in training. `remove_classes` is the inverse (for unseen classes). What a new class may be
-given, and how it becomes a semantic vector: bsegn.app.class_inputs.
+exactly as in training. A learned gate (learned, cosmo: trained on synthetic unseen features) is refitted
+too, keeping its threshold, so that a class added later is reachable; the other gates read the seen
+classes only and stay. Each added class's reachability is reported: the share of its synthetic features
+the gate calls unseen (a warning naming the class below REACHABLE). `remove_classes` is the inverse (for
+unseen classes). What a new class may be given, and how it becomes a semantic vector:
+bsegn.app.class_inputs.
 """
 from __future__ import annotations
 
@@ -15,6 +19,13 @@ import torch
 from bsegn.app.bundle import CONFIG_NAME, Bundle, load_bundle, record_of, resolve_bundle_dir, save_bundle
 from bsegn.app.class_inputs import NewClass, class_vector_for, normalised_like_bundle, parse_attributes  # noqa: F401
 from bsegn.core.errors import BundleError
+from bsegn.core.logs import get_logger
+
+log = get_logger("bsegn.add_class")
+REACHABLE = 0.5  # below this share of its synthetic features called unseen, an added class gets a warning
+# gates fitted on synthetic unseen features (combined: and standardised on the classifier's scores): refitted
+# when classes change
+LEARNED_GATES = ("learned", "cosmo", "combined")
 
 _normalised_like_bundle = normalised_like_bundle  # the name serve and older callers use
 
@@ -38,18 +49,62 @@ def refit_classifiers(bundle: Bundle, trained=None):
     return classifier, zsl_classifier
 
 
+def refit_gate(bundle: Bundle, trained=None, classifiers=None):
+    """The bundle's gate for `trained`'s classes: a learned gate refitted on the bundle's training features
+    and synthetic features of every class (its threshold kept); any other gate as it is. classifiers: the
+    refitted (gzsl, zsl) the combined gate is standardised under (default the bundle's)."""
+    from bsegn.generative.experiment import split_classes
+    from bsegn.generative.gates import fit_gate
+
+    trained = trained if trained is not None else bundle.trained
+    if bundle.gate.kind not in LEARNED_GATES:
+        return bundle.gate
+    if bundle.train_features is None:
+        raise BundleError(f"{bundle.path} holds no training features; its {bundle.gate.kind} gate cannot be refitted")
+    gate = fit_gate(bundle.gate.kind, trained, bundle.train_features.float(), bundle.train_labels,
+                    split_classes(trained.seen_classes, trained.unseen_classes),
+                    classifiers=classifiers or (bundle.gzsl, bundle.zsl), unseen_ranking=bundle.unseen_ranking)
+    gate.threshold = bundle.gate.threshold
+    return gate
+
+
+def reachability(trained, gzsl, zsl, gate, class_ids, names, unseen_ranking: str = "gzsl") -> dict[str, float]:
+    """{name: the share of the class's trained.config.syn_num synthetic features that `gate` calls unseen}
+    for each of `class_ids`; a warning naming each class below REACHABLE."""
+    from bsegn.generative.gates import gate_inputs
+
+    class_ids = [int(c) for c in class_ids]
+    fake, labels = trained.synthesize(class_ids, trained.config.syn_num, seed=trained.seed + 21)
+    unseen = gate.unseen(gate_inputs(trained, gzsl, zsl, fake, unseen_ranking=unseen_ranking, kinds=[gate.kind]))
+    shares = {}
+    for class_id, name in zip(class_ids, names):
+        shares[name] = float(unseen[labels.cpu() == class_id].float().mean())
+        if shares[name] < REACHABLE:
+            log.warning("class %r is hard to reach: the %s gate calls only %.0f%% of its synthetic features unseen, so "
+                        "its images will mostly be named as a seen class; check its attribute values (or lower the "
+                        "gate's threshold with predict --threshold)", name, gate.kind, 100 * shares[name])
+    return shares
+
+
 def changed_metrics(metrics: dict) -> dict:
     """The card's metrics after classes changed: the original model's, with a note saying so."""
     return {"note": "classes changed after evaluation: metrics of the original model",
             **{k: v for k, v in metrics.items() if k != "note"}}
 
 
-def _refit_and_save(bundle: Bundle, class_names: list[str], out: str | Path) -> Path:
+def _refit_and_save(bundle: Bundle, class_names: list[str], out: str | Path, added: int = 0) -> Path:
+    """Refit the classifiers and the gate, report the reachability of the last `added` classes, save."""
     classifier, zsl_classifier = refit_classifiers(bundle)
+    gate = refit_gate(bundle, classifiers=(classifier, zsl_classifier))
+    if added:
+        shares = reachability(bundle.trained, classifier, zsl_classifier, gate, range(len(class_names) - added,
+                              len(class_names)), class_names[-added:], bundle.unseen_ranking)
+        log.info("reachability (share of synthetic features the %s gate calls unseen): %s", gate.kind,
+                 ", ".join(f"{name} {100 * share:.0f}%" for name, share in shares.items()))
     return save_bundle(out, backbone=bundle.backbone, trained=bundle.trained, classifier=classifier,
                        zsl_classifier=zsl_classifier,
                        class_names=class_names, attribute_names=bundle.attribute_names,
-                       data_config=bundle.data_config, gamma=bundle.gamma, unseen_ranking=bundle.unseen_ranking,
+                       data_config=bundle.data_config, gate=gate, unseen_ranking=bundle.unseen_ranking,
                        metrics=changed_metrics(bundle.metrics),
                        train_features=bundle.train_features, train_labels=bundle.train_labels,
                        benchmark=bundle.info.get("benchmark", ""), run_config=bundle.info.get("run_config"),
@@ -103,7 +158,7 @@ def add_classes(bundle_path: str | Path, new_classes: list, out: str | Path | No
         names.append(new.name)
         if bundle.class_texts is not None:
             bundle.class_texts.append(new.description)
-    return _refit_and_save(bundle, names, out)
+    return _refit_and_save(bundle, names, out, added=len(new_classes))
 
 
 def remove_classes(bundle_path: str | Path, remove: list[str], out: str | Path | None, *,

@@ -6,8 +6,8 @@
 
 Images are PIL images, or tensors / arrays of RGB pixels (3, H, W) (floats in [0, 1] or uint8); a list
 or a (B, 3, H, W) batch gives one list per image. They go through the bundle's own eval transform, as
-`predict` does. Modes: "gzsl" (all classes, calibrated; the default), "zsl" (unseen classes only),
-"seen" (seen classes only).
+`predict` does. Modes: "gzsl" (all classes, the default: the bundle's seen-or-unseen gate decides the
+domain and the first class is that domain's best), "zsl" (unseen classes only), "seen" (seen classes only).
 """
 from __future__ import annotations
 

@@ -4,12 +4,13 @@ executing code.
     bundle/
       config.json        format + version, backbone identity and data config, class names, seen flags,
                          semantic matrix, attribute names, BSeGN metadata (its config, mFIM dims), the
-                         classifiers' label spaces, calibration gamma and unseen ranking, metrics, package
-                         versions, size and sha256 of model.safetensors and a sha256 over config.json's
-                         own content
+                         classifiers' label spaces, the seen-or-unseen gate (kind, threshold) and the
+                         unseen ranking, metrics, package versions, size and sha256 of model.safetensors
+                         and a sha256 over config.json's own content
       model.safetensors  backbone.*  timm state_dict of the (fine-tuned) backbone
                          bsegn.*     TrainedBSeGN: generator, decoder, embedder, mFIM statistics
                          gzsl.* / zsl.*  final classifiers (all classes / unseen classes)
+                         gate.*      the gate's fitted parts (app.bundle_gate; none for stacking)
                          replay.features / replay.labels  the real seen trainval features (float16), so
                                      add-class refits the GZSL classifier on the same real data as training
       README.md          model card
@@ -19,7 +20,8 @@ executing code.
 The folder is written whole beside its place and renamed into it (core.files.atomic_folder). A
 truncated or edited file, a bundle of another format version, or one whose content is not a valid
 model (app.bundle_schema: fields, ranges, finite weights) raises BundleError with a message that says
-what is wrong; nothing is unpickled, nothing is executed.
+what is wrong; nothing is unpickled, nothing is executed. A format-2 bundle (before gates: "gamma") still
+loads, with the calibrated-stacking gate at threshold -gamma (app.bundle_gate).
 """
 from __future__ import annotations
 
@@ -32,13 +34,15 @@ from typing import Any
 
 import torch
 
+from bsegn.app.bundle_gate import gate_card_lines, gate_from_bundle
 from bsegn.app.bundle_schema import check_bundle_config, check_finite_tensors
 from bsegn.app.bundle_semantics import fields_from_config, record_of, semantic_fields, uses_text  # noqa: F401
 from bsegn.core.errors import BundleError
 from bsegn.core.files import atomic_file, atomic_folder, digest_json, existing_folder, file_sha256, jsonable
 
 BUNDLE_FORMAT = "bsegn-bundle"
-FORMAT_VERSION = 2  # 2: the lean BSeGNConfig; gamma and unseen_ranking stored beside it
+FORMAT_VERSION = 3  # 2: the lean BSeGNConfig, gamma and unseen_ranking beside it; 3: the gate replaces gamma
+READABLE_VERSIONS = (2, 3)
 CONFIG_NAME = "config.json"
 MODEL_NAME = "model.safetensors"
 FULL_DIGEST = 64  # hex digits: the whole sha256
@@ -51,7 +55,8 @@ class Bundle:
     backbone: FeatureBackbone or None (feature-only bundles cannot read images).
     trained: TrainedBSeGN (its semantics (C, k), seen_classes, unseen_classes define the classes).
     gzsl: FinalClassifier over all C classes; zsl: FinalClassifier over the unseen classes.
-    class_names: C names; gamma: calibrated-stacking offset subtracted from seen log-probabilities;
+    class_names: C names; gate: the DomainGate (bsegn.generative.gates) that decides seen or unseen, its
+    threshold set (default: calibrated stacking at threshold 0, i.e. no correction);
     unseen_ranking: "gzsl" or "zsl" (the ZSL classifier re-ranks the unseen columns), as in training.
     train_features (M, d) float32 / train_labels (M,): the real seen trainval features (stored as replay.*).
     data_config: the timm data config the features were extracted with (input size included).
@@ -62,7 +67,7 @@ class Bundle:
     gzsl: Any
     zsl: Any
     class_names: list[str]
-    gamma: float = 0.0
+    gate: Any = None
     unseen_ranking: str = "gzsl"  # which classifier names an unseen class in GZSL mode (run.unseen_ranking)
     attribute_names: list[str] | None = None
     data_config: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +84,12 @@ class Bundle:
     class_texts: list[str] | None = None  # the text of every class (text semantics)
     path: Path | None = None  # the folder it was loaded from
     info: dict[str, Any] = field(default_factory=dict)  # config.json as read
+
+    def __post_init__(self):
+        if self.gate is None:
+            from bsegn.generative.gates import StackingGate
+
+            self.gate = StackingGate()
 
     @property
     def num_classes(self) -> int:
@@ -110,14 +121,15 @@ def config_digest(config: dict[str, Any]) -> str:
 
 def save_bundle(bundle_or_folder, folder: str | os.PathLike | None = None, *, backbone=None, trained=None,
                 classifier=None, zsl_classifier=None, class_names=None, attribute_names=None, data_config=None,
-                gamma: float = 0.0, unseen_ranking: str = "gzsl", metrics=None, train_features=None,
+                gate=None, unseen_ranking: str = "gzsl", metrics=None, train_features=None,
                 train_labels=None, benchmark: str = "", run_config=None, semantic_kind: str = "attributes",
                 semantic: dict[str, Any] | None = None) -> Path:
     """Write model.safetensors, config.json (with both hashes) and README.md as one folder.
 
     Two call forms: save_bundle(bundle, folder), or save_bundle(folder, backbone=..., trained=...,
-    classifier=GZSL FinalClassifier, class_names=..., data_config=..., gamma=..., unseen_ranking=...,
-    metrics=..., train_features=(M, d) real seen trainval features, train_labels=(M,), ...);
+    classifier=GZSL FinalClassifier, class_names=..., data_config=..., gate=DomainGate (its threshold set;
+    None: stacking at threshold 0), unseen_ranking=..., metrics=... (the card shows "domain_auroc" and
+    "oracle_H" when present), train_features=(M, d) real seen trainval features, train_labels=(M,), ...);
     `semantic`: app.bundle_semantics.semantic_fields(split) (kind, encoder, dims, class texts).
     """
     if isinstance(bundle_or_folder, Bundle):
@@ -125,7 +137,7 @@ def save_bundle(bundle_or_folder, folder: str | os.PathLike | None = None, *, ba
     else:
         folder = bundle_or_folder
         bundle = Bundle(backbone=backbone, trained=trained, gzsl=classifier, zsl=zsl_classifier,
-                        class_names=list(class_names), gamma=float(gamma or 0.0), unseen_ranking=unseen_ranking,
+                        class_names=list(class_names), gate=gate, unseen_ranking=unseen_ranking,
                         attribute_names=attribute_names, data_config=dict(data_config or {}),
                         metrics=dict(metrics or {}), run_config=dict(run_config or {}), benchmark=benchmark or "",
                         **(semantic or {"semantic_kind": semantic_kind}),
@@ -148,6 +160,7 @@ def _bundle_tensors(bundle: Bundle) -> dict[str, torch.Tensor]:
     if bundle.train_features is not None:
         tensors["replay.features"] = bundle.train_features.to(torch.float16)
         tensors["replay.labels"] = bundle.train_labels.to(torch.long)
+    tensors.update({f"gate.{k}": v for k, v in bundle.gate.state_dict().items()})
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
@@ -173,7 +186,7 @@ def _write_bundle(bundle: Bundle, folder: Path) -> None:
         "bsegn": bundle.trained.metadata(),  # its config, dims, semantic matrix, seen/unseen ids
         "gzsl_classes": bundle.gzsl.class_ids.tolist(),
         "zsl_classes": None if bundle.zsl is None else bundle.zsl.class_ids.tolist(),
-        "gamma": float(bundle.gamma),
+        "gate": bundle.gate.metadata(),
         "unseen_ranking": bundle.unseen_ranking,
         "metrics": bundle.metrics,
         "run_config": bundle.run_config,
@@ -211,9 +224,9 @@ def read_bundle_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not a bsegn bundle config (format {config.get('format') if isinstance(config, dict) else None!r})")
     version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{folder}: bundle format version {version!r}, but this bsegn reads version "
-                          f"{FORMAT_VERSION}; use the bsegn version that wrote it ({config.get('versions', {}).get('bsegn')}) "
+    if version not in READABLE_VERSIONS:
+        raise BundleError(f"{folder}: bundle format version {version!r}, but this bsegn reads versions "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}; use the bsegn version that wrote it ({config.get('versions', {}).get('bsegn')}) "
                           "or re-run train.py")
     if config_digest(config) != config.get("config_sha256"):
         raise BundleError(f"{path}: content does not match its integrity hash: the file was edited or "
@@ -268,6 +281,7 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu", 
             zsl.load_state_dict(part("zsl"))
     except (KeyError, RuntimeError, ValueError, TypeError) as error:
         raise BundleError(f"{folder}: the model does not fit its config ({str(error)[:300]})") from None
+    gate = gate_from_bundle(config, part("gate"), trained.mfim.output_dim, folder)
 
     backbone = None
     data_config = config.get("data_config") or {}
@@ -277,7 +291,7 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu", 
     bundle = Bundle(
         backbone=backbone, trained=trained.to(device).eval(), gzsl=gzsl.to(device).eval(),
         zsl=None if zsl is None else zsl.to(device).eval(),
-        class_names=[c["name"] for c in config["classes"]], gamma=float(config.get("gamma") or 0.0),
+        class_names=[c["name"] for c in config["classes"]], gate=gate,
         unseen_ranking=config.get("unseen_ranking", "gzsl"),
         attribute_names=config.get("attribute_names"), data_config=data_config,
         train_features=None if replay is None else replay.float(), train_labels=tensors.get("replay.labels"),
@@ -330,8 +344,8 @@ def model_card(config: dict[str, Any]) -> str:
         f"semantics: {config.get('semantic_kind')} of dimension {len(config['bsegn']['semantics'][0])}"
         + (f" (text encoder {config.get('text_encoder_id')})" if uses_text(config.get('semantic_kind')) else ""),
         f"- unseen classes: {', '.join(unseen[:30])}{' ...' if len(unseen) > 30 else ''}",
-        f"- calibration gamma: {float(config.get('gamma') or 0.0):.1f}; unseen classes ranked by the "
-        f"{config.get('unseen_ranking', 'gzsl').upper()} classifier",
+        *gate_card_lines(config),
+        f"- unseen classes ranked by the {config.get('unseen_ranking', 'gzsl').upper()} classifier",
         "",
         "## Results (percent; T1: ZSL mean per-class top-1 on unseen; U/S/H: GZSL)",
     ]

@@ -2,7 +2,7 @@
 
 A bundle whose config.json was edited and its hash recomputed passes the integrity checks; these
 checks make sure it is still a model: class lists that agree, ids in range, sizes that are small
-positive integers, finite numbers, and weights without NaN or infinity. Each failure is a BundleError
+positive integers, finite numbers, a known gate (app.bundle_gate), and weights without NaN or infinity. Each failure is a BundleError
 naming the field, never an IndexError or a 30 GB allocation.
 
     check_bundle_config(config, folder)     after config.json's hash check (bsegn.app.bundle)
@@ -58,7 +58,9 @@ def check_bundle_config(config: dict[str, Any], folder: Path) -> None:
     """Schema and ranges of a (hash-verified) config.json; BundleError naming the first bad field."""
     from bsegn.generative.config import BSeGNConfig
 
-    for key in ("classes", "bsegn", "gzsl_classes", "gamma"):
+    from bsegn.app.bundle_gate import check_gate_config
+
+    for key in ("classes", "bsegn", "gzsl_classes"):
         if key not in config:
             raise _fail(folder, key, "is missing")
     classes = _list(folder, "classes", config["classes"])
@@ -97,7 +99,7 @@ def check_bundle_config(config: dict[str, Any], folder: Path) -> None:
     _ids(folder, "gzsl_classes", config["gzsl_classes"], count, allow_empty=False)
     if config.get("zsl_classes") is not None:
         _ids(folder, "zsl_classes", config["zsl_classes"], count, allow_empty=False)
-    _number(folder, "gamma", config["gamma"])
+    check_gate_config(config, folder)
     if config.get("unseen_ranking", "gzsl") not in ("gzsl", "zsl"):
         raise _fail(folder, "unseen_ranking", f"must be 'gzsl' or 'zsl', got {config.get('unseen_ranking')!r}")
     attributes = config.get("attribute_names")

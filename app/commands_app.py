@@ -40,7 +40,7 @@ def _run_add(args) -> int:
     started = time.perf_counter()
     out = add_classes(args.model, classes, args.out, in_place=args.in_place, text_encoder=args.text_encoder)
     print(f"added {', '.join(c.name for c in classes)} as unseen class(es) in {time.perf_counter() - started:.1f} s "
-          f"(semantic vectors made, classifier refitted); new bundle: {out}")
+          f"(semantic vectors made, classifiers and a learned gate refitted); new bundle: {out}")
     return 0
 
 

@@ -9,7 +9,7 @@ Sections (the YAML section names):
     backbone    BackboneSection: timm model name, weights source, extraction batch
     finetune    bsegn.backbone.finetune.FinetuneConfig (epochs 0 skips fine-tuning)
     generative  bsegn.generative.config.BSeGNConfig
-    run         RunSection: protocol, output folder, seed, precision, calibration
+    run         RunSection: protocol, output folder, seed, precision, seen-or-unseen gate
 
 An unknown key or a value of the wrong type is refused (ConfigError naming the key and listing the
 valid ones): a typo never silently falls back to a default. `train.py --help-config` prints every key.
@@ -17,6 +17,7 @@ valid ones): a typo never silently falls back to a default. `train.py --help-con
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,8 @@ class RunSection:
     output: str | None = option(None, "run folder (null: runs/<benchmark>-<protocol>)")
     seed: int = option(0, "seed of every stage (fine-tuning, validation split, BSeGN)")
     mixed_precision: str = option("no", "no (leave it to `accelerate launch`), fp16 or bf16")
-    calibration: bool = option(False, "calibrated stacking; gamma chosen on the validation protocol")
-    gamma: float | None = option(None, "calibration gamma (null: chosen on validation when calibration is on)")
+    gate: str = option("stacking", "the seen-or-unseen decision: stacking, max_softmax, energy, gaussian, learned or cosmo")
+    threshold: float | None = option(0.0, "the gate's threshold (stacking: -gamma); null: chosen on the validation protocol")
     unseen_ranking: str = option("gzsl", "which classifier names an unseen class in GZSL: gzsl or zsl")
 
     def check(self) -> None:
@@ -87,7 +88,16 @@ class RunSection:
                 f"run.mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
         require(self.unseen_ranking in ("gzsl", "zsl"),
                 f"run.unseen_ranking must be 'gzsl' or 'zsl', got {self.unseen_ranking!r}")
-        require(self.gamma is None or self.gamma >= 0, f"run.gamma must be >= 0 or null, got {self.gamma}")
+        from bsegn.generative.gates import GATES
+
+        require(self.gate in GATES, f"run.gate {self.gate!r} is not a gate; valid gates: {', '.join(GATES)}")
+        require(self.threshold is None or math.isfinite(self.threshold),
+                f"run.threshold must be a finite number or null, got {self.threshold}")
+
+    @property
+    def chooses_threshold(self) -> bool:
+        """Whether the threshold is chosen on a validation-protocol run first."""
+        return self.threshold is None
 
 
 def section_classes() -> dict[str, type]:
@@ -130,6 +140,7 @@ def run_config_from_dict(values: dict[str, Any] | None) -> RunConfig:
     unknown = sorted(set(values) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown config section(s) {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
+    refuse_renamed_keys(values)
     sections = {}
     for name, cls in section_classes().items():
         given = values.get(name)
@@ -139,9 +150,23 @@ def run_config_from_dict(values: dict[str, Any] | None) -> RunConfig:
     return RunConfig(**sections)
 
 
+# Keys of earlier versions whose meaning lives on under another name: refused with the translation.
+RENAMED_RUN_KEYS = {
+    "calibration": "run.calibration is now run.gate (the seen-or-unseen decision): calibration true -> "
+                   "`gate: stacking` with `threshold: null` (chosen on validation); false -> `threshold: 0`",
+    "gamma": "run.gamma is now run.threshold with gate stacking, and its sign flipped: gamma G -> threshold -G",
+}
+
+
+def refuse_renamed_keys(values: dict[str, Any]) -> None:
+    run = values.get("run")
+    for key in sorted(set(run or {}) & set(RENAMED_RUN_KEYS)) if isinstance(run, dict) else ():
+        raise ConfigError(RENAMED_RUN_KEYS[key])
+
+
 def parse_overrides(arguments: list[str]) -> dict[str, dict[str, Any]]:
     """`--section.key value` (or `--section.key=value`) pairs -> nested dict; values parsed as YAML
-    scalars/lists, so `--generative.epochs 5`, `--run.gamma null`, `--generative.mfim_levels [x,s]` work."""
+    scalars/lists, so `--generative.epochs 5`, `--run.threshold null`, `--generative.mfim_levels [x,s]` work."""
     import yaml
 
     out: dict[str, dict[str, Any]] = {}

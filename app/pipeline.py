@@ -7,8 +7,8 @@ resumed after an interruption:
     features/     extract features of every image with it (cached by backbone + weights + transform + data)
     generative/   train BSeGN on real seen features (checkpoints every epoch: a rerun resumes)
     bundle/       final classifier fitted, evaluated on test ONCE, written with the model
-    validation/   (final protocol with calibration and no gamma given) the same pipeline on the
-                  validation protocol, whose best-H gamma the final run then uses
+    validation/   (final protocol, run.threshold null) the same pipeline on the validation protocol, where
+                  every seen-or-unseen gate's threshold is chosen (best H); the final run uses them
 
 Only the main process writes files; every process takes part in fine-tuning, extraction and BSeGN.
 """
@@ -119,7 +119,7 @@ def backbone_stage(config: RunConfig, benchmark, split, protocol: str, run_dir: 
     indices = None
     if protocol == "validation":
         # the validation-seen images (held out of the train images) must not train the backbone either,
-        # or the validation S that picks gamma would be measured on images the features were fitted to
+        # or the validation S that picks the thresholds would be measured on images the features were fitted to
         from bsegn.datasets.protocol import validation_protocol
 
         indices = validation_protocol(split, seed=config.run.seed).loc("trainval")
@@ -174,9 +174,24 @@ def pre_extracted_features(config: RunConfig, benchmark):
     return features, attach_labels(copy.copy(split), features.labels, source=str(path))
 
 
-def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *, gamma: float | None = None,
-                 data: PreparedData | None = None) -> ProtocolOutcome:
-    """Every stage for one protocol in run_dir (`data`: from `preflight`, made here when not given)."""
+def gate_thresholds(config: RunConfig, validation: "ProtocolOutcome | None" = None) -> dict[str, float | None]:
+    """{gate kind: threshold} a protocol's run measures, run.gate first (its numbers are the headline).
+    A given run.threshold: that gate alone. Otherwise every gate: None (chosen here: the validation
+    protocol) or, after a validation run, the threshold each gate got there."""
+    from bsegn.generative.gates import GATES
+
+    if config.run.threshold is not None:
+        return {config.run.gate: float(config.run.threshold)}
+    kinds = [config.run.gate] + [kind for kind in GATES if kind != config.run.gate]
+    if validation is None:
+        return {kind: None for kind in kinds}
+    return {kind: float(validation.run.gates[kind].threshold) for kind in kinds}
+
+
+def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *,
+                 thresholds: dict[str, float | None] | None = None, data: PreparedData | None = None) -> ProtocolOutcome:
+    """Every stage for one protocol in run_dir (`data`: from `preflight`, made here when not given;
+    thresholds: gate_thresholds' dict, default that of `config` alone)."""
     from bsegn.datasets.protocol import validation_protocol
     from bsegn.generative.experiment import run_bsegn
 
@@ -202,8 +217,9 @@ def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *
     log.info(f"generative: training BSeGN on {len(eval_split.loc('trainval'))} real seen features "
              f"({generative.epochs} epochs; checkpoints in {run_dir / 'generative'})")
     started = time.perf_counter()
-    outcome = run_bsegn(features, eval_split, generative, seed=config.run.seed, calibration=config.run.calibration,
-                        gamma=gamma, unseen_ranking=config.run.unseen_ranking, accelerator=accelerator,
+    outcome = run_bsegn(features, eval_split, generative, seed=config.run.seed,
+                        gates=thresholds or gate_thresholds(config), unseen_ranking=config.run.unseen_ranking,
+                        accelerator=accelerator,
                         run_dir=run_dir / "generative", show_progress=accelerator.is_main_process)
     return ProtocolOutcome(outcome, backbone, features, eval_split, benchmark, time.perf_counter() - started)
 
@@ -218,10 +234,10 @@ class PreparedData:
 
 
 def protocols_of(config: RunConfig) -> list[str]:
-    """The protocols a run trains, in order: the validation one first when it chooses gamma."""
+    """The protocols a run trains, in order: the validation one first when it chooses the gates' thresholds."""
     protocol = config.run.protocol
-    chooses_gamma = protocol == "final" and config.run.calibration and config.run.gamma is None
-    return ["validation", "final"] if chooses_gamma else [protocol]
+    chooses = protocol == "final" and config.run.chooses_threshold
+    return ["validation", "final"] if chooses else [protocol]
 
 
 def check_classes(split, protocol: str) -> None:
@@ -239,7 +255,7 @@ def check_classes(split, protocol: str) -> None:
 def preflight(config: RunConfig) -> PreparedData:
     """Everything a run needs, checked before any compute (every rank runs it; nothing is written):
     the data loads, has per-image labels and seen/unseen classes, and the protocols the run trains
-    (the validation one too, when it chooses gamma) can work on it (bsegn.datasets.protocol's check,
+    (the validation one too, when it chooses the thresholds) can work on it (bsegn.datasets.protocol's check,
     then each protocol's split built and checked). The config itself was checked when it was built
     (types and ranges), the run folder by check_run_folder."""
     from bsegn.datasets.protocol import check_protocol_feasible, validation_protocol
@@ -313,22 +329,25 @@ def _run_locked(config: RunConfig, run_dir: Path, data: PreparedData, accelerato
     accelerator.wait_for_everyone()
     started = time.perf_counter()
 
-    gamma = config.run.gamma
     validation = None
     if protocols_of(config)[0] != protocol:
-        # gamma is chosen where the test set cannot inform it: a full run of the validation protocol
-        # (its own backbone fine-tuned on the train classes only, val classes playing unseen).
-        log.info("calibration: choosing gamma on the validation protocol first (run/validation/)")
+        # thresholds are chosen where the test set cannot inform them: a full run of the validation
+        # protocol (its own backbone fine-tuned on the train classes only, val classes playing unseen).
+        log.info("gate: choosing every gate's threshold on the validation protocol first (run/validation/)")
         validation = run_protocol(config, "validation", run_dir / "validation", accelerator, data=data)
-        gamma = float(validation.result["gamma"])
-        log.info(f"calibration: gamma = {gamma:.1f} (validation H {validation.result['H']:.1f})")
-    outcome = run_protocol(config, protocol, run_dir, accelerator, gamma=gamma, data=data)
+        for kind, row in validation.result["gates"].items():
+            log.info(f"gate {kind}: threshold {row['threshold']:.3g}, validation H {row['H']:.1f} "
+                     f"(AUROC {row['domain_auroc']:.3f}, oracle-domain H {row['oracle_H']:.1f})")
+    outcome = run_protocol(config, protocol, run_dir, accelerator, thresholds=gate_thresholds(config, validation),
+                           data=data)
     metrics = collect_metrics(config, outcome, validation, accelerator, time.perf_counter() - started)
     if accelerator.is_main_process:
         write_outputs(config, outcome, metrics, run_dir)
     accelerator.wait_for_everyone()
     log.info(f"{protocol} protocol on {config.data.benchmark}: T1 {metrics['T1']:.1f}  U {metrics['U']:.1f}"
-             f"  S {metrics['S']:.1f}  H {metrics['H']:.1f}  (percent; gamma {metrics['gamma']:.1f}; "
+             f"  S {metrics['S']:.1f}  H {metrics['H']:.1f}  (percent; gate {metrics['gate']}, threshold "
+             f"{metrics['threshold']:.3g}, domain AUROC {metrics['domain_auroc']:.3f}, oracle-domain H "
+             f"{metrics['oracle_H']:.1f}; "
              f"{metrics['seconds']['total']:.0f} s)")
     log.info(f"run folder: {run_dir} (config.yaml, metrics.json, log.txt, plots, bundle/)")
     image_root = outcome.benchmark.image_root
@@ -350,8 +369,13 @@ def collect_metrics(config: RunConfig, outcome: ProtocolOutcome, validation: Pro
             "protocol": protocol, "benchmark": config.data.benchmark,
             "semantics": outcome.split.semantic_kind, "text_encoder_id": outcome.split.text_encoder_id,
             "split_evaluated": "val classes (validation protocol)" if protocol == "validation" else "test (once)",
-            "gamma": result.get("gamma", 0.0), "gamma_chosen_on": "validation" if validation else
-            ("given" if config.run.gamma is not None else "none"),
+            "gate": result["gate"], "threshold": result["threshold"],
+            "threshold_chosen_on": "given" if config.run.threshold is not None else "validation",
+            "gamma": result.get("gamma", 0.0),
+            **{key: result[key] for key in ("domain_auroc", "domain_accuracy", "seen_called_seen",
+                                            "unseen_called_unseen", "oracle_U", "oracle_S", "oracle_H")},
+            "gates": result["gates"],
+            "validation_gates": (validation.result["gates"] if validation else None),
             "unseen_ranking": config.run.unseen_ranking,
             "seeds": [config.run.seed],
             "device": str(accelerator.device), "processes": accelerator.num_processes,
@@ -380,9 +404,10 @@ def write_outputs(config: RunConfig, outcome: ProtocolOutcome, metrics: dict, ru
     save_bundle(run_dir / "bundle", backbone=outcome.backbone, trained=outcome.run.trained,
                 classifier=outcome.run.gzsl_classifier, zsl_classifier=outcome.run.zsl_classifier,
                 class_names=split.class_names, attribute_names=split.attribute_names,
-                data_config=data_config_of(config, outcome.backbone), gamma=metrics["gamma"],
+                data_config=data_config_of(config, outcome.backbone), gate=outcome.run.gates[config.run.gate],
                 unseen_ranking=config.run.unseen_ranking,
-                metrics={k: metrics[k] for k in ("T1", "U", "S", "H", "protocol", "split_evaluated")},
+                metrics={k: metrics[k] for k in ("T1", "U", "S", "H", "protocol", "split_evaluated", "gate",
+                                                 "domain_auroc", "oracle_H")},
                 train_features=features.features[trainval], train_labels=features.labels[trainval],
                 benchmark=config.data.benchmark, run_config=config.to_dict(), semantic=semantic_fields(split))
     try:

@@ -1,4 +1,5 @@
-"""PNG plots of a run: per-class accuracy, the seen/unseen trade-off over gamma, real vs synthetic features."""
+"""PNG plots of a run: per-class accuracy, the seen/unseen trade-off over gamma and of every gate,
+real vs synthetic features."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,8 +48,32 @@ def write_plots(run_dir: Path, metrics: dict, outcome) -> list[Path]:
         figure.savefig(written[-1], dpi=110)
         plt.close(figure)
 
+    gates = metrics.get("validation_gates") or (metrics.get("gates") if metrics.get("protocol") == "validation" else None)
+    if gates and any(row.get("curve") for row in gates.values()):
+        written.append(_gate_curves(plt, plots, gates))
     written.append(_real_vs_synthetic(plt, plots, outcome))
     return written
+
+
+def _gate_curves(plt, plots: Path, gates: dict) -> Path:
+    """U against S over each gate's thresholds (validation), the chosen point of each marked."""
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    for kind, row in gates.items():
+        curve = row.get("curve") or []
+        if not curve:
+            continue
+        line, = axis.plot([r["S"] for r in curve], [r["U"] for r in curve], marker=".", markersize=2, linewidth=1,
+                          label=f"{kind}: H {row['H']:.1f}, AUROC {row['domain_auroc']:.2f}")
+        axis.scatter([row["S"]], [row["U"]], color=line.get_color(), zorder=3, edgecolor="black")
+    axis.set_xlabel("seen accuracy S (%)")
+    axis.set_ylabel("unseen accuracy U (%)")
+    axis.set_title("Seen-or-unseen gates over their thresholds (validation)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = plots / "gate_curves.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def _real_vs_synthetic(plt, plots: Path, outcome, num_classes: int = 5, per_class: int = 60) -> Path:

@@ -1,7 +1,13 @@
 """`predict IMAGE [IMAGE|DIR ...] [--model RUN_OR_BUNDLE]`: name the class of images with a bundle.
 
     predictor = Predictor(load_bundle(path), mode="gzsl")
-    results = predictor.predict_paths(paths, top_k=5)   # [{"image", "top": [{"class", "probability", "seen"}], ...}]
+    results = predictor.predict_paths(paths, top_k=5)
+    # [{"image", "mode", "top": [{"class", "class_id", "probability", "seen"}], "unseen", "p_unseen"}, ...]
+
+The seen-or-unseen decision is the bundle's gate (bsegn.generative.gates): in gzsl mode `unseen` is the
+gate's decision and the first class of `top` is the class gate.predict names (an unseen class exactly
+when `unseen`); `p_unseen` is the gate's sigmoid(score - threshold), above 0.5 exactly when it calls the
+image unseen, reported in every mode. `--threshold T` overrides the gate's threshold.
 
 Without --model: $BSEGN_MODEL, else the most recently written bundle under ./runs.
 
@@ -16,7 +22,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 MODES = ("gzsl", "zsl", "seen")
@@ -61,15 +67,30 @@ def resolve_device(name: str):
     return device
 
 
-class Predictor:
-    """Bundle + mode -> class scores for images.
+class Decision(NamedTuple):
+    """A batch's answer before it is put in words: features (B, d), scores (B, K) over class_ids (K,)
+    (gzsl mode: seen columns shifted per image so that their argmax lies in the gate's domain),
+    columns (B,) the column each image is given, unseen (B,) bool, p_unseen (B,)."""
 
-    mode: "gzsl" (all classes, seen log-probabilities lowered by gamma: calibrated stacking),
-    "zsl" (unseen classes only) or "seen" (seen classes only).
+    features: Any
+    scores: Any
+    class_ids: Any
+    columns: Any
+    unseen: Any
+    p_unseen: Any
+
+
+class Predictor:
+    """Bundle + mode -> the gate's decision and class scores for images.
+
+    mode: "gzsl" (all classes: the gate decides seen or unseen, that domain's expert names the class),
+    "zsl" (unseen classes only) or "seen" (seen classes only). threshold: the gate's threshold (default
+    the bundle's, chosen on validation); gamma: the older calibrated-stacking offset, threshold -gamma,
+    for a stacking gate only.
     """
 
-    def __init__(self, bundle, *, mode: str = "gzsl", gamma: float | None = None, device: str = "cpu",
-                 batch_size: int = 32, max_pixels: int | None = None):
+    def __init__(self, bundle, *, mode: str = "gzsl", threshold: float | None = None, gamma: float | None = None,
+                 device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None):
         from bsegn.datasets.images import DEFAULT_MAX_PIXELS
         from bsegn.datasets.transforms import build_eval_transform
 
@@ -77,14 +98,15 @@ class Predictor:
 
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
-        if gamma is not None and not math.isfinite(gamma):
-            raise ConfigError(f"calibration gamma (--calibration) must be a finite number, got {gamma}")
+        threshold = gate_threshold(bundle.gate, threshold, gamma)
         if max_pixels is not None and max_pixels < 1:
             raise ConfigError(f"max_pixels (--max-pixels) must be >= 1, got {max_pixels}")
         if bundle.backbone is None:
             raise BundleError("this bundle has no backbone (trained on pre-extracted features): it cannot read images")
         self.bundle, self.mode, self.device, self.batch_size = bundle, mode, resolve_device(device), batch_size
-        self.gamma = bundle.gamma if gamma is None else float(gamma)
+        self.gate = bundle.gate
+        self.threshold = float(bundle.gate.threshold if threshold is None else threshold)
+        self._last: Decision | None = None
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)  # None: the reader's limit
         self.transform = build_eval_transform(bundle.data_config)
         bundle.backbone.to(self.device).eval()
@@ -93,65 +115,85 @@ class Predictor:
         if bundle.zsl is not None:
             bundle.zsl.to(self.device)
 
-    def scores(self, images):
-        """images (B, 3, H, W) normalised -> (features (B, d), scores (B, K), class_ids (K,))."""
+    def decide(self, images) -> Decision:
+        """images (B, 3, H, W) normalised -> the Decision (the gate reads the GZSL scores in every mode)."""
         import torch
 
         from bsegn.generative.classifier import class_log_probs, gzsl_scores
+        from bsegn.generative.gates import gate_inputs
 
+        bundle, gate = self.bundle, self.gate
         with torch.no_grad():
             images = images.to(self.device)
-            features = self.bundle.backbone(images).float()
-            if self.mode == "zsl" and self.bundle.zsl is not None:
-                return features, class_log_probs(self.bundle.trained, self.bundle.zsl, features).cpu(), \
-                    self.bundle.zsl.class_ids.cpu()
-            if self.mode == "gzsl":  # the scores calibration was chosen on (the run's unseen_ranking applied)
-                scores = gzsl_scores(self.bundle.trained, self.bundle.gzsl, self.bundle.zsl, features,
-                                     unseen_ranking=self.bundle.unseen_ranking).cpu()
-            else:
-                scores = class_log_probs(self.bundle.trained, self.bundle.gzsl, features).cpu()
-            class_ids = self.bundle.gzsl.class_ids.cpu()
-            seen = self.bundle.seen_mask[class_ids]
-            if self.mode == "seen":
-                return features, scores[:, seen], class_ids[seen]
-            if self.mode == "zsl":  # no separate ZSL classifier: the GZSL one restricted to unseen columns
-                return features, scores[:, ~seen], class_ids[~seen]
-            return features, scores - self.gamma * seen.float(), class_ids
+            features = bundle.backbone(images).float()
+            zsl_scores = None
+            if bundle.zsl is not None and (self.mode == "zsl" or bundle.unseen_ranking == "zsl"):
+                zsl_scores = class_log_probs(bundle.trained, bundle.zsl, features)
+            scores = gzsl_scores(bundle.trained, bundle.gzsl, bundle.zsl, features, unseen_ranking=bundle.unseen_ranking,
+                                 zsl_scores=zsl_scores).cpu()  # the scores the gate was fitted and tuned on
+            # the mFIM features are integrated again only for a gate that reads them (gaussian, learned, cosmo)
+            inputs = gate_inputs(bundle.trained, bundle.gzsl, bundle.zsl, features, kinds=[gate.kind], scores=scores)
+            margin = gate.domain_score(inputs) - self.threshold
+            unseen, p_unseen = margin > 0, torch.sigmoid(margin)
+            class_ids = bundle.gzsl.class_ids.cpu()
+            seen = inputs.seen_columns
+            if self.mode == "gzsl":
+                columns = gate.predict(inputs, self.threshold)
+                best_seen, best_unseen = scores[:, seen].max(1).values, scores[:, ~seen].max(1).values
+                # Seen columns lowered per image by the offset that makes "best unseen - best seen" the gate's
+                # margin: their softmax ranks the gate's domain first. For stacking the offset is gamma itself.
+                offset = torch.full_like(margin, -self.threshold) if gate.kind == "stacking" else \
+                    margin - (best_unseen - best_seen)
+                return Decision(features, scores - offset[:, None] * seen.float(), class_ids, columns, unseen, p_unseen)
+            if self.mode == "seen":  # (unseen_ranking moves unseen columns only)
+                scores, class_ids = scores[:, seen], class_ids[seen]
+            elif zsl_scores is not None:
+                scores, class_ids = zsl_scores.cpu(), bundle.zsl.class_ids.cpu()
+            else:  # no separate ZSL classifier (so no re-ranking): the GZSL one restricted to unseen columns
+                scores, class_ids = scores[:, ~seen], class_ids[~seen]
+            return Decision(features, scores, class_ids, scores.argmax(1), torch.full_like(unseen, self.mode == "zsl"),
+                            p_unseen)
+
+    def scores(self, images):
+        """images (B, 3, H, W) normalised -> (features (B, d), scores (B, K), class_ids (K,))."""
+        decision = self.decide(images)
+        return decision.features, decision.scores, decision.class_ids
+
+    def last_p_unseen(self) -> list[float]:
+        """The gate's p(unseen) of each image of the last batch predict_tensors answered."""
+        return [round(float(p), 6) for p in self._last.p_unseen]
 
     def explain(self, features, class_id: int, top: int = 5) -> dict[str, Any]:
-        """What the semantic decoder reads from the image (a_hat) next to the class's vector."""
-        import torch
+        """What the semantic decoder reads from the image next to the class's vector (app.explain)."""
+        from bsegn.app.explain import explain_features
 
-        trained = self.bundle.trained
-        if "decoder" not in trained.parts:
-            return {"note": "this model has no semantic decoder (cycle switch off): nothing to explain"}
-        with torch.no_grad():
-            a_hat, _ = trained.parts["decoder"](features.reshape(1, -1))
-        a_hat = a_hat[0].cpu()
-        vector = trained.semantics[class_id].cpu()
-        cosine = round(float(torch.nn.functional.cosine_similarity(a_hat, vector, dim=0)), 4)
-        bundle = self.bundle
-        if bundle.text_dim:
-            return {**explain_text(bundle, a_hat, class_id), "cosine": cosine}
-        names = bundle.attribute_names or [f"dim{j}" for j in range(len(vector))]
-        return {"attributes_read": _attributes_read(a_hat, vector, names, top), "cosine": cosine}
+        return explain_features(self.bundle, features, class_id, top)
 
     def predict_tensors(self, images, *, top_k: int = 5, explain: bool = False) -> list[dict[str, Any]]:
         """images (B, 3, H, W), the bundle's eval transform applied -> per image {"top": [{"class",
-        "class_id", "probability", "seen"}, ...]} (and "explain"), best class first."""
+        "class_id", "probability", "seen"}, ...], "unseen", "p_unseen"} (and "explain"), the class the
+        decision names first."""
         import torch
 
-        features, scores, class_ids = self.scores(images)
-        probabilities = torch.softmax(scores, dim=1)
-        values, columns = probabilities.topk(min(top_k, scores.shape[1]), dim=1)
+        decision = self.decide(images)
+        self._last = decision
+        features, class_ids = decision.features, decision.class_ids
+        probabilities = torch.softmax(decision.scores, dim=1)
+        values, columns = probabilities.topk(min(top_k, decision.scores.shape[1]), dim=1)
         answers = []
         for row in range(len(values)):
+            order = columns[row].tolist()
+            named = int(decision.columns[row])
+            if order[0] != named:  # a tie at the threshold: the decision's class goes first all the same
+                order = [named] + [c for c in order if c != named][:len(order) - 1]
             top = []
-            for value, column in zip(values[row].tolist(), columns[row].tolist()):
+            for column in order:
                 cid = int(class_ids[column])
                 top.append({"class": self.bundle.class_names[cid], "class_id": cid,
-                            "probability": round(float(value), 6), "seen": bool(self.bundle.seen_mask[cid])})
-            answer = {"top": top}
+                            "probability": round(float(probabilities[row, column]), 6),
+                            "seen": bool(self.bundle.seen_mask[cid])})
+            answer = {"top": top, "unseen": bool(decision.unseen[row]),
+                      "p_unseen": round(float(decision.p_unseen[row]), 6)}
             if explain:
                 answer["explain"] = self.explain(features[row], top[0]["class_id"])
             answers.append(answer)
@@ -209,33 +251,6 @@ class Predictor:
         return results
 
 
-def _attributes_read(a_hat, vector, names: list[str], top: int) -> list[dict[str, Any]]:
-    import torch
-
-    order = torch.argsort(a_hat, descending=True)[:top].tolist()
-    return [{"attribute": names[j], "read": round(float(a_hat[j]), 4), "class_value": round(float(vector[j]), 4)}
-            for j in order]
-
-
-def explain_text(bundle, a_hat, class_id: int, top: int = 3) -> dict[str, Any]:
-    """For a model trained with text semantics: the predicted class's text, and the classes whose text
-    embedding is nearest (cosine) to the text part of what the decoder reads from the image; with
-    attributes+text also the attributes it reads (the attribute part)."""
-    import torch
-
-    start = bundle.trained.semantic_dim - bundle.text_dim
-    semantics = bundle.trained.semantics.cpu()
-    similarity = torch.nn.functional.cosine_similarity(a_hat[start:].reshape(1, -1), semantics[:, start:], dim=1)
-    texts = bundle.class_texts or list(bundle.class_names)
-    nearest = torch.argsort(similarity, descending=True)[:top].tolist()
-    out: dict[str, Any] = {"class_text": texts[class_id], "nearest_texts": [
-        {"class": bundle.class_names[c], "text": texts[c], "cosine": round(float(similarity[c]), 4)} for c in nearest]}
-    if start:
-        names = (bundle.attribute_names or [f"dim{j}" for j in range(start)])[:start]
-        out["attributes_read"] = _attributes_read(a_hat[:start], semantics[class_id, :start], names, 5)
-    return out
-
-
 class Prediction(dict):
     """One image's result (a dict, JSON-ready) with a text form."""
 
@@ -261,9 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     parser.add_argument("--mode", choices=MODES, default="gzsl",
                         help="gzsl: all classes (default); zsl: unseen classes only; seen: seen classes only")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="the gate's threshold: an image is called unseen when the gate's domain score is above "
+                             "it (default: the bundle's, chosen on validation)")
     parser.add_argument("--calibration", type=float, default=None,
-                        help="calibrated-stacking gamma subtracted from seen-class log-probabilities "
-                             "(default: the bundle's, chosen on validation)")
+                        help="deprecated: calibrated-stacking gamma G, the same as --threshold -G (stacking gate only)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="images with more pixels are skipped before decoding (default about 89.5 million)")
@@ -276,9 +293,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def gate_threshold(gate, threshold: float | None, gamma: float | None) -> float | None:
+    """The threshold predict applies: --threshold T, or the deprecated --calibration G (-G, stacking gates
+    only), or None (the gate's own); ConfigError for a non-finite number or both given."""
+    from bsegn.core.errors import ConfigError
+
+    if threshold is not None and not math.isfinite(threshold):
+        raise ConfigError(f"the gate threshold (--threshold) must be a finite number, got {threshold}")
+    if gamma is None:
+        return threshold
+    if not math.isfinite(gamma):
+        raise ConfigError(f"calibration gamma (--calibration) must be a finite number, got {gamma}")
+    if threshold is not None:
+        raise ConfigError("give --threshold or the deprecated --calibration, not both")
+    if gate.kind != "stacking":
+        raise ConfigError(f"--calibration (calibrated stacking's gamma) does not apply: this model decides seen or unseen "
+                          f"with the {gate.kind} gate; use --threshold T (its threshold is {gate.threshold:.4g})")
+    from bsegn.core.logs import get_logger
+
+    get_logger("bsegn.predict").warning("--calibration G is deprecated: use --threshold -G (the stacking gate's "
+                                        "threshold)")
+    return -float(gamma)
+
+
 def _format_text(result: dict[str, Any]) -> str:
     top = ", ".join(f"{t['class']} {t['probability']:.3f}{'' if t['seen'] else ' (unseen)'}" for t in result["top"])
-    lines = [f"{result['image']}: {top}"]
+    lines = [f"{result['image']}: {top}" + (f"  [p(unseen) {result['p_unseen']:.3f}]" if "p_unseen" in result else "")]
     explanation = result.get("explain")
     if explanation:
         if "note" in explanation:
@@ -327,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"predict: {problem}", file=sys.stderr)
     bundle = load_bundle(args.model or default_model(), device="cpu", with_train_features=False)
-    predictor = Predictor(bundle, mode=args.mode, gamma=args.calibration, device=args.device,
+    predictor = Predictor(bundle, mode=args.mode, threshold=args.threshold, gamma=args.calibration, device=args.device,
                           batch_size=args.batch_size, max_pixels=args.max_pixels)
     failures = []
 

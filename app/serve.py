@@ -1,10 +1,10 @@
 """`bsegn serve --model BUNDLE`: a web page and a JSON API for a trained model, on 127.0.0.1 by default.
 
     GET  /         the page (static HTML/JS/CSS shipped in bsegn.app/static; nothing fetched from the internet)
-    GET  /model    the model card and classes
+    GET  /model    the model card (with its gate: kind and threshold) and classes
     POST /predict  multipart form, the image in field `image` (optional `top_k`, `explain`): the JSON of
-                   `predict --json` for that image, plus `p_unseen` (the total probability of the unseen
-                   classes: 1 in zsl mode, 0 in seen mode)
+                   `predict --json` for that image, plus `p_unseen` (the gate's p(unseen): above 0.5 exactly when the
+                   model's seen-or-unseen gate calls the image unseen, in every mode)
     POST /classes  JSON {"name": NAME, "attributes": "v1,v2,..." or [v1, ...]} or {"csv": "name,a1,...\\n..."}:
                    unseen classes added to the served model, in memory
     POST /save     JSON {"name": FOLDER}: the served model written to --save-dir/FOLDER (a new folder)

@@ -186,10 +186,11 @@ class Engine:
         bundle = self.ready_predictor().bundle
         info = bundle.info
         seen = bundle.seen_mask.tolist()
-        metrics = {k: bundle.metrics.get(k) for k in ("T1", "U", "S", "H", "protocol") if k in bundle.metrics}
+        metrics = {k: bundle.metrics.get(k) for k in ("T1", "U", "S", "H", "protocol", "domain_auroc", "oracle_H")
+                   if k in bundle.metrics}
         return {"state": self.state, "benchmark": bundle.benchmark or "custom", "path_name": self.model_path.name,
                 "backbone": info.get("backbone"), "input_size": bundle.data_config.get("input_size"),
-                "mode": self.mode, "gamma": bundle.gamma, "unseen_ranking": bundle.unseen_ranking,
+                "mode": self.mode, "gate": bundle.gate.metadata(), "unseen_ranking": bundle.unseen_ranking,
                 "metrics": metrics, "semantic_kind": bundle.semantic_kind,
                 "attribute_names": bundle.attribute_names, "semantic_dim": int(bundle.trained.semantic_dim),
                 "classes": [{"name": name, "seen": flag, "added": name in self.added}
@@ -198,8 +199,9 @@ class Engine:
                 "limits": {"max_bytes": self.limits.max_bytes, "max_pixels": self.limits.max_pixels}}
 
     def add_classes(self, new_classes: list[tuple[str, list[float]]]) -> list[str]:
-        """Append unseen classes to the served model, in memory; refits the classifiers as add-class does."""
-        from bsegn.app.add_class import changed_metrics, refit_classifiers
+        """Append unseen classes to the served model, in memory; refits the classifiers and a learned gate as
+        add-class does (and warns, as it does, of an added class the gate hardly calls unseen)."""
+        from bsegn.app.add_class import changed_metrics, reachability, refit_classifiers, refit_gate
         from bsegn.app.bundle_semantics import uses_text
         from bsegn.app.class_inputs import NewClass, class_vector_for
 
@@ -220,10 +222,13 @@ class Engine:
                 for name, values in new_classes:
                     trained.add_class(class_vector_for(old, NewClass(name, attributes=list(values))))
                 gzsl, zsl = refit_classifiers(old, trained)
+                gate = refit_gate(old, trained, (gzsl, zsl))
             except BundleError as error:
                 raise RequestError(400, f"{error}; the served model is unchanged") from None
+            reachability(trained, gzsl, zsl, gate, range(len(old.class_names), len(names)), names[len(old.class_names):],
+                         old.unseen_ranking)
             metrics = changed_metrics(old.metrics)
-            bundle = dataclasses.replace(old, trained=trained.eval(), gzsl=gzsl.eval(), zsl=zsl.eval(),
+            bundle = dataclasses.replace(old, trained=trained.eval(), gzsl=gzsl.eval(), zsl=zsl.eval(), gate=gate,
                                          class_names=names, metrics=metrics)
             self.predictor = served_predictor(bundle, self.mode, self.device)
             self.added += [name for name, _ in new_classes]
@@ -251,27 +256,10 @@ class Engine:
 
 
 def served_predictor(bundle, mode: str, device: str):
-    """predict's Predictor, keeping the last batch's class probabilities: p(unseen) sums over every class,
-    not only the top k that predict_tensors reports (asking it for all K would build K entries per image)."""
-    import torch
-
+    """predict's Predictor; its last_p_unseen() is the gate's p(unseen) of each image of the last batch."""
     from bsegn.app.predict import Predictor
 
-    class ServedPredictor(Predictor):
-        def scores(self, images):
-            features, scores, class_ids = super().scores(images)
-            self._last = (scores, class_ids)
-            return features, scores, class_ids
-
-        def last_p_unseen(self) -> list[float]:
-            """p(unseen) per image of the last batch: the total probability of the unseen classes."""
-            scores, class_ids = self._last
-            unseen = ~self.seen[class_ids]
-            return [round(float(p), 6) for p in torch.softmax(scores, dim=1)[:, unseen].sum(dim=1)]
-
-    predictor = ServedPredictor(bundle, mode=mode, device=device)
-    predictor.seen = bundle.seen_mask
-    return predictor
+    return Predictor(bundle, mode=mode, device=device)
 
 
 def parse_values(text: Any, semantic_dim: int, where: str) -> list[float]:

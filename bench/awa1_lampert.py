@@ -7,15 +7,18 @@
 
 Methods: eszsl, f-clswgan (every BSeGN part off), bsegn, bsegn-no-<part> for fem, fem_s2f, balance,
 fem_boosts_g, cycle, mfim_levels (BSeGNConfig.without(part)). The config is a train.py run config: its
-`generative` section is the BSeGN config, its `run` section's calibration and unseen_ranking apply.
+`generative` section is the BSeGN config, its `run` section's gate, threshold and unseen_ranking apply
+(f-clswgan always ranks with its one GZSL softmax). `--gates stacking,learned,...` compares seen-or-unseen
+gates on the same trained models, each with its own validation-chosen threshold (table rows
+"method [gate]", with the domain AUROC and the oracle-domain U/S/H: every image sent to its true domain).
 Every choice is made on the VALIDATION protocol (bsegn.datasets.protocol.validation_protocol: train
 classes as seen, val classes as unseen, test_seen images removed): ESZSL's (gamma, lambda) and each
-generative method's calibration gamma. Then each method is retrained on trainval and evaluated once on
+generative method's gate thresholds (stacking's is -gamma). Then each method is retrained on trainval and evaluated once on
 test, for each seed. With `--select-epochs E1,E2,...` the validation run also picks each generative
 method's number of generator epochs among those (by validation T1 + H; otherwise the config's epochs are
 used); `--semantics text` replaces the 85 attributes by MiniLM embeddings of the class names (or of
-`--descriptions bench/descriptions/awa1.csv`), `attributes+text` puts both side by side; `--validation-seeds N` trains N validation models per method and chooses on their mean (gamma on
-the mean H curve). Prints one table (mean ± std over seeds, percent) and the seconds per generator
+`--descriptions bench/descriptions/awa1.csv`), `attributes+text` puts both side by side; `--validation-seeds N` trains N validation models per method and chooses on their mean (thresholds on
+the mean H curves). Prints one table (mean ± std over seeds, percent) and the seconds per generator
 epoch; `--json OUT` writes (after every method, so a stopped run keeps what it did)
 {"methods": {name: {"T1", "U", "S", "H", "T1_std", "H_std", ...}}, "seconds_per_epoch": ...}.
 """
@@ -42,8 +45,8 @@ def log(message: str) -> None:
 
 
 def read_config(path: Path):
-    """(BSeGNConfig, {"calibration", "unseen_ranking"}) of a run config YAML (its generative and run
-    sections) or of a bare generative section."""
+    """(BSeGNConfig, {"gate", "threshold", "unseen_ranking"}) of a run config YAML (its generative and
+    run sections) or of a bare generative section (then: stacking at threshold 0, i.e. uncalibrated)."""
     import yaml
 
     from bsegn.generative.config import BSeGNConfig
@@ -53,7 +56,8 @@ def read_config(path: Path):
     if "generative" in values or "run" in values:
         run = values.get("run") or {}
         values = values.get("generative") or {}
-    options = {"calibration": bool(run.get("calibration", False)), "unseen_ranking": run.get("unseen_ranking", "gzsl")}
+    options = {"gate": run.get("gate", "stacking"), "threshold": run.get("threshold", 0.0),
+               "unseen_ranking": run.get("unseen_ranking", "gzsl")}
     return BSeGNConfig.from_dict(values), options
 
 
@@ -69,8 +73,16 @@ def summarise(results: list[dict]) -> dict:
         raw = [r[f"{key}_uncalibrated"] for r in results if f"{key}_uncalibrated" in r]
         if raw:
             out[f"{key}_uncalibrated"] = float(np.mean(raw))
+    for key in ("domain_auroc", "domain_accuracy", "oracle_U", "oracle_S", "oracle_H"):
+        if all(key in r for r in results):
+            out[key] = float(np.mean([r[key] for r in results]))
     out["seeds"] = len(results)
     return out
+
+
+# f-CLSWGAN classifies with ONE softmax over all classes (Xian et al. 2018): it never inherits BSeGN's
+# tuned choice of letting the ZSL classifier rank the unseen classes.
+METHOD_UNSEEN_RANKING = {"f-clswgan": "gzsl"}
 
 
 def main(argv=None) -> int:
@@ -87,9 +99,13 @@ def main(argv=None) -> int:
     parser.add_argument("--select-epochs", default=None,
                         help="comma-separated generator epoch counts; the validation run picks one per method")
     parser.add_argument("--validation-seeds", type=int, default=1,
-                        help="with --select-epochs: validation models per method (seeds 0..N-1); epochs and gamma "
-                             "are chosen on their mean")
+                        help="with --select-epochs: validation models per method (seeds 0..N-1); epochs and "
+                             "thresholds are chosen on their mean")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--gates", default=None,
+                        help="comma-separated seen-or-unseen gates to compare on the same models (default: the "
+                             "config's run.gate); each gets its own validation-chosen threshold, the first one "
+                             "chooses the epochs")
     parser.add_argument("--oracle", action="store_true",
                         help="also report each generative method's ORACLE numbers (best epoch picked on test, as "
                              "public ZSL code does), in a separate, labelled table; never used to choose anything")
@@ -129,7 +145,15 @@ def main(argv=None) -> int:
     except BsegnError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    calibration, unseen_ranking = options["calibration"], options["unseen_ranking"]
+    from bsegn.generative.gates import GATES
+
+    gate_kinds = [g.strip() for g in (args.gates or options["gate"]).split(",") if g.strip()]
+    if any(kind not in GATES for kind in gate_kinds):
+        parser.error(f"--gates {args.gates!r}: valid gates are {', '.join(GATES)}")
+    fixed = options["threshold"]
+    if fixed is not None and len(gate_kinds) > 1:
+        parser.error("--gates compares gates at validation-chosen thresholds: the config's run.threshold must be null")
+    unseen_ranking = options["unseen_ranking"]
     validation = validation_protocol(split, holdout_fraction=0.2, seed=0)
     log(f"{features.features.shape[0]} images, {features.dim}-d {args.feature_type}, {split.semantic_dim}-d "
         f"{split.semantic_kind} semantics; validation: "
@@ -144,7 +168,7 @@ def main(argv=None) -> int:
                    "feature_type": args.feature_type, "semantics": args.semantics,
                    "semantic_dim": split.semantic_dim, "descriptions": args.descriptions,
                    "text_encoder_id": split.text_encoder_id, "seeds": args.seeds, "config": base.to_dict(),
-                   "calibration": calibration, "unseen_ranking": unseen_ranking,
+                   "gates": gate_kinds, "threshold": fixed, "unseen_ranking": unseen_ranking,
                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                    "select_epochs": candidate_epochs, "validation_seeds": args.validation_seeds,
                    "chosen_on_validation": chosen,
@@ -167,45 +191,45 @@ def main(argv=None) -> int:
             write_json(table, oracle_table, chosen, epoch_seconds)
             continue
         config = method_config(method, base)
-        gamma = None
-        if candidate_epochs:
+        ranking = METHOD_UNSEEN_RANKING.get(method, unseen_ranking)
+        thresholds = {kind: fixed for kind in gate_kinds}
+        if fixed is None or candidate_epochs:
             with tempfile.TemporaryDirectory() as folder:
-                picked = select_on_validation(features, validation, config, folder, candidate_epochs,
-                                              seeds=range(args.validation_seeds), calibration=calibration,
-                                              unseen_ranking=unseen_ranking)
+                picked = select_on_validation(features, validation, config, folder,
+                                              candidate_epochs or [config.epochs],
+                                              seeds=range(args.validation_seeds), thresholds=thresholds,
+                                              unseen_ranking=ranking)
             config = config.replace(epochs=picked["epochs"])
-            gamma, val_result = picked["gamma"], picked["validation"]
-            chosen[method] = {"epochs": picked["epochs"], "calibration_gamma": gamma,
+            thresholds, val_result = picked["thresholds"], picked["validation"]
+            chosen[method] = {"epochs": picked["epochs"], "thresholds": thresholds, "unseen_ranking": ranking,
                               "validation": {k: val_result[k] for k in "T1 U S H".split()},
-                              "validation_by_epoch": {r["epoch"]: {k: r[k] for k in "T1 U S H gamma".split()}
+                              "validation_gates": {kind: {k: g[k] for k in "U S H threshold domain_auroc oracle_H".split()}
+                                                   for kind, g in val_result["gates"].items()},
+                              "validation_by_epoch": {r["epoch"]: {k: r[k] for k in "T1 U S H threshold".split()}
                                                       for r in picked["rows"]}}
-            log(f"{method}: validation picks {picked['epochs']} epochs (T1 {val_result['T1']:.1f} "
-                f"H {val_result['H']:.1f}), gamma {gamma}")
-        elif calibration:
-            val_result = run_bsegn(features, validation, config, calibration=True, unseen_ranking=unseen_ranking,
-                                   show_progress=False).result
-            gamma = val_result["gamma"]
-            chosen[method] = {"calibration_gamma": gamma,
-                              "validation": {k: val_result[k] for k in "T1 U S H".split()}}
-            log(f"{method}: validation T1 {val_result['T1']:.1f} H {val_result['H']:.1f}, gamma {gamma}")
-        results = []
+            log(f"{method}: validation picks {picked['epochs']} epochs (T1 {val_result['T1']:.1f}); " + "; ".join(
+                f"{kind} H {g['H']:.1f} (threshold {g['threshold']:.3g}, AUROC {g['domain_auroc']:.3f})"
+                for kind, g in val_result["gates"].items()))
+        results = {kind: [] for kind in gate_kinds}
         for seed in range(args.seeds):
-            result = run_bsegn(features, split, config, seed=seed, calibration=calibration, gamma=gamma,
-                               unseen_ranking=unseen_ranking, show_progress=False).result
-            results.append(result)
-            epoch_seconds.append(result["seconds_per_epoch"])
-            log(f"{method} seed {seed}: T1 {result['T1']:.1f} U {result['U']:.1f} S {result['S']:.1f} "
-                f"H {result['H']:.1f} ({result['seconds_per_epoch']:.1f} s/epoch)")
-        table[method] = summarise(results)
-        table[method]["epochs"] = config.epochs
-        if gamma is not None:
-            table[method]["gamma"] = gamma
+            run = run_bsegn(features, split, config, seed=seed, gates=thresholds, unseen_ranking=ranking,
+                            show_progress=False).result
+            epoch_seconds.append(run["seconds_per_epoch"])
+            for kind in gate_kinds:
+                results[kind].append({**run["gates"][kind], **{k: run[k] for k in run if k.endswith("_uncalibrated")}})
+            log(f"{method} seed {seed}: T1 {run['T1']:.1f}; " + "; ".join(
+                f"{kind} U {g['U']:.1f} S {g['S']:.1f} H {g['H']:.1f} AUROC {g['domain_auroc']:.3f}"
+                for kind, g in run["gates"].items()) + f" ({run['seconds_per_epoch']:.1f} s/epoch)")
+        for kind in gate_kinds:
+            name = method if len(gate_kinds) == 1 else f"{method} [{kind}]"
+            table[name] = summarise(results[kind])
+            table[name].update(epochs=config.epochs, gate=kind, threshold=thresholds[kind], unseen_ranking=ranking)
         if args.oracle:
             oracle_results = []
             for seed in range(args.seeds):
                 with tempfile.TemporaryDirectory() as folder:
                     oracle_results.append(run_bsegn_oracle(features, split, config, folder, seed=seed,
-                                                           unseen_ranking=unseen_ranking))
+                                                           unseen_ranking=ranking))
                 log(f"{method} seed {seed} ORACLE (best epoch on test): T1 {oracle_results[-1]['T1']:.1f} "
                     f"H {oracle_results[-1]['H']:.1f}")
             oracle_table[method] = summarise(oracle_results)

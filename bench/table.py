@@ -3,8 +3,10 @@
     python bench/table.py bench/results/awa1_lampert_lss_cpu_part1.json bench/results/awa1_lampert_lss_cpu_part2.json
 
 One row per method, in the order given: T1, U, S, H as mean ± std over seeds (percent), then what the
-validation protocol chose (generator epochs, calibration gamma) and what it measured there (T1 / H on
-the validation classes: the numbers those choices were made on).
+validation protocol chose (the seen-or-unseen gate's threshold, generator epochs), the decision measured
+on its own (seen-vs-unseen AUROC of the gate's score, the oracle-domain H: every image sent to its true
+domain's expert) and what validation measured (T1 / H on the validation classes: the numbers the choices
+were made on).
 """
 from __future__ import annotations
 
@@ -21,17 +23,26 @@ def bench_payloads(path: Path) -> list[dict]:
 
 
 def rows(payloads: list[dict]) -> list[str]:
-    out = ["| method | T1 | U | S | H | epochs | gamma | validation T1 / H |", "|---|---|---|---|---|---|---|---|"]
+    out = ["| method | T1 | U | S | H | gate (threshold) | domain AUROC | oracle-domain H | epochs | validation T1 / H |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for payload in payloads:
         for name, row in payload["methods"].items():
-            chosen = (payload.get("chosen_on_validation") or {}).get(name, {})
+            method = name.split(" [")[0]
+            chosen = (payload.get("chosen_on_validation") or {}).get(method, {})
             cells = [f"{row[k]:.1f} ± {row[k + '_std']:.1f}" if row["seeds"] > 1 else f"{row[k]:.1f}"
                      for k in ("T1", "U", "S", "H")]
-            epochs = chosen.get("epochs", row.get("epochs", "")) if name != "eszsl" else ""
-            gamma = chosen.get("calibration_gamma", "") if name != "eszsl" else ""
-            val = chosen.get("validation")
-            val = f"{val['T1']:.1f} / {val['H']:.1f}" if val else ""
-            out.append(f"| {name} | " + " | ".join(cells) + f" | {epochs} | {gamma} | {val} |")
+            epochs = chosen.get("epochs", row.get("epochs", "")) if method != "eszsl" else ""
+            gate = ""
+            if method != "eszsl":
+                if "gate" in row:
+                    gate = f"{row['gate']} ({row['threshold']:.3g})" if row.get("threshold") is not None else row["gate"]
+                elif "calibration_gamma" in chosen:  # files of earlier versions: calibrated stacking
+                    gate = f"stacking ({-chosen['calibration_gamma']:.3g})"
+            auroc = f"{row['domain_auroc']:.3f}" if "domain_auroc" in row else ""
+            oracle = f"{row['oracle_H']:.1f}" if "oracle_H" in row else ""
+            val = (chosen.get("validation_gates") or {}).get(row.get("gate")) or chosen.get("validation")
+            val = f"{chosen.get('validation', val)['T1']:.1f} / {val['H']:.1f}" if val else ""
+            out.append(f"| {name} | " + " | ".join(cells) + f" | {gate} | {auroc} | {oracle} | {epochs} | {val} |")
     return out
 
 

@@ -88,11 +88,12 @@ def _validation_problem(split: ZSLSplit, protocol: str, own: bool) -> str | None
         reason = (f"the {split.benchmark} train/val split leaves {classes[0]} train and {classes[1]} val classes "
                   "once test images are removed; the validation protocol needs at least one of each")
     if protocol == "validation":
-        avoid = ("or run `--run.protocol final` with `--run.calibration false` (no calibration) or with a "
-                 "calibration gamma you give (`--run.gamma 2.0`)")
+        avoid = ("or run `--run.protocol final` with a threshold you give for the seen-or-unseen gate "
+                 "(`--run.threshold 0`: no correction; with gate stacking `--run.threshold -2.0` is gamma 2.0)")
     else:
-        avoid = ("or do without it: `--run.calibration false` (no calibration), or give the calibration gamma "
-                 "yourself (`--run.gamma 2.0`) so it is not chosen on the validation protocol")
+        avoid = ("or do without it: give the seen-or-unseen gate's threshold yourself (`--run.threshold 0`: no "
+                 "correction; with gate stacking `--run.threshold -2.0` is gamma 2.0) so it is not chosen on "
+                 "the validation protocol")
     return f"{split.benchmark}: {reason}, {avoid}."
 
 
@@ -161,6 +162,7 @@ def validation_protocol(split: ZSLSplit, *, holdout_fraction: float = 0.2, seed:
         class_texts=split.class_texts,
         text_encoder=split.text_encoder,
         text_encoder_id=split.text_encoder_id,
+        protocol="validation",
         notes=list(split.notes) + [
             f"validation protocol: seen = {len(train_classes)} train classes, unseen = {len(val_classes)} val "
             f"classes; test_seen images removed from train/val; {holdout_fraction:.0%} of train-class images "

@@ -13,7 +13,7 @@ no term needs is not built at all:
     lambda_cls>0     f-CLSWGAN's classification loss with a pre-trained, frozen seen classifier
     mfim_levels      which levels the final classifier sees: a subset of ("x", "h_R", "a_hat", "s")
     fusion_weight>0  the FEM's log-probabilities, with this weight, are added to the final classifier's
-All of fem, the cycle, the cls loss and fusion off with mfim_levels ("x",) is f-CLSWGAN
+fem, the cycle and fusion off, mfim_levels ("x",) and the cls loss ON at its paper's weight is f-CLSWGAN
 (`BSeGNConfig.f_clswgan()`); `without(part)` is the ablation of one part.
 """
 from __future__ import annotations
@@ -30,7 +30,11 @@ MFIM_LEVELS = ("x", "h_R", "a_hat", "s")
 # without(part): the change that removes each ablation part
 ABLATIONS = {"fem": {"fem": False}, "fem_s2f": {"lambda_s2f": 0.0}, "balance": {"lambda_bal": 0.0},
              "fem_boosts_g": {"lambda_emb": 0.0}, "cycle": {"lambda_cyc": 0.0}, "mfim_levels": {"mfim_levels": ("x",)}}
-F_CLSWGAN = {"fem": False, "lambda_cyc": 0.0, "lambda_cls": 0.0, "fusion_weight": 0.0, "mfim_levels": ("x",)}
+# f-CLSWGAN (Xian et al., CVPR 2018): a conditional WGAN-GP + the classification loss of a pre-trained seen
+# classifier at its paper's weight beta = 0.01 (bsegn.md: with lambda_cls 0 it is a plain conditional WGAN-GP)
+F_CLSWGAN_CLS_WEIGHT = 0.01
+F_CLSWGAN = {"fem": False, "lambda_cyc": 0.0, "lambda_cls": F_CLSWGAN_CLS_WEIGHT, "fusion_weight": 0.0,
+             "mfim_levels": ("x",)}
 
 
 @dataclass(frozen=True)
@@ -115,11 +119,13 @@ class BSeGNConfig:
 
     @classmethod
     def f_clswgan(cls, **overrides) -> "BSeGNConfig":
-        """The f-CLSWGAN baseline as bsegn.md defines it: no FEM, no cycle, no cls loss, no fusion, mFIM = [x]."""
+        """The f-CLSWGAN baseline as bsegn.md defines it: no FEM, no cycle, no fusion, mFIM = [x], the cls loss
+        at f-CLSWGAN's weight 0.01."""
         return cls.from_dict({**F_CLSWGAN, **overrides})
 
     def as_f_clswgan(self) -> "BSeGNConfig":
-        """This config's sizes, rates and budget with every BSeGN part off (the baseline)."""
+        """This config's sizes, rates and budget with every BSeGN part off and f-CLSWGAN's cls loss on
+        (the baseline)."""
         return self.replace(**F_CLSWGAN)
 
 

@@ -4,8 +4,7 @@
              unseen_ranking="gzsl") -> dict
     evaluate_scores(seen_scores, seen_labels, unseen_scores, unseen_labels, class_ids, seen_classes,
                     *, zsl_unseen_scores=None, zsl_class_ids=None, gamma=0.0) -> dict
-    choose_calibration(seen_scores, seen_labels, unseen_scores, unseen_labels, class_ids, seen_classes,
-                       grid=CALIBRATION_GRID) -> (gamma, curve)   # call it on the VALIDATION protocol only
+    CALIBRATION_GRID   calibrated stacking's gamma candidates (gate_evaluation.choose_threshold uses them)
 
 Returned dict: T1 (unseen test among unseen classes only), U, S, H (per-class mean accuracies on
 test_unseen / test_seen among ALL classes; H = 2US/(U+S)), gamma, per_class_gzsl {class id: %},
@@ -31,24 +30,29 @@ def _as_long(values) -> torch.Tensor:
     return torch.as_tensor(values, dtype=torch.long).cpu()
 
 
-def _gzsl_accuracy(scores, labels, class_ids, seen_columns, gamma, classes):
-    predicted = class_ids[calibrated_predictions(scores.cpu().float(), seen_columns, gamma)]
+def _gzsl_accuracy(scores, labels, class_ids, seen_columns, gamma, classes, columns=None):
+    if columns is None:
+        columns = calibrated_predictions(scores.cpu().float(), seen_columns, gamma)
+    predicted = class_ids[_as_long(columns)]
     labels = _as_long(labels)
     return mean_per_class_accuracy(predicted, labels, classes), per_class_accuracy(predicted, labels, classes)
 
 
 def evaluate_scores(seen_scores, seen_labels, unseen_scores, unseen_labels, class_ids, seen_classes, *,
-                    zsl_unseen_scores=None, zsl_class_ids=None, gamma: float = 0.0) -> dict:
+                    zsl_unseen_scores=None, zsl_class_ids=None, gamma: float = 0.0, columns=None) -> dict:
     """Scores (N, K) over `class_ids` (K,) (log-probabilities or any monotone score; gamma is subtracted
     from seen columns). T1 uses zsl_unseen_scores over zsl_class_ids when given, else the unseen
-    columns of unseen_scores."""
+    columns of unseen_scores. columns: (seen test (N_s,), unseen test (N_u,)) predicted columns that
+    replace calibrated stacking's argmax (a gate's decisions: bsegn.generative.gate_evaluation)."""
     class_ids = _as_long(class_ids)
     seen_classes = _as_long(seen_classes)
     seen_columns = torch.isin(class_ids, seen_classes)
     seen_in_test = torch.unique(_as_long(seen_labels))
     unseen_in_test = torch.unique(_as_long(unseen_labels))
-    s, s_per = _gzsl_accuracy(seen_scores, seen_labels, class_ids, seen_columns, gamma, seen_in_test)
-    u, u_per = _gzsl_accuracy(unseen_scores, unseen_labels, class_ids, seen_columns, gamma, unseen_in_test)
+    seen_pred, unseen_pred = columns if columns is not None else (None, None)
+    s, s_per = _gzsl_accuracy(seen_scores, seen_labels, class_ids, seen_columns, gamma, seen_in_test, seen_pred)
+    u, u_per = _gzsl_accuracy(unseen_scores, unseen_labels, class_ids, seen_columns, gamma, unseen_in_test,
+                              unseen_pred)
     if zsl_unseen_scores is None:
         zsl_class_ids = class_ids[~seen_columns]
         zsl_unseen_scores = unseen_scores.cpu()[:, ~seen_columns]
@@ -61,24 +65,6 @@ def evaluate_scores(seen_scores, seen_labels, unseen_scores, unseen_labels, clas
     return {"T1": 100 * t1, "U": 100 * u, "S": 100 * s, "H": 100 * harmonic_mean(u, s), "gamma": float(gamma),
             "per_class_gzsl": per_class,
             "per_class_zsl": {int(c): 100 * float(a) for c, a in zip(unseen_in_test.tolist(), t1_per)}}
-
-
-def choose_calibration(seen_scores, seen_labels, unseen_scores, unseen_labels, class_ids, seen_classes,
-                       grid=CALIBRATION_GRID) -> tuple[float, list[dict]]:
-    """The calibrated-stacking gamma with the best H. Use VALIDATION scores only (protocol.md).
-    Returns (gamma, [{"gamma", "U", "S", "H"} for each grid value])."""
-    curve = []
-    for gamma in grid:
-        r = evaluate_scores(seen_scores, seen_labels, unseen_scores, unseen_labels, class_ids, seen_classes,
-                            gamma=float(gamma))
-        curve.append({"gamma": float(gamma), "U": r["U"], "S": r["S"], "H": r["H"]})
-    return best_calibration_point(curve)["gamma"], curve
-
-
-def best_calibration_point(curve: list[dict]) -> dict:
-    """The point of a calibration curve ([{"gamma", "U", "S", "H"}, ...]) with the best H; ties go to the
-    smallest |gamma| (the least correction)."""
-    return max(curve, key=lambda row: (row["H"], -abs(row["gamma"])))
 
 
 def evaluate(trained, gzsl_classifier, seen_test, unseen_test, *, zsl_classifier=None, gamma: float = 0.0,

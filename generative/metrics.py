@@ -50,3 +50,24 @@ def rank_unseen_with(scores: torch.Tensor, unseen_columns: torch.Tensor, unseen_
     best_unseen = scores[:, unseen_columns].max(1, keepdim=True).values
     out[:, unseen_columns] = best_unseen + unseen_scores - unseen_scores.max(1, keepdim=True).values
     return out
+
+
+def auroc(negatives: torch.Tensor, positives: torch.Tensor) -> float:
+    """Area under the ROC curve of a score that should be higher on `positives` (M,) than on `negatives`
+    (N,): the probability that a random positive outscores a random negative, ties counting one half
+    (Mann-Whitney U with average ranks). NaN when either side is empty."""
+    negatives = torch.as_tensor(negatives, dtype=torch.float64).flatten().cpu()
+    positives = torch.as_tensor(positives, dtype=torch.float64).flatten().cpu()
+    if not len(negatives) or not len(positives):
+        return float("nan")
+    values = torch.cat([negatives, positives])
+    order = values.argsort()
+    sorted_values = values[order]
+    _, inverse, counts = torch.unique_consecutive(sorted_values, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    average_rank = ends - (counts.double() - 1) / 2          # 1-based average rank of each tie group
+    ranks = torch.empty_like(values)
+    ranks[order] = average_rank[inverse]
+    m = len(positives)
+    u = ranks[len(negatives):].sum() - m * (m + 1) / 2
+    return float(u / (m * len(negatives)))

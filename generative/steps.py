@@ -9,6 +9,12 @@
                                       + lambda_emb (L_bicon + lambda_bal L_bal) through the current FEM
     iteration(rng)                    the three steps above, each with its own optimiser
 
+The generator step's samples are those the last critic step (its seen noise, for the last real batch's
+classes) and the FEM step (its unseen classes and noise) were fitted on, and its balance term takes m_S
+over G's fake seen features (the FEM step's over the real seen batch). Issue 13 measured the alternative,
+fresh draws for the generator step with m_S over the real seen batch in both steps: it lost on the
+AwA1-Lampert validation protocol (docs/results.md, "Balance loss: one reference, fresh generator samples").
+
 A term whose weight is 0 is skipped (and a part no term needs is not built: build_networks).
 Every module has exactly one forward per backward (fake features for other modules' steps are made
 under no_grad), and the gradient penalty uses autograd.grad(create_graph=True) followed by an ordinary

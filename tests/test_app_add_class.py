@@ -177,3 +177,46 @@ def test_names_are_unique_ignoring_case(saved, tmp_path):
         add_classes(saved, [("CLASS0", [0.1] * DIM)], tmp_path / "out")
     with pytest.raises(BundleError, match="class name is empty"):
         parse_attributes(_csv(tmp_path, f" ,{VALUES}\n"), DIM)
+
+
+def test_add_class_refits_a_learned_gate_with_the_new_class_keeping_its_threshold(tmp_path):
+    """The learned gate is trained on synthetic unseen features: after add-class it is the gate fitted on
+    the new class list (the new class among the unseen ones), at the bundle's threshold."""
+    from bsegn.generative.gates import fit_gate
+
+    source = _tiny_bundle(tmp_path / "learned", gate="learned", threshold=0.25)
+    old = load_bundle(source).gate.state_dict()
+    new = load_bundle(add_classes(source, [("new", [0.9, 0.1, 0.9, 0.1, 0.9])], tmp_path / "out"))
+    assert new.gate.kind == "learned" and new.gate.threshold == 0.25
+    expected = fit_gate("learned", new.trained, new.train_features, new.train_labels, range(len(CLASSES) + 1))
+    assert all(torch.equal(new.gate.state_dict()[k], expected.state_dict()[k]) for k in expected.state_dict())
+    assert not all(torch.equal(new.gate.state_dict()[k], old[k]) for k in old)
+
+
+def test_a_gate_of_seen_classes_only_is_kept_as_it_is(tmp_path):
+    source = _tiny_bundle(tmp_path / "gaussian", gate="gaussian", threshold=3.0)
+    old = load_bundle(source).gate
+    new = load_bundle(add_classes(source, [("new", [0.1] * DIM)], tmp_path / "out")).gate
+    assert new.kind == "gaussian" and new.threshold == 3.0
+    assert all(torch.equal(new.state_dict()[k], v) for k, v in old.state_dict().items())
+
+
+def test_add_class_reports_reachability_and_warns_of_an_unreachable_class(tmp_path, bsegn_log):
+    """Reachable: the gate calls the new class's synthetic features unseen (no warning). Built unreachable
+    (a threshold no score reaches): a one-line warning naming the class."""
+    import logging
+
+    from bsegn.app.add_class import reachability
+
+    bsegn_log.set_level(logging.INFO, logger="bsegn")
+    reachable = load_bundle(add_classes(_tiny_bundle(tmp_path / "a", gate="learned", threshold=0.0),
+                                        [("zebra", [0.9, 0.1, 0.9, 0.1, 0.9])], tmp_path / "a-out"))
+    shares = reachability(reachable.trained, reachable.gzsl, reachable.zsl, reachable.gate, [6], ["zebra"])
+    assert shares["zebra"] > 0.5
+    assert "reachability" in bsegn_log.text and "zebra 100%" in bsegn_log.text
+    assert not [r for r in bsegn_log.records if r.levelname == "WARNING" and r.name == "bsegn.add_class"]
+    add_classes(_tiny_bundle(tmp_path / "b", gate="learned", threshold=1e9), [("okapi", [0.9, 0.1, 0.9, 0.1, 0.9])],
+                tmp_path / "b-out")
+    warnings = [r.getMessage() for r in bsegn_log.records if r.levelname == "WARNING" and r.name == "bsegn.add_class"]
+    assert len(warnings) == 1 and "'okapi' is hard to reach" in warnings[0] and "0%" in warnings[0]
+    assert "\n" not in warnings[0]

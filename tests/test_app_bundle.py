@@ -20,13 +20,15 @@ SEEN, UNSEEN = [0, 1, 2, 3], [4, 5]
 IMAGE_SIZE = 32
 
 
-def _tiny_bundle(folder: Path, *, unseen_ranking: str = "gzsl", gamma: float = 0.5, semantics=None,
-                 class_names=None, attribute_names=None, **save_options) -> Path:
-    """A tiny bundle; `semantics` (C, k) default to random 5-d vectors of CLASSES, `save_options` go to
-    save_bundle (e.g. `semantic=` for a text bundle, `metrics=`)."""
+def _tiny_bundle(folder: Path, *, unseen_ranking: str = "gzsl", gate: str = "stacking", threshold: float = -0.5,
+                 semantics=None, class_names=None, attribute_names=None, **save_options) -> Path:
+    """A tiny bundle; `semantics` (C, k) default to random 5-d vectors of CLASSES, `gate`: the kind of its
+    seen-or-unseen gate (fitted on the tiny training features) at `threshold` (stacking at -0.5: gamma
+    0.5), `save_options` go to save_bundle (e.g. `semantic=` for a text bundle, `metrics=`)."""
     from bsegn.backbone.factory import create_backbone
     from bsegn.generative.classifier import fit_final_classifier
     from bsegn.generative.config import BSeGNConfig
+    from bsegn.generative.gates import fit_gate
     from bsegn.generative.model import TrainedBSeGN
 
     torch.manual_seed(0)
@@ -42,9 +44,11 @@ def _tiny_bundle(folder: Path, *, unseen_ranking: str = "gzsl", gamma: float = 0
     trained.fit_integration(features)
     gzsl = fit_final_classifier(trained, features, labels, list(range(len(CLASSES))))
     zsl = fit_final_classifier(trained, None, None, UNSEEN)
+    fitted = fit_gate(gate, trained, features, labels, list(range(len(semantics))), seed=0)
+    fitted.threshold = threshold
     return save_bundle(folder, backbone=backbone, trained=trained, classifier=gzsl, zsl_classifier=zsl,
                        class_names=class_names or CLASSES, attribute_names=attribute_names,
-                       data_config=backbone.data_config_at(IMAGE_SIZE), gamma=gamma, unseen_ranking=unseen_ranking,
+                       data_config=backbone.data_config_at(IMAGE_SIZE), gate=fitted, unseen_ranking=unseen_ranking,
                        train_features=features, train_labels=labels, benchmark="tiny", run_config={"run": {}},
                        **{"metrics": {"T1": 12.345, "U": 1.0, "S": 2.0, "H": 1.33333, "protocol": "final"},
                           **save_options})
@@ -68,14 +72,17 @@ def _image(colour=(200, 30, 30)):
 
 def test_bundle_round_trip_keeps_everything_predict_needs(saved):
     bundle = load_bundle(saved)
-    assert bundle.class_names == CLASSES and bundle.gamma == 0.5 and bundle.unseen_ranking == "gzsl"
+    assert bundle.class_names == CLASSES and bundle.unseen_ranking == "gzsl"
+    assert bundle.gate.kind == "stacking" and bundle.gate.threshold == -0.5
     assert bundle.seen_mask.tolist() == [True] * 4 + [False] * 2
     assert bundle.trained.config.hidden == 16 and bundle.backbone.model_name == "test_resnet"
     info = json.loads((saved / CONFIG_NAME).read_text())
     assert info["bsegn"]["config"]["hidden"] == 16 and "generator_hidden" not in info["bsegn"]["config"]
-    assert info["unseen_ranking"] == "gzsl" and info["gamma"] == 0.5
+    assert info["unseen_ranking"] == "gzsl" and info["gate"] == {"kind": "stacking", "threshold": -0.5}
+    assert info["format_version"] == 3 and "gamma" not in info
     card = (saved / "README.md").read_text()
-    assert "| final | 12.3 | 1.0 | 2.0 | 1.3 |" in card and "gamma: 0.5" in card
+    assert "| final | 12.3 | 1.0 | 2.0 | 1.3 |" in card
+    assert "gate `stacking`, threshold -0.5 (calibrated stacking, gamma 0.5)" in card
 
 
 def test_bundle_files_take_the_umask_modes(saved):
@@ -115,7 +122,7 @@ def test_a_flipped_byte_inside_the_tensor_data_is_refused_by_the_sha256(bundle_c
 def test_a_valid_json_edit_of_the_config_is_refused_by_its_integrity_hash(bundle_copy):
     path = bundle_copy / CONFIG_NAME
     values = json.loads(path.read_text())
-    values["gamma"] = 0.0
+    values["gate"]["threshold"] = 0.0
     path.write_text(json.dumps(values, indent=1))
     with pytest.raises(BundleError, match="config.json: content does not match its integrity hash"):
         load_bundle(bundle_copy)
@@ -168,9 +175,9 @@ def test_predict_gzsl_uses_the_bundles_unseen_ranking(saved):
 
     bundle = load_bundle(saved)
     images = torch.randn(6, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
-    _, plain, class_ids = Predictor(bundle, gamma=0.0).scores(images)
+    _, plain, class_ids = Predictor(bundle, threshold=0.0).scores(images)
     bundle.unseen_ranking = "zsl"
-    _, ranked, same_ids = Predictor(bundle, gamma=0.0).scores(images)
+    _, ranked, same_ids = Predictor(bundle, threshold=0.0).scores(images)
     _, zsl, zsl_ids = Predictor(bundle, mode="zsl").scores(images)
     assert torch.equal(class_ids, same_ids)
     unseen = ~bundle.seen_mask[class_ids]
@@ -211,21 +218,22 @@ def test_predict_without_model_uses_the_newest_run_then_bsegn_model(saved, tmp_p
     assert "no such model" in capsys.readouterr().err
 
 
-def test_predictor_applies_the_bundles_gamma(saved):
-    """Calibrated stacking: the bundle's gamma (chosen on validation) is subtracted from every seen
-    class's score in GZSL mode, unless --calibration gives another."""
+def test_predictor_applies_the_bundles_stacking_threshold(saved):
+    """Calibrated stacking: the bundle's gamma (threshold -gamma, chosen on validation) is subtracted from
+    every seen class's score in GZSL mode, unless --threshold (or the deprecated --calibration) gives another."""
     from bsegn.app.predict import Predictor
 
     bundle = load_bundle(saved)
-    bundle.gamma = 3.0
+    bundle.gate.threshold = -3.0
     images = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(2))
-    _, plain, class_ids = Predictor(bundle, gamma=0.0).scores(images)
+    _, plain, class_ids = Predictor(bundle, threshold=0.0).scores(images)
     _, default, _ = Predictor(bundle).scores(images)
-    _, given, _ = Predictor(bundle, gamma=1.0).scores(images)
+    _, given, _ = Predictor(bundle, threshold=-1.0).scores(images)
+    _, deprecated, _ = Predictor(bundle, gamma=1.0).scores(images)
     seen = bundle.seen_mask[class_ids].float()
     assert torch.allclose(plain - default, 3.0 * seen.expand_as(plain))
-    assert torch.allclose(plain - given, 1.0 * seen.expand_as(plain))
-    assert Predictor(load_bundle(saved)).gamma == 0.5  # as saved by _tiny_bundle
+    assert torch.allclose(plain - given, 1.0 * seen.expand_as(plain)) and torch.equal(given, deprecated)
+    assert Predictor(load_bundle(saved)).threshold == -0.5  # as saved by _tiny_bundle
 
 
 def _one_image(tmp_path, size=(40, 40)) -> Path:
@@ -244,12 +252,13 @@ def test_predict_refuses_a_missing_device_in_one_line(saved, tmp_path, capsys, m
         assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("option", ["--threshold", "--calibration"])
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_predict_refuses_a_calibration_that_is_not_finite(saved, tmp_path, capsys, value):
+def test_predict_refuses_a_threshold_that_is_not_finite(saved, tmp_path, capsys, option, value):
     from bsegn.app.cli import predict_main
 
-    assert predict_main([str(_one_image(tmp_path)), "--model", str(saved), f"--calibration={value}"]) == 2
-    assert "--calibration) must be a finite number" in capsys.readouterr().err
+    assert predict_main([str(_one_image(tmp_path)), "--model", str(saved), f"{option}={value}"]) == 2
+    assert f"{option}) must be a finite number" in capsys.readouterr().err
 
 
 def test_predict_max_pixels_is_an_option_and_the_message_names_it(saved, tmp_path, capsys):

@@ -1,5 +1,5 @@
 """Bundles edited WITH their hashes recomputed (so the integrity checks pass) are still refused, by a
-BundleError naming the field: class lists, ids, sizes, gamma, input size, weights. Uses the tiny
+BundleError naming the field: class lists, ids, sizes, the gate, input size, weights. Uses the tiny
 bundle of test_app_bundle.py; every test is fast."""
 import json
 import math
@@ -70,8 +70,11 @@ EDITS = [
     (_set("data_config/input_size", ["3", "32", "32"]), "'data_config.input_size'"),
     (_set("data_config/input_size", [3, 32]), "'data_config.input_size'"),
     (_set("data_config/std", [0.2, 0.0, 0.2]), "'data_config.std'"),
-    (_set("gamma", float("nan")), "'gamma'"),
-    (_set("gamma", "0.5"), "'gamma'"),
+    (_set("gate/threshold", float("nan")), "'gate'"),
+    (_set("gate/threshold", "0.5"), "'gate'"),
+    (_set("gate/kind", "oracle"), "'gate' names an unknown gate 'oracle'"),
+    (_set("gate", _DELETE), "'gate'"),
+    (_set("gate", "stacking"), "'gate'"),
     (_set("unseen_ranking", "best"), "'unseen_ranking'"),
     (_set("attribute_names", ["a0"]), "'attribute_names'"),
     (_set("backbone/num_features", 7), "'backbone.num_features'"),

@@ -21,10 +21,10 @@ SHIPPED = ["demo", "cub", "cub-sent", "awa1", "awa2", "sun", "flo", "apy", "awa1
 
 def test_overrides_are_typed_and_applied():
     config = load_run_config(None, ["--generative.epochs", "7", "--backbone.model=resnet18",
-                                    "--run.gamma", "0.5", "--generative.mfim_levels", "[x, s]"])
+                                    "--run.threshold", "-0.5", "--generative.mfim_levels", "[x, s]"])
     assert config.generative.epochs == 7
     assert config.backbone.model == "resnet18"
-    assert config.run.gamma == 0.5
+    assert config.run.threshold == -0.5
     assert config.generative.mfim_levels == ("x", "s")
 
 
@@ -46,7 +46,11 @@ def test_sections_are_frozen_typed_objects_built_once():
     (["--run.protocol", "test"], "run.protocol"),
     (["--generative.epochs", "five"], "generative.epochs must be an integer"),
     (["--generative.epochs", "2.5"], "generative.epochs must be an integer"),
-    (["--run.calibration", "maybe"], "run.calibration must be true or false"),
+    (["--run.threshold", "maybe"], "run.threshold must be"),
+    (["--run.gate", "coin"], "valid gates: stacking, max_softmax, energy, gaussian, learned, cosmo"),
+    (["--run.threshold", "nan"], "run.threshold must be a number"),
+    (["--run.calibration", "true"], "run.calibration is now run.gate"),
+    (["--run.gamma", "2.0"], "gamma G -> threshold -G"),
     (["--run.mixed_precision", "fp8"], "run.mixed_precision"),
     (["--run.unseen_ranking", "best"], "run.unseen_ranking"),
     (["--backbone.batch_size", "0"], "backbone.batch_size must be >= 1"),
@@ -88,7 +92,7 @@ def test_every_shipped_config_is_valid_and_loads_by_name(name):
     if name not in ("demo", "awa1-lampert"):
         assert config.backbone.model == "resnet101"
         assert config.data.benchmark.lower().replace("_", "-") == name
-        assert config.generative.hidden == 4096 and config.run.calibration
+        assert config.generative.hidden == 4096 and config.run.chooses_threshold
 
 
 def test_shipped_configs_folder_is_found_through_the_namespace_package():
@@ -115,13 +119,13 @@ def test_demo_config_keeps_the_values_it_had_before_the_renames():
     assert (generative.hidden, generative.embedder_hidden, generative.epochs, generative.batch_size, generative.lr,
             generative.lambda_emb, generative.lambda_cyc, generative.syn_num, generative.classifier_epochs,
             generative.fusion_weight) == (512, 256, 30, 64, 0.001, 0.01, 0.1, 100, 25, 0.0)
-    assert config.run.calibration and config.run.seed == 0 and config.run.unseen_ranking == "gzsl"
+    assert config.run.chooses_threshold and config.run.seed == 0 and config.run.unseen_ranking == "gzsl"
 
 
 def test_awa1_lampert_config_trains_on_features_without_fine_tuning():
     config = load_run_config("awa1-lampert")
     assert config.data.benchmark == "AWA1-Lampert2009" and not config.finetunes
-    assert config.run.calibration and config.run.unseen_ranking == "zsl"
+    assert config.run.chooses_threshold and config.run.unseen_ranking == "zsl"
     generative = config.generative
     assert (generative.hidden, generative.embedder_hidden, generative.batch_size, generative.epochs,
             generative.iterations_per_epoch, generative.lr, generative.lambda_emb, generative.lambda_cyc,

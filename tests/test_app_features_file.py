@@ -33,7 +33,7 @@ def demo_features(tmp_path_factory):
 
 def _overrides(path, tmp_path, *extra):
     return ["--data.features_file", str(path), "--data.demo_images_per_class", "24", "--data.demo_image_size", "32",
-            "--run.output", str(tmp_path / "run"), "--run.calibration", "false",
+            "--run.output", str(tmp_path / "run"), "--run.threshold", "0",
             "--generative.epochs", "6", "--generative.syn_num", "50", *extra]
 
 

@@ -19,7 +19,7 @@ from bsegn.core.errors import BundleError
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "2"}
 # configs/demo.yaml (48 images per class, random-init resnet10t fine-tuned 15 epochs with the attribute
-# head, gamma chosen on the validation protocol). With 24 images and 6 fine-tuning epochs ZSL top-1
+# head, gate thresholds chosen on the validation protocol). With 24 images and 6 fine-tuning epochs ZSL top-1
 # was 0.44 to 0.61 and H under 0.14; shorter runs measured ZSL top-1 of only 0.11 to 0.23.
 TRAIN_ARGS: list[str] = []  # configs/demo.yaml as shipped: `python train.py` itself
 
@@ -169,7 +169,7 @@ def test_tampered_and_truncated_bundles_are_refused(run, tmp_path, capsys):
     load_bundle(bundle)  # intact: loads
     config = bundle / "config.json"
     original = config.read_bytes()
-    position = original.index(b'"gamma"') + 12  # a byte inside the content, keeping valid JSON likely
+    position = original.index(b'"unseen_ranking"') + 20  # a byte of its value: still valid JSON
     flipped = bytearray(original)
     flipped[position] ^= 0x01
     config.write_bytes(bytes(flipped))
@@ -231,8 +231,8 @@ def test_killed_training_resumes_from_the_generator_checkpoint(run, tmp_path):
     output.mkdir()
     for stage in ("backbone", "features"):  # earlier stages are done: the rerun must skip them
         shutil.copytree(source / stage, output / stage)
-    # a given gamma: no validation-protocol run first, this test is about the generator checkpoint
-    extra = ["--generative.epochs", "12", "--generative.iterations_per_epoch", "2", "--run.gamma", "6.0"]
+    # a given threshold: no validation-protocol run first, this test is about the generator checkpoint
+    extra = ["--generative.epochs", "12", "--generative.iterations_per_epoch", "2", "--run.threshold", "-6.0"]
     process = subprocess.Popen([sys.executable, "train.py", "--output", str(output), *TRAIN_ARGS, *extra], cwd=REPO,
                                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     state = output / "generative" / "checkpoint" / "bsegn.json"

@@ -143,12 +143,12 @@ tmp_root = Path("/nonexistent-images")
 
 
 @pytest.mark.parametrize("benchmark, extra, words", [
-    (lambda: _fake_benchmark([0, 1, 2], []), ["--run.gamma", "1.0"], "no unseen class"),
+    (lambda: _fake_benchmark([0, 1, 2], []), ["--run.threshold", "-1.0"], "no unseen class"),
     (lambda: _fake_benchmark([0, 1], [2]), [], "train/val"),
     (lambda: _fake_benchmark([0, 1], [2], train=[0, 1], val=[]), [], "validation protocol needs"),
     (lambda: _fake_benchmark([0, 1], [2], train=[], val=[0, 1]), [], "validation protocol needs"),
     (lambda: _fake_benchmark([0, 1], [2], train=[0], val=[1]), ["--run.protocol", "validation",
-                                                                 "--run.calibration", "false"], None),
+                                                                 "--run.threshold", "0"], None),
 ])
 def test_infeasible_data_is_refused_before_any_compute(tmp_path, monkeypatch, benchmark, extra, words):
     import bsegn.app.pipeline as pipeline
@@ -263,19 +263,20 @@ def test_a_locked_folder_stops_every_rank_of_a_two_process_run(tmp_path):
 
 
 REPRO = ["--data.demo_images_per_class", "12", "--data.demo_image_size", "32", "--backbone.image_size", "32",
-         "--finetune.epochs", "1", "--generative.epochs", "1", "--run.calibration", "true"]
+         "--finetune.epochs", "1", "--generative.epochs", "1", "--run.threshold", "null"]
 
 
 @pytest.mark.slow
 def test_the_same_command_twice_gives_the_same_metrics(tmp_path):
-    """Two runs of one reduced demo command (calibration on, so the validation protocol chooses gamma):
-    T1, U, S, H and gamma agree exactly. Every random draw is seeded by run.seed (backbone init too)."""
+    """Two runs of one reduced demo command (threshold null, so the validation protocol chooses every
+    gate's threshold): T1, U, S, H, the thresholds and the domain AUROC agree exactly. Every random draw is seeded by run.seed (backbone init too)."""
     results = []
     for name in ("first", "second"):
         done = subprocess.run([sys.executable, "train.py", "--output", str(tmp_path / name), *REPRO], cwd=REPO, env=ENV,
                               capture_output=True, text=True, timeout=1800)
         assert done.returncode == 0, done.stderr[-3000:]
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
-        assert metrics["gamma_chosen_on"] == "validation"
-        results.append({key: metrics[key] for key in ("T1", "U", "S", "H", "gamma")})
+        assert metrics["threshold_chosen_on"] == "validation"
+        results.append({key: metrics[key] for key in ("T1", "U", "S", "H", "threshold", "domain_auroc")}
+                       | {kind: row["threshold"] for kind, row in metrics["validation_gates"].items()})
     assert results[0] == results[1]

@@ -87,19 +87,19 @@ def test_predict_answers_what_predict_json_prints_for_the_demo_eagle(client, bun
         answer = _post(client, data, "eagle.jpg", **fields)
         assert answer.status_code == 200
         served = answer.json()
-        assert 0.0 <= served.pop("p_unseen") <= 1.0
-        assert served == cli
+        assert served == cli and 0.0 <= served["p_unseen"] <= 1.0  # predict --json carries the gate's p_unseen too
 
 
-def test_p_unseen_is_the_total_probability_of_the_unseen_classes(client, bundle):
+def test_p_unseen_is_the_gates(client, bundle):
+    """p_unseen is the gate's (its value: test_app_bundle_gate), the same in every mode, above 0.5 exactly
+    when the answer's best class is unseen (gzsl); /model names the gate."""
     answer = _post(client, _png(), top_k=str(len(CLASSES))).json()
-    unseen = sum(t["probability"] for t in answer["top"] if not t["seen"])
-    assert answer["p_unseen"] == pytest.approx(unseen, abs=1e-5) and 0.0 < answer["p_unseen"] < 1.0
-    assert len(_post(client, _png(), top_k="2").json()["top"]) == 2  # top_k trims, p_unseen still counts every class
-    assert _post(client, _png(), top_k="2").json()["p_unseen"] == answer["p_unseen"]
-    for mode, expected in (("zsl", 1.0), ("seen", 0.0)):
+    assert (answer["p_unseen"] > 0.5) == answer["unseen"] == (not answer["top"][0]["seen"])
+    assert _post(client, _png(), top_k="2").json()["p_unseen"] == answer["p_unseen"]  # top_k trims the classes only
+    for mode in ("zsl", "seen"):
         with _serving(bundle, mode=mode) as other:
-            assert _post(other, _png()).json()["p_unseen"] == pytest.approx(expected, abs=1e-5)
+            assert _post(other, _png()).json()["p_unseen"] == answer["p_unseen"]
+    assert client.get("/model").json()["gate"] == {"kind": "stacking", "threshold": -0.5}
 
 
 def _encoded(kind: str, mode: str = "RGB") -> bytes:
@@ -397,3 +397,4 @@ def test_the_page_in_headless_chromium_uploads_an_image_and_shows_the_answer(bun
     record_property("upload_to_answer_ms", milliseconds)
     log.warning("browser: upload to answer in %.0f ms (screenshot %s)", milliseconds, tmp_path / "serve.png")
     assert (tmp_path / "serve.png").stat().st_size > 1000
+

@@ -338,7 +338,7 @@ def test_explain_on_a_text_model_names_the_nearest_class_texts(bundles, kind):
 
 TEXT_RUN = ["--data.semantics", "text", "--data.demo_images_per_class", "12", "--data.demo_image_size", "32",
             "--backbone.image_size", "32", "--finetune.epochs", "3", "--generative.epochs", "10",
-            "--run.calibration", "false"]
+            "--run.threshold", "0"]
 
 
 @pytest.mark.slow

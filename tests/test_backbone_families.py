@@ -76,7 +76,7 @@ def test_demo_run_with_a_mobilenetv3_backbone(tmp_path):
     command = [sys.executable, str(ROOT / "train.py"), "--backbone.model", "mobilenetv3_small_100",
                "--data.demo_images_per_class", "12", "--data.demo_image_size", "32", "--backbone.image_size", "32",
                "--finetune.epochs", "1", "--generative.epochs", "1", "--generative.syn_num", "10",
-               "--run.calibration", "false", "--run.output", str(tmp_path / "run")]
+               "--run.threshold", "0", "--run.output", str(tmp_path / "run")]
     result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     bundle = tmp_path / "run" / "bundle"

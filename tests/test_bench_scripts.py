@@ -34,8 +34,17 @@ def test_table_renders_a_bench_json_and_a_merged_gpu_session_file(tmp_path):
     merged.write_text(json.dumps({"awa1_main": payload}))
     for path in (single, merged):
         lines = table.rows(table.bench_payloads(path))
-        assert lines[2] == "| bsegn | 26.2 ± 1.4 | 19.1 ± 2.2 | 12.6 ± 2.0 | 15.0 ± 1.1 | 6 | 12.0 | 20.4 / 16.2 |"
-        assert lines[3] == "| eszsl | 20.8 | 17.9 | 8.6 | 11.6 |  |  |  |"
+        assert lines[2] == ("| bsegn | 26.2 ± 1.4 | 19.1 ± 2.2 | 12.6 ± 2.0 | 15.0 ± 1.1 | stacking (-12) |  |  | 6 "
+                            "| 20.4 / 16.2 |")
+        assert lines[3] == "| eszsl | 20.8 | 17.9 | 8.6 | 11.6 |  |  |  |  |  |"
+    # today's files: one row per method and gate, with the gate's threshold, AUROC, oracle H, validation H
+    payload["methods"] = {"bsegn [learned]": {**payload["methods"]["bsegn"], "gate": "learned", "threshold": 0.25,
+                                              "domain_auroc": 0.8123, "oracle_H": 30.04}}
+    payload["chosen_on_validation"]["bsegn"]["validation_gates"] = {"learned": {"H": 18.26}}
+    single.write_text(json.dumps(payload))
+    assert table.rows(table.bench_payloads(single))[2] == (
+        "| bsegn [learned] | 26.2 ± 1.4 | 19.1 ± 2.2 | 12.6 ± 2.0 | 15.0 ± 1.1 | learned (0.25) | 0.812 | 30.0 | 6 "
+        "| 20.4 / 18.3 |")
 
 
 def harness():
@@ -77,9 +86,10 @@ def test_oracle_mode_is_labelled_and_never_below_the_last_epoch(tmp_path):
     assert oracle["H"] >= last["H"] - 1e-6 and oracle["T1"] >= last["T1"] - 1e-6
 
 
-def test_validation_picks_epochs_and_gamma_from_rows_equal_to_separate_runs(tmp_path):
+def test_validation_picks_epochs_and_thresholds_from_rows_equal_to_separate_runs(tmp_path):
     """select_on_validation scores each candidate epoch count through checkpoints; every row must equal a
-    separate run of that many epochs (same gamma chosen, same T1/H), and the pick is the best T1 + H row."""
+    separate run of that many epochs (same thresholds chosen, same T1/H for each gate), and the pick is
+    the best T1 + H row of the first gate."""
     from test_generative_training import TINY, feature_split, gaussian_benchmark
 
     from bsegn.generative.config import BSeGNConfig
@@ -87,44 +97,64 @@ def test_validation_picks_epochs_and_gamma_from_rows_equal_to_separate_runs(tmp_
 
     bench = harness()
     features, split = feature_split(gaussian_benchmark(seed=3))
+    split.protocol = "validation"
     config = BSeGNConfig.from_dict({**TINY, "epochs": 9})
-    picked = bench.select_on_validation(features, split, config, tmp_path / "select", [3, 1], calibration=True,
+    choose = {"stacking": None, "gaussian": None}
+    picked = bench.select_on_validation(features, split, config, tmp_path / "select", [3, 1], thresholds=choose,
                                         unseen_ranking="zsl")
     assert [row["epoch"] for row in picked["rows"]] == [1, 3]
     for row in picked["rows"]:
-        alone = run_bsegn(features, split, config.replace(epochs=row["epoch"]), calibration=True,
+        alone = run_bsegn(features, split, config.replace(epochs=row["epoch"]), gates=choose,
                           unseen_ranking="zsl", show_progress=False).result
-        assert alone["gamma"] == row["gamma"]
+        assert alone["gamma"] == row["gamma"] == -row["threshold"]
+        for kind in choose:
+            assert alone["gates"][kind]["threshold"] == row["gates"][kind]["threshold"]
+            assert abs(alone["gates"][kind]["H"] - row["gates"][kind]["H"]) < 1e-6
         assert abs(alone["T1"] - row["T1"]) < 1e-6 and abs(alone["H"] - row["H"]) < 1e-6
     best = max(picked["rows"], key=lambda r: r["T1"] + r["H"])
-    assert picked["epochs"] == best["epoch"] and picked["gamma"] == best["gamma"]
+    assert picked["epochs"] == best["epoch"]
+    assert picked["thresholds"] == {kind: best["gates"][kind]["threshold"] for kind in choose}
     with pytest.raises(ValueError, match="epochs to score"):
         bench.select_on_validation(features, split, config, tmp_path / "bad", [0, 2])
 
 
 def test_validation_over_several_seeds_chooses_on_their_mean(tmp_path):
-    """With seeds, each row is the mean of the per-seed rows of that epoch: T1 averaged, gamma the best of
-    the seed-averaged H curve (not any one seed's best), and the pick is the best mean T1 + H."""
+    """With seeds, each row is the mean of the per-seed rows of that epoch: T1 averaged, each threshold the
+    best of the seed-averaged H curve (not any one seed's best), and the pick is the best mean T1 + H."""
     from test_generative_training import TINY, feature_split, gaussian_benchmark
 
     from bsegn.generative.config import BSeGNConfig
 
     bench = harness()
     features, split = feature_split(gaussian_benchmark(seed=3))
+    split.protocol = "validation"
     config = BSeGNConfig.from_dict({**TINY, "epochs": 9})
+    choose = {"stacking": None, "energy": None}
     picked = bench.select_on_validation(features, split, config, tmp_path / "two", [1, 2], seeds=[0, 1],
-                                        calibration=True)
-    alone = [bench.score_epochs(features, split, config, tmp_path / f"alone-{s}", [1, 2], choose_gamma=True, seed=s)
+                                        thresholds=choose)
+    alone = [bench.score_epochs(features, split, config, tmp_path / f"alone-{s}", [1, 2], thresholds=choose, seed=s)
              for s in (0, 1)]
     for j, row in enumerate(picked["rows"]):
         assert row["epoch"] == j + 1 and row["seeds"] == 2
         assert row["T1"] == pytest.approx((alone[0][j]["T1"] + alone[1][j]["T1"]) / 2)
-        mean_h = {p0["gamma"]: (p0["H"] + p1["H"]) / 2
-                  for p0, p1 in zip(alone[0][j]["calibration_curve"], alone[1][j]["calibration_curve"])}
+        # stacking: both seeds share the gamma grid, so the mean curve is the pointwise mean
+        mean_h = {p0["threshold"]: (p0["H"] + p1["H"]) / 2 for p0, p1 in
+                  zip(alone[0][j]["gates"]["stacking"]["curve"], alone[1][j]["gates"]["stacking"]["curve"])}
         assert row["H"] == pytest.approx(max(mean_h.values()))
-        assert mean_h[row["gamma"]] == pytest.approx(row["H"])
+        assert mean_h[row["threshold"]] == pytest.approx(row["H"])
+        # energy: each seed's H read at every candidate of both seeds (a step function), then averaged
+        curves = [alone[s][j]["gates"]["energy"]["curve"] for s in (0, 1)]
+
+        def h_at(curve, t):
+            below = [p for p in sorted(curve, key=lambda p: p["threshold"]) if p["threshold"] <= t]
+            return (below[-1] if below else min(curve, key=lambda p: p["threshold"]))["H"]
+
+        energy = row["gates"]["energy"]
+        best_mean = max((h_at(curves[0], t) + h_at(curves[1], t)) / 2 for c in curves for t in (p["threshold"] for p in c))
+        assert energy["H"] == pytest.approx(best_mean)
+        assert (h_at(curves[0], energy["threshold"]) + h_at(curves[1], energy["threshold"])) / 2 == pytest.approx(best_mean)
     best = max(picked["rows"], key=lambda r: r["T1"] + r["H"])
-    assert picked["epochs"] == best["epoch"] and picked["gamma"] == best["gamma"]
+    assert picked["epochs"] == best["epoch"] and picked["thresholds"]["stacking"] == best["threshold"]
     with pytest.raises(ValueError, match="at least one"):
         bench.select_on_validation(features, split, config, tmp_path / "none", [1], seeds=[])
 
@@ -147,13 +177,14 @@ def test_awa1_bench_reads_a_run_config_with_its_run_options(tmp_path):
     finally:
         sys.path.remove(str(BENCH))
     path = tmp_path / "run.yaml"
-    path.write_text("generative:\n  hidden: 32\n  fusion_weight: 1.0\nrun:\n  calibration: true\n  unseen_ranking: zsl\n")
+    path.write_text("generative:\n  hidden: 32\n  fusion_weight: 1.0\nrun:\n  gate: learned\n  threshold: null\n"
+                    "  unseen_ranking: zsl\n")
     config, options = awa1_lampert.read_config(path)
     assert config.hidden == 32 and config.uses_fusion
-    assert options == {"calibration": True, "unseen_ranking": "zsl"}
+    assert options == {"gate": "learned", "threshold": None, "unseen_ranking": "zsl"}
     path.write_text("hidden: 16\n")
     config, options = awa1_lampert.read_config(path)
-    assert config.hidden == 16 and options == {"calibration": False, "unseen_ranking": "gzsl"}
+    assert config.hidden == 16 and options == {"gate": "stacking", "threshold": 0.0, "unseen_ranking": "gzsl"}
 
 
 def test_gpu_session_script_parses_and_names_its_new_stages():

@@ -100,11 +100,11 @@ def test_too_few_seen_classes_for_the_validation_protocol(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"own data has 3 seen classes, and the validation protocol needs at least {MIN_SEEN_CLASSES_FOR_VALIDATION}" in out
     split = load_own_data(root, csv)
-    check_protocol_feasible(split, "final")  # without calibration (or with a given gamma) it trains
+    check_protocol_feasible(split, "final")  # with a given gate threshold it trains
     with pytest.raises(DataError) as info:
         check_protocol_feasible(split, "final", needs_validation=True)
     message = str(info.value)
-    for advice in ("mark more classes `seen`", "--run.calibration false", "--run.gamma"):
+    for advice in ("mark more classes `seen`", "--run.threshold 0", "gamma 2.0"):
         assert advice in message
     assert "--run.protocol final" not in message  # already the final protocol
     with pytest.raises(DataError, match=r"--run.protocol final"):
@@ -144,5 +144,5 @@ def test_apy_has_no_validation_protocol(shared_data):
 
     split = load_xlsa17("APY", shared_data / "APY")
     check_protocol_feasible(split, "final")
-    with pytest.raises(DataError, match=r"APY split files define no train/val.*--run.calibration false"):
+    with pytest.raises(DataError, match=r"APY split files define no train/val.*--run.threshold 0"):
         check_protocol_feasible(split, "final", needs_validation=True)

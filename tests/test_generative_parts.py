@@ -1,4 +1,5 @@
-"""Config, networks and losses of bsegn.generative: shapes, gradients, hand-computed loss values."""
+"""Config, networks and losses of bsegn.generative: shapes, gradients, hand-computed loss values; the
+generator step's draws and its balance reference."""
 import dataclasses
 import math
 import re
@@ -8,8 +9,8 @@ import torch
 
 from bsegn.core.errors import ConfigError
 from bsegn.generative.config import BSeGNConfig
-from bsegn.generative.losses import (balance_gap, balance_loss, bidirectional_contrastive, critic_loss, cycle_loss,
-                                     gradient_penalty)
+from bsegn.generative.losses import (balance_gap, balance_loss, bidirectional_contrastive, contrastive_from_logits,
+                                     critic_loss, cycle_loss, gradient_penalty)
 from bsegn.generative.metrics import (calibrated_predictions, harmonic_mean, mean_per_class_accuracy, per_class_accuracy,
                                      rank_unseen_with)
 from bsegn.generative.networks import (Critic, FeatureGenerator, FinalClassifier, MultilevelIntegration,
@@ -63,7 +64,7 @@ def test_ablations_f_clswgan_and_derived_parts():
     assert full.without("fem").effective_mfim_levels == ("x", "h_R", "a_hat") and not full.without("fem").uses_fusion
     assert not BSeGNConfig().uses_fusion  # fusion_weight 0 by default
     base = full.as_f_clswgan()
-    assert not (base.fem or base.uses_decoder or base.uses_fusion) and base.lambda_cls == 0
+    assert not (base.fem or base.uses_decoder or base.uses_fusion) and base.lambda_cls == 0.01  # its paper's beta
     assert base.mfim_levels == ("x",) and base.lr == full.lr and base.hidden == full.hidden
     assert BSeGNConfig.f_clswgan(epochs=7) == BSeGNConfig(epochs=7).as_f_clswgan()
 
@@ -203,8 +204,10 @@ def test_per_class_accuracy_and_h_hand_computed():
     assert calibrated_predictions(scores, seen, 0.6).tolist() == [1, 0]
 
 
-def test_choose_calibration_picks_best_h_gamma():
-    from bsegn.generative.evaluation import CALIBRATION_GRID, choose_calibration, evaluate_scores
+def test_stacking_threshold_is_the_best_h_gamma_of_the_grid():
+    from bsegn.generative.evaluation import CALIBRATION_GRID, evaluate_scores
+    from bsegn.generative.gate_evaluation import choose_threshold
+    from bsegn.generative.gates import GateInputs, StackingGate
 
     # the grid's values: 0.5-nat steps from 1 to 15, finer below 1, coarser above 15
     assert CALIBRATION_GRID[:6] == (0.0, 0.1, 0.2, 0.3, 0.5, 0.75) and CALIBRATION_GRID[-5:] == (16.0, 18.0, 20.0, 25.0, 30.0)
@@ -212,14 +215,18 @@ def test_choose_calibration_picks_best_h_gamma():
 
     class_ids = torch.tensor([0, 1, 2])
     seen = torch.tensor([0, 1])
+    seen_columns = torch.tensor([True, True, False])
     # seen images: scores favour the right seen class by margin 1; unseen images (class 2) lose to
-    # seen class 0 by 0.5 -> any gamma in (0.5, 1) gives U = S = 100 %.
+    # seen class 0 by 0.5 -> gamma in (0.5, 2) gives U = S = 100 % (0.75 to 1.5 on the grid): the
+    # smallest correction, 0.75, is chosen.
     seen_scores = torch.tensor([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0]])
     unseen_scores = torch.tensor([[1.5, 0.0, 1.0], [1.5, 0.0, 1.0]])
-    gamma, curve = choose_calibration(seen_scores, torch.tensor([0, 1]), unseen_scores, torch.tensor([2, 2]),
-                                      class_ids, seen, grid=[0.0, 0.75, 3.0])
-    assert gamma == 0.75
-    assert [row["H"] for row in curve] == pytest.approx([0.0, 100.0, 0.0])
+    threshold, curve = choose_threshold(StackingGate(), (GateInputs(seen_scores, seen_columns), torch.tensor([0, 1])),
+                                        (GateInputs(unseen_scores, seen_columns), torch.tensor([2, 2])), class_ids, seen)
+    assert threshold == -0.75
+    assert [row["threshold"] for row in curve] == [-gamma for gamma in CALIBRATION_GRID]
+    h = [row["H"] for row in curve]
+    assert h[:9] == pytest.approx([0.0] * 5 + [100.0] * 4) and h[10:] == pytest.approx([0.0] * 30)  # 2.0: a tie
     result = evaluate_scores(seen_scores, torch.tensor([0, 1]), unseen_scores, torch.tensor([2, 2]), class_ids,
                              seen, gamma=0.0)
     assert result["S"] == 100.0 and result["U"] == 0.0 and result["T1"] == 100.0  # T1: among unseen only
@@ -263,3 +270,69 @@ def test_eszsl_closed_form_solves_a_linear_problem():
     test = semantics[test_labels] @ mapping + 0.1 * torch.randn(len(test_labels), 20, generator=g)
     predicted = unseen[eszsl_scores(projection, test, semantics, unseen).argmax(1)]
     assert (predicted == test_labels).float().mean() > 0.5  # chance 0.25; measured 0.6
+
+
+# --- the generator step: its draws and its balance reference (generative/steps.py) ----------------------
+# Issue 13 measured the alternative (fresh draws for the generator step, m_S over the REAL seen batch in
+# both steps) on the AwA1-Lampert validation protocol: it lost (docs/results.md, "Balance loss: one
+# reference, fresh generator samples"). These tests pin the form that won, so that changing it is deliberate.
+
+def _trainer_and_batch(**changes):
+    from test_generative_training import TINY, gaussian_benchmark, make_trainer
+
+    trainer = make_trainer(gaussian_benchmark(), BSeGNConfig(epochs=1, iterations_per_epoch=1, **{**TINY, **changes}))
+    draws = trainer.draw(torch.Generator().manual_seed(3))
+    index = draws["batches"][-1]
+    return trainer, draws, trainer.features[index], trainer.labels[index]
+
+
+def test_generator_step_takes_the_last_critic_noise_and_the_fem_steps_unseen_draws():
+    trainer, draws, _, labels = _trainer_and_batch()
+    calls = []
+    original = trainer._generate
+
+    def recording(noise, semantics, *, grad):
+        calls.append((noise.clone(), semantics.clone(), grad))
+        return original(noise, semantics, grad=grad)
+
+    trainer._generate = recording
+    trainer.iteration(torch.Generator().manual_seed(3))  # the same draws as `draws`
+    (g_noise, g_semantics), = [(noise, semantics) for noise, semantics, grad in calls if grad]
+    b, unseen = len(labels), trainer.unseen_classes[draws["unseen_pick"]]
+    assert torch.equal(g_noise, torch.cat([draws["noise"][-1], draws["noise_unseen"]]))
+    assert torch.equal(g_semantics, torch.cat([trainer.semantics[labels], trainer.semantics[unseen]]))
+    fem_noise, fem_semantics, _ = calls[-2]  # the FEM step's fake unseen features: the same conditions
+    assert torch.equal(fem_noise, g_noise[b:]) and torch.equal(fem_semantics, g_semantics[b:])
+
+
+def test_every_draw_is_global_and_each_rank_keeps_its_slice():
+    from types import SimpleNamespace
+
+    trainer, single, _, _ = _trainer_and_batch()
+    ranks = []
+    for rank in range(2):
+        trainer.accelerator = SimpleNamespace(num_processes=2, process_index=rank, device=torch.device("cpu"))
+        ranks.append(trainer.draw(torch.Generator().manual_seed(3)))
+    for key, value in single.items():
+        dim = 1 if value.dim() > 1 and value.shape[0] == trainer.config.n_critic else 0
+        assert torch.equal(torch.cat([r[key] for r in ranks], dim), value), key
+
+
+def test_generator_step_balance_and_bicon_are_on_gs_fake_seen_and_fake_unseen_features():
+    trainer, draws, real, labels = _trainer_and_batch(lambda_bal=0.5)
+    _, logs = trainer.generator_loss(draws, labels)
+    unseen = trainer.unseen_classes[draws["unseen_pick"]]
+    with torch.no_grad():
+        fake = trainer._generate(torch.cat([draws["noise"][-1], draws["noise_unseen"]]),
+                                 torch.cat([trainer.semantics[labels], trainer.semantics[unseen]]), grad=False)
+        embedder, b = trainer.prepared["embedder"], len(labels)
+        logits = embedder(fake, trainer.semantics)
+        seen_cols = trainer.seen_class_mask
+        m_s_fake = torch.softmax(logits[:b], 1)[:, seen_cols].amax(1).mean()
+        m_s_real = torch.softmax(embedder(real, trainer.semantics), 1)[:, seen_cols].amax(1).mean()
+        m_u = torch.softmax(logits[b:], 1)[:, ~seen_cols].amax(1).mean()
+    gap = float(m_s_fake - m_u)
+    assert logs["generator_balance_gap"] == pytest.approx(gap, abs=1e-6)
+    assert abs(float(m_s_real - m_u) - gap) > 1e-3  # the real-seen reference would be told apart
+    f2s, s2f = contrastive_from_logits(logits, torch.cat([labels, unseen]))  # logits = s.p_c / tau
+    assert logs["generator_fem"] == pytest.approx(float(f2s + s2f + 0.5 * gap ** 2), abs=1e-5)

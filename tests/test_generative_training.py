@@ -323,21 +323,23 @@ def feature_split(data):
     return features, split
 
 
-def test_run_bsegn_returns_a_run_with_calibration_chosen_only_when_asked():
+def test_run_bsegn_returns_a_run_with_thresholds_chosen_only_when_asked():
     from bsegn.generative.experiment import BSeGNRun, run_bsegn
 
     features, split = feature_split(gaussian_benchmark(seed=3))
+    split.protocol = "validation"
     config = BSeGNConfig.from_dict({**TINY, "epochs": 1, "syn_num": 20, "classifier_epochs": 2})
     plain = run_bsegn(features, split, config, show_progress=False)
     assert isinstance(plain, BSeGNRun) and plain.result["gamma"] == 0.0 and "calibration_curve" not in plain.result
+    assert list(plain.gates) == ["stacking"] and plain.gates["stacking"].threshold == 0.0
     assert plain.gzsl_classifier.class_ids.tolist() == list(range(25))
     assert plain.zsl_classifier.class_ids.tolist() == list(range(20, 25))
     assert plain.result["seconds_per_epoch"] > 0 and plain.trained.seed == 0
-    chosen = run_bsegn(features, split, config, calibration=True, show_progress=False)
+    chosen = run_bsegn(features, split, config, gates={"stacking": None}, show_progress=False)
     curve = chosen.result["calibration_curve"]
     assert chosen.result["gamma"] == max(curve, key=lambda p: (p["H"], -abs(p["gamma"])))["gamma"]
     assert chosen.result["T1"] == plain.result["T1"]  # same seed, same model: only gamma differs
-    given = run_bsegn(features, split, config, calibration=True, gamma=2.5, unseen_ranking="zsl", show_progress=False)
+    given = run_bsegn(features, split, config, gates={"stacking": -2.5}, unseen_ranking="zsl", show_progress=False)
     assert given.result["gamma"] == 2.5 and "calibration_curve" not in given.result
     other_seed = run_bsegn(features, split, config, seed=1, show_progress=False)
     assert other_seed.trained.seed == 1

@@ -41,7 +41,7 @@ function showModel(info) {
     ["input", (info.input_size || []).join("×")],
     ["benchmark", info.benchmark],
     ["T1 / U / S / H", `${metric("T1")} / ${metric("U")} / ${metric("S")} / ${metric("H")}` + (m.protocol ? ` (${m.protocol})` : "")],
-    ["mode", `${info.mode}, calibration γ ${Number(info.gamma).toFixed(1)}`],
+    ["mode", `${info.mode}, gate ${info.gate.kind} (threshold ${Number(info.gate.threshold).toPrecision(3)})`],
   ];
   for (const [key, value] of rows) { facts.appendChild(el("dt", "", key)); facts.appendChild(el("dd", "", value)); }
   for (const which of ["seen", "unseen"]) {

@@ -1,0 +1,120 @@
+"""The bundle's seen-or-unseen decision (bsegn.generative.gates): how it is stored, checked and read back.
+
+    config.json  "gate": {"kind": "gaussian", "threshold": 12.5}       (gate.metadata())
+    model.safetensors  gate.*   the gate's state_dict (Gaussian means and precision, the learned gate's
+                                MLP; nothing for stacking, max_softmax and energy), covered by the
+                                model's sha256 like every other tensor
+
+    check_gate_config(config, folder)           schema: a known kind, a finite threshold
+    gate_from_bundle(config, state, dim, folder) the DomainGate (BundleError when its tensors do not fit)
+    gate_card_lines(config)                      the model card's lines about the decision
+
+A format-2 bundle (written before gates) has no "gate" but a calibrated-stacking "gamma": it loads as
+the stacking gate with threshold -gamma, saying so once per process.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from bsegn.core.errors import BundleError
+from bsegn.core.logs import get_logger
+
+log = get_logger("bsegn.app.bundle")
+_warned_old_bundle = False  # the older-bundle warning is said once per process
+
+
+def _fail(folder: Path, problem: str) -> BundleError:
+    return BundleError(f"{folder}: config.json field 'gate' {problem}; the bundle was edited or damaged: "
+                       "re-copy it or re-run train.py")
+
+
+def check_gate_config(config: dict[str, Any], folder: Path) -> None:
+    """A format-3 config's "gate": {"kind": one of GATES, "threshold": a finite number}; a format-2
+    config's "gamma": a finite number."""
+    from bsegn.generative.gates import GATES
+
+    if config.get("format_version") == 2:
+        gamma = config.get("gamma")
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
+            raise BundleError(f"{folder}: config.json field 'gamma' must be a finite number, got {gamma!r}; the "
+                              "bundle was edited or damaged: re-copy it or re-run train.py")
+        return
+    gate = config.get("gate")
+    if not isinstance(gate, dict):
+        raise _fail(folder, f"must be a mapping {{'kind', 'threshold'}}, got {gate!r}")
+    if gate.get("kind") not in GATES:
+        raise _fail(folder, f"names an unknown gate {gate.get('kind')!r} (valid gates: {', '.join(GATES)})")
+    threshold = gate.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise _fail(folder, f"has threshold {threshold!r}: it must be a finite number")
+
+
+def _expected_shapes(kind: str, state: dict, dim: int) -> dict[str, tuple]:
+    """The tensor shapes a gate of `kind` must have on `dim`-d mFIM features (sizes it may choose: read
+    from its own tensors, which load_state_dict then checks against each other)."""
+    if kind == "gaussian":
+        means = state.get("means")
+        return {"means": (means.shape[0] if means is not None and means.ndim == 2 else -1, dim), "precision": (dim, dim)}
+    if kind in ("learned", "cosmo"):
+        first = state.get("network.0.weight")
+        hidden = first.shape[0] if first is not None and first.ndim == 2 else -1
+        return {"network.0.weight": (hidden, dim), "network.0.bias": (hidden,), "network.2.weight": (1, hidden),
+                "network.2.bias": (1,)}
+    if kind == "combined":  # a gaussian and a learned gate, and each part's standardisation
+        parts = {f"gaussian.{name}": shape for name, shape in _expected_shapes(
+            "gaussian", {k[len("gaussian."):]: v for k, v in state.items() if k.startswith("gaussian.")}, dim).items()}
+        parts.update({f"learned.{name}": shape for name, shape in _expected_shapes(
+            "learned", {k[len("learned."):]: v for k, v in state.items() if k.startswith("learned.")}, dim).items()})
+        return {**parts, "centre": (3,), "scale": (3,)}
+    return {}
+
+
+def gate_from_bundle(config: dict[str, Any], state: dict, dim: int, folder: Path):
+    """The bundle's DomainGate from its config (checked) and its gate.* tensors (state, prefix removed);
+    `dim`: the mFIM feature dimension the gate reads. BundleError when the tensors do not fit."""
+    from bsegn.generative.gates import gate_from_state
+
+    if config.get("format_version") == 2:
+        if state:
+            raise BundleError(f"{folder}: a format-2 bundle with gate tensors ({', '.join(sorted(state))}): edited or "
+                              "damaged; re-copy it")
+        _warn_old_bundle(folder)
+        return gate_from_state({"kind": "stacking", "threshold": -float(config["gamma"])}, {})
+    kind = config["gate"]["kind"]
+    expected = _expected_shapes(kind, state, dim)
+    found = {name: tuple(tensor.shape) for name, tensor in state.items()}
+    if found != expected or any(size < 1 for shape in expected.values() for size in shape):
+        raise BundleError(f"{folder}: the {kind} gate's tensors in model.safetensors do not fit it (found "
+                          f"{found or 'none'}, expected {expected or 'none'} on {dim}-d mFIM features): the bundle "
+                          "was edited or damaged; re-copy it or re-run train.py")
+    try:
+        return gate_from_state(config["gate"], {name: tensor.float() for name, tensor in state.items()})
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise BundleError(f"{folder}: the {kind} gate does not load ({str(error)[:300]})") from None
+
+
+def _warn_old_bundle(folder: Path) -> None:
+    global _warned_old_bundle
+    if not _warned_old_bundle:
+        _warned_old_bundle = True
+        log.warning("%s is an older bundle (format 2, written before gates): it decides seen or unseen by "
+                    "calibrated stacking (threshold -gamma); re-run train.py for the gate of run.gate", folder)
+
+
+def gate_card_lines(config: dict[str, Any]) -> list[str]:
+    """The model card's description of the seen-or-unseen decision (with the domain AUROC and the
+    oracle-domain H when the metrics have them)."""
+    gate = config.get("gate") or {"kind": "stacking", "threshold": -float(config.get("gamma") or 0.0)}
+    metrics = config.get("metrics") or {}
+    line = f"- seen-or-unseen decision: gate `{gate['kind']}`, threshold {float(gate['threshold']):.4g}"
+    if gate["kind"] == "stacking":
+        line += f" (calibrated stacking, gamma {-float(gate['threshold']):.4g})"
+    measured = []
+    if isinstance(metrics.get("domain_auroc"), (int, float)):
+        measured.append(f"domain AUROC {metrics['domain_auroc']:.3f}")
+    if isinstance(metrics.get("oracle_H"), (int, float)):
+        measured.append(f"oracle-domain H {metrics['oracle_H']:.1f} (every image routed to its true domain: "
+                        "the ceiling of any decision)")
+    return [line + (f"; {', '.join(measured)}" if measured else "")]

@@ -1,0 +1,98 @@
+"""The seen-or-unseen decision measured on its own, and a gate's threshold chosen (on VALIDATION only).
+
+    result = evaluate_gate(gate, seen, unseen, class_ids, seen_classes, zsl_unseen_scores=..., zsl_class_ids=...)
+    threshold, curve = choose_threshold(gate, seen, unseen, class_ids, seen_classes)
+
+`seen` / `unseen`: (GateInputs, labels (N,)) of the test-seen / test-unseen images. evaluate_gate returns
+evaluate_scores' keys (T1, U, S, H, per-class) for the gate's decisions, plus:
+    gate, threshold              the gate and the threshold applied (stacking: "gamma" = -threshold too)
+    domain_auroc                 seen-vs-unseen AUROC of the gate's domain score (unseen = positive)
+    domain_accuracy              mean of the two rates below: the decision's balanced accuracy
+    seen_called_seen, unseen_called_unseen   the share of test-seen / test-unseen images routed right
+    oracle_U, oracle_S, oracle_H every image routed to its TRUE domain, then the expert of that domain
+                                 names the class: the ceiling any decision can reach with these experts
+All in percent except the AUROC (0-1).
+"""
+from __future__ import annotations
+
+import torch
+
+from bsegn.generative.evaluation import CALIBRATION_GRID, evaluate_scores
+from bsegn.generative.gates import THRESHOLD_CANDIDATES, GateInputs, routed_predictions
+from bsegn.generative.metrics import auroc
+
+
+def _pair(part) -> tuple[GateInputs, torch.Tensor]:
+    inputs, labels = part
+    return inputs, torch.as_tensor(labels, dtype=torch.long).cpu()
+
+
+def domain_metrics(gate, seen_inputs: GateInputs, unseen_inputs: GateInputs, threshold: float) -> dict:
+    """AUROC of the domain score and the routing rates at `threshold` (see the module docstring)."""
+    seen_score, unseen_score = gate.domain_score(seen_inputs), gate.domain_score(unseen_inputs)
+    seen_ok = float((seen_score <= threshold).float().mean()) if len(seen_score) else float("nan")
+    unseen_ok = float((unseen_score > threshold).float().mean()) if len(unseen_score) else float("nan")
+    return {"domain_auroc": auroc(seen_score, unseen_score), "domain_accuracy": 50 * (seen_ok + unseen_ok),
+            "seen_called_seen": 100 * seen_ok, "unseen_called_unseen": 100 * unseen_ok}
+
+
+def oracle_domain(seen, unseen, class_ids, seen_classes) -> dict:
+    """U, S, H (percent) when every image goes to its true domain's expert: {"oracle_U", "oracle_S", "oracle_H"}."""
+    (seen_inputs, seen_labels), (unseen_inputs, unseen_labels) = _pair(seen), _pair(unseen)
+    columns = (routed_predictions(seen_inputs.scores, seen_inputs.seen_columns, torch.zeros(len(seen_labels), dtype=torch.bool)),
+               routed_predictions(unseen_inputs.scores, unseen_inputs.seen_columns,
+                                  torch.ones(len(unseen_labels), dtype=torch.bool)))
+    r = evaluate_scores(seen_inputs.scores, seen_labels, unseen_inputs.scores, unseen_labels, class_ids,
+                        seen_classes, columns=columns)
+    return {f"oracle_{key}": r[key] for key in ("U", "S", "H")}
+
+
+def evaluate_gate(gate, seen, unseen, class_ids, seen_classes, *, threshold: float | None = None,
+                  zsl_unseen_scores=None, zsl_class_ids=None) -> dict:
+    """The GZSL metrics of `gate`'s decisions at `threshold` (default gate.threshold), with the domain
+    metrics and the oracle-domain ceiling (module docstring)."""
+    (seen_inputs, seen_labels), (unseen_inputs, unseen_labels) = _pair(seen), _pair(unseen)
+    threshold = gate.threshold if threshold is None else float(threshold)
+    columns = (gate.predict(seen_inputs, threshold), gate.predict(unseen_inputs, threshold))
+    result = evaluate_scores(seen_inputs.scores, seen_labels, unseen_inputs.scores, unseen_labels, class_ids,
+                             seen_classes, zsl_unseen_scores=zsl_unseen_scores, zsl_class_ids=zsl_class_ids,
+                             gamma=-threshold if gate.kind == "stacking" else 0.0, columns=columns)
+    result.update(gate=gate.kind, threshold=threshold)
+    result.update(domain_metrics(gate, seen_inputs, unseen_inputs, threshold))
+    result.update(oracle_domain(seen, unseen, class_ids, seen_classes))
+    return result
+
+
+def threshold_candidates(gate, seen_inputs: GateInputs, unseen_inputs: GateInputs) -> list[float]:
+    """Stacking: -gamma for every gamma of CALIBRATION_GRID (as calibrated stacking always chose). Other
+    gates: THRESHOLD_CANDIDATES quantiles of the pooled domain scores (their scales differ by gate)."""
+    if gate.kind == "stacking":
+        return [-gamma for gamma in CALIBRATION_GRID]
+    scores = torch.cat([gate.domain_score(seen_inputs), gate.domain_score(unseen_inputs)]).double()
+    levels = torch.linspace(0, 1, THRESHOLD_CANDIDATES, dtype=torch.float64)
+    return sorted(set(torch.quantile(scores, levels).tolist()))
+
+
+def choose_threshold(gate, seen, unseen, class_ids, seen_classes) -> tuple[float, list[dict]]:
+    """The threshold with the best H on these (VALIDATION) images. Ties go to the least correction for
+    stacking (smallest gamma) and to the middle of the tied candidates otherwise.
+    Returns (threshold, [{"threshold", "U", "S", "H"} for each candidate])."""
+    (seen_inputs, seen_labels), (unseen_inputs, unseen_labels) = _pair(seen), _pair(unseen)
+    curve = []
+    for threshold in threshold_candidates(gate, seen_inputs, unseen_inputs):
+        columns = (gate.predict(seen_inputs, threshold), gate.predict(unseen_inputs, threshold))
+        r = evaluate_scores(seen_inputs.scores, seen_labels, unseen_inputs.scores, unseen_labels, class_ids,
+                            seen_classes, columns=columns)
+        curve.append({"threshold": float(threshold), "U": r["U"], "S": r["S"], "H": r["H"]})
+    return best_threshold(curve, gate.kind), curve
+
+
+def best_threshold(curve: list[dict], kind: str) -> float:
+    """The best-H threshold of a curve [{"threshold", "H", ...}]: ties go to the smallest |threshold| for
+    stacking (the least correction: smallest gamma, as calibrated stacking always chose) and to the middle
+    of the tied candidates (in threshold order) for the other gates."""
+    best = max(row["H"] for row in curve)
+    tied = sorted((row for row in curve if row["H"] == best), key=lambda row: row["threshold"])
+    if kind == "stacking":
+        return min(tied, key=lambda row: abs(row["threshold"]))["threshold"]
+    return tied[len(tied) // 2]["threshold"]
