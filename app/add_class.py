@@ -170,10 +170,13 @@ def remove_classes(bundle_path: str | Path, remove: list[str], out: str | Path |
     out = output_folder(bundle_path, out, in_place=in_place)
     bundle = load_bundle(bundle_path, with_train_features=True)
     trained = bundle.trained
-    unknown = [n for n in remove if n not in bundle.class_names]
+    # names compared ignoring case, as add-class compares them
+    position = {name.casefold(): i for i, name in enumerate(bundle.class_names)}
+    unknown = [n for n in remove if n.casefold() not in position]
     if unknown:
-        raise BundleError(f"no class named {', '.join(map(repr, unknown))} in {bundle.path}")
-    drop = {bundle.class_names.index(n) for n in remove}
+        raise BundleError(f"no class named {', '.join(map(repr, unknown))} in {bundle.path} (names are compared "
+                          "ignoring case)")
+    drop = {position[n.casefold()] for n in remove}
     if drop & set(trained.seen_classes.tolist()):
         raise BundleError("only unseen classes can be removed (seen classes are part of the trained model)")
     keep = [c for c in range(trained.num_classes) if c not in drop]

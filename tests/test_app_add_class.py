@@ -62,8 +62,8 @@ def test_in_place_replaces_the_bundle_whole(run_folder, capsys):
     assert load_bundle(run_folder).class_names == CLASSES + ["new"]
     assert (run_folder / "metrics.json").is_file()
     assert sorted(p.name for p in run_folder.iterdir()) == ["bundle", "metrics.json"]  # no temporary left
-    code, err = _bsegn(capsys, "remove-class", "--model", str(run_folder / "bundle"), "--name", "new",
-                       "--out", str(run_folder / "bundle"), "--in-place")
+    code, err = _bsegn(capsys, "remove-class", "--model", str(run_folder / "bundle"), "--name", "NEW",
+                       "--out", str(run_folder / "bundle"), "--in-place")  # names compared ignoring case
     assert code == 0, err
     assert load_bundle(run_folder).class_names == CLASSES
 
