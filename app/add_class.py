@@ -146,7 +146,7 @@ def add_classes(bundle_path: str | Path, new_classes: list, out: str | Path | No
     atomically). Every class is checked and embedded before anything is written. `text_encoder`: the
     encoder for descriptions (default: the bundle's; its identity must be the bundle's)."""
     out = output_folder(bundle_path, out, in_place=in_place)
-    bundle = load_bundle(bundle_path, with_train_features=True)
+    bundle = load_bundle(bundle_path, with_backbone="tensors", with_train_features=True)  # written back as read
     names = list(bundle.class_names)
     new_classes = [c if isinstance(c, NewClass) else NewClass(c[0], attributes=list(c[1])) for c in new_classes]
     for new in new_classes:
@@ -168,7 +168,7 @@ def remove_classes(bundle_path: str | Path, remove: list[str], out: str | Path |
     from bsegn.generative.model import TrainedBSeGN
 
     out = output_folder(bundle_path, out, in_place=in_place)
-    bundle = load_bundle(bundle_path, with_train_features=True)
+    bundle = load_bundle(bundle_path, with_backbone="tensors", with_train_features=True)
     trained = bundle.trained
     # names compared ignoring case, as add-class compares them
     position = {name.casefold(): i for i, name in enumerate(bundle.class_names)}

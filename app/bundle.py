@@ -240,9 +240,11 @@ def read_bundle_info(path: str | os.PathLike) -> dict[str, Any]:
     return read_bundle_config(resolve_bundle_dir(path))
 
 
-def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu", with_backbone: bool = True,
+def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu", with_backbone: bool | str = True,
                 with_train_features: bool = True) -> Bundle:
     """Load and verify a bundle (or run folder). Never executes code from the files.
+    with_backbone: True builds the timm backbone; "tensors" keeps its weights as stored (a StoredBackbone:
+    enough to write the bundle again, as add-class does, without importing timm); False drops it.
     with_train_features: keep the stored real seen features (add-class needs them; predict does not)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -285,7 +287,9 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu", 
 
     backbone = None
     data_config = config.get("data_config") or {}
-    if with_backbone and config.get("backbone"):
+    if with_backbone == "tensors" and config.get("backbone"):
+        backbone = StoredBackbone(config["backbone"], part("backbone"))
+    elif with_backbone and config.get("backbone"):
         backbone = build_backbone(config["backbone"], data_config, part("backbone"))
     replay = tensors.get("replay.features")
     bundle = Bundle(
@@ -303,6 +307,26 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu", 
         bundle.train_features = bundle.train_labels = None
     bundle.path, bundle.info = folder, config
     return bundle
+
+
+class StoredBackbone:
+    """A bundle's backbone as stored: its identity and state_dict, no network (save_bundle writes it back as
+    it reads a FeatureBackbone: model_name, weights_id, num_features, model.state_dict())."""
+
+    def __init__(self, info: dict[str, Any], state: dict[str, torch.Tensor]):
+        self.model_name, self.weights_id = info["model_name"], info.get("weights_id", "")
+        self.num_features = info.get("num_features")
+        self.model = self
+        self._state = state
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self._state)
+
+    def to(self, *_, **__) -> "StoredBackbone":
+        return self
+
+    def eval(self) -> "StoredBackbone":
+        return self
 
 
 def build_backbone(info: dict[str, Any], data_config: dict[str, Any], state: dict[str, torch.Tensor]):

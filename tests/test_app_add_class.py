@@ -220,3 +220,25 @@ def test_add_class_reports_reachability_and_warns_of_an_unreachable_class(tmp_pa
     warnings = [r.getMessage() for r in bsegn_log.records if r.levelname == "WARNING" and r.name == "bsegn.add_class"]
     assert len(warnings) == 1 and "'okapi' is hard to reach" in warnings[0] and "0%" in warnings[0]
     assert "\n" not in warnings[0]
+
+
+def test_add_class_writes_the_backbone_back_as_it_read_it_without_building_it(saved, tmp_path, monkeypatch):
+    """add-class keeps the backbone's tensors as stored (no timm model is built for a refit of the
+    classifiers), and the bundle it writes still loads a working backbone with the same weights."""
+    from safetensors.torch import load_file
+
+    import bsegn.app.bundle as bundle_module
+
+    def no_build(*_, **__):
+        raise AssertionError("add-class built the backbone")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(bundle_module, "build_backbone", no_build)
+        out = add_classes(saved, [("new", [0.1, 0.2, 0.3, 0.4, 0.5])], tmp_path / "out")
+    before, after = load_file(str(saved / MODEL_NAME)), load_file(str(Path(out) / MODEL_NAME))
+    backbone = sorted(k for k in before if k.startswith("backbone."))
+    assert backbone and backbone == sorted(k for k in after if k.startswith("backbone."))
+    assert all(torch.equal(before[k], after[k]) for k in backbone)
+    reloaded = load_bundle(out)
+    assert reloaded.backbone.model_name == load_bundle(saved).backbone.model_name
+    assert reloaded.class_names == CLASSES + ["new"]
