@@ -27,9 +27,11 @@ def _pair(part) -> tuple[GateInputs, torch.Tensor]:
     return inputs, torch.as_tensor(labels, dtype=torch.long).cpu()
 
 
-def domain_metrics(gate, seen_inputs: GateInputs, unseen_inputs: GateInputs, threshold: float) -> dict:
-    """AUROC of the domain score and the routing rates at `threshold` (see the module docstring)."""
-    seen_score, unseen_score = gate.domain_score(seen_inputs), gate.domain_score(unseen_inputs)
+def domain_metrics(gate, seen_inputs: GateInputs, unseen_inputs: GateInputs, threshold: float, *,
+                   scores: tuple | None = None) -> dict:
+    """AUROC of the domain score and the routing rates at `threshold` (see the module docstring);
+    scores: the gate's (seen, unseen) domain scores when the caller has them."""
+    seen_score, unseen_score = scores or (gate.domain_score(seen_inputs), gate.domain_score(unseen_inputs))
     seen_ok = float((seen_score <= threshold).float().mean()) if len(seen_score) else float("nan")
     unseen_ok = float((unseen_score > threshold).float().mean()) if len(unseen_score) else float("nan")
     return {"domain_auroc": auroc(seen_score, unseen_score), "domain_accuracy": 50 * (seen_ok + unseen_ok),
@@ -53,22 +55,23 @@ def evaluate_gate(gate, seen, unseen, class_ids, seen_classes, *, threshold: flo
     metrics and the oracle-domain ceiling (module docstring)."""
     (seen_inputs, seen_labels), (unseen_inputs, unseen_labels) = _pair(seen), _pair(unseen)
     threshold = gate.threshold if threshold is None else float(threshold)
-    columns = (gate.predict(seen_inputs, threshold), gate.predict(unseen_inputs, threshold))
+    scores = (gate.domain_score(seen_inputs), gate.domain_score(unseen_inputs))  # once: a Gaussian's is costly
+    columns = (gate.predict(seen_inputs, threshold, scores[0]), gate.predict(unseen_inputs, threshold, scores[1]))
     result = evaluate_scores(seen_inputs.scores, seen_labels, unseen_inputs.scores, unseen_labels, class_ids,
                              seen_classes, zsl_unseen_scores=zsl_unseen_scores, zsl_class_ids=zsl_class_ids,
                              gamma=-threshold if gate.kind == "stacking" else 0.0, columns=columns)
     result.update(gate=gate.kind, threshold=threshold)
-    result.update(domain_metrics(gate, seen_inputs, unseen_inputs, threshold))
+    result.update(domain_metrics(gate, seen_inputs, unseen_inputs, threshold, scores=scores))
     result.update(oracle_domain(seen, unseen, class_ids, seen_classes))
     return result
 
 
-def threshold_candidates(gate, seen_inputs: GateInputs, unseen_inputs: GateInputs) -> list[float]:
+def threshold_candidates(gate, seen_score: torch.Tensor, unseen_score: torch.Tensor) -> list[float]:
     """Stacking: -gamma for every gamma of CALIBRATION_GRID (as calibrated stacking always chose). Other
     gates: THRESHOLD_CANDIDATES quantiles of the pooled domain scores (their scales differ by gate)."""
     if gate.kind == "stacking":
         return [-gamma for gamma in CALIBRATION_GRID]
-    scores = torch.cat([gate.domain_score(seen_inputs), gate.domain_score(unseen_inputs)]).double()
+    scores = torch.cat([seen_score, unseen_score]).double()
     levels = torch.linspace(0, 1, THRESHOLD_CANDIDATES, dtype=torch.float64)
     return sorted(set(torch.quantile(scores, levels).tolist()))
 
@@ -79,8 +82,9 @@ def choose_threshold(gate, seen, unseen, class_ids, seen_classes) -> tuple[float
     Returns (threshold, [{"threshold", "U", "S", "H"} for each candidate])."""
     (seen_inputs, seen_labels), (unseen_inputs, unseen_labels) = _pair(seen), _pair(unseen)
     curve = []
-    for threshold in threshold_candidates(gate, seen_inputs, unseen_inputs):
-        columns = (gate.predict(seen_inputs, threshold), gate.predict(unseen_inputs, threshold))
+    seen_score, unseen_score = gate.domain_score(seen_inputs), gate.domain_score(unseen_inputs)  # once
+    for threshold in threshold_candidates(gate, seen_score, unseen_score):
+        columns = (gate.predict(seen_inputs, threshold, seen_score), gate.predict(unseen_inputs, threshold, unseen_score))
         r = evaluate_scores(seen_inputs.scores, seen_labels, unseen_inputs.scores, unseen_labels, class_ids,
                             seen_classes, columns=columns)
         curve.append({"threshold": float(threshold), "U": r["U"], "S": r["S"], "H": r["H"]})

@@ -115,10 +115,13 @@ class DomainGate(nn.Module):
         calibrated probability for the learned gate at threshold 0; a monotone confidence otherwise."""
         return torch.sigmoid(self.domain_score(inputs) - self.threshold)
 
-    def predict(self, inputs: GateInputs, threshold: float | None = None) -> torch.Tensor:
-        """(N,) columns: the best column of the domain the gate picked for each image."""
-        unseen = self.unseen(inputs, threshold)
-        return routed_predictions(inputs.scores, inputs.seen_columns, unseen)
+    def predict(self, inputs: GateInputs, threshold: float | None = None,
+                score: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) columns: the best column of the domain the gate picked for each image. score: this gate's
+        domain_score(inputs) when the caller has it (choosing a threshold tries hundreds on one score)."""
+        score = self.domain_score(inputs) if score is None else score
+        threshold = self.threshold if threshold is None else threshold
+        return routed_predictions(inputs.scores, inputs.seen_columns, score > threshold)
 
     def metadata(self) -> dict:
         return {"kind": self.kind, "threshold": float(self.threshold)}
@@ -138,7 +141,7 @@ class StackingGate(DomainGate):
         best_seen, best_unseen = _split_max(inputs.scores, inputs.seen_columns)
         return best_unseen - best_seen
 
-    def predict(self, inputs, threshold=None):
+    def predict(self, inputs, threshold=None, score=None):
         # Bit for bit what calibrated stacking has always computed: argmax of scores - gamma on seen columns.
         from bsegn.generative.metrics import calibrated_predictions
 
