@@ -340,6 +340,8 @@ def _run_locked(config: RunConfig, run_dir: Path, data: PreparedData, accelerato
                      f"(AUROC {row['domain_auroc']:.3f}, oracle-domain H {row['oracle_H']:.1f})")
     outcome = run_protocol(config, protocol, run_dir, accelerator, thresholds=gate_thresholds(config, validation),
                            data=data)
+    from bsegn.app.run_outputs import collect_metrics, write_outputs
+
     metrics = collect_metrics(config, outcome, validation, accelerator, time.perf_counter() - started)
     if accelerator.is_main_process:
         write_outputs(config, outcome, metrics, run_dir)
@@ -358,61 +360,3 @@ def _run_locked(config: RunConfig, run_dir: Path, data: PreparedData, accelerato
         if shown:
             log.info("predict on a test image of an unseen class, with the bundle just written:\n" + shown)
     return metrics
-
-
-def collect_metrics(config: RunConfig, outcome: ProtocolOutcome, validation: ProtocolOutcome | None,
-                    accelerator, total_seconds: float) -> dict[str, Any]:
-    """metrics.json: T1, U, S, H first (percent, full precision), then how they were obtained."""
-    result, names = outcome.result, outcome.split.class_names
-    protocol = config.run.protocol
-    return {"T1": result["T1"], "U": result["U"], "S": result["S"], "H": result["H"],
-            "protocol": protocol, "benchmark": config.data.benchmark,
-            "semantics": outcome.split.semantic_kind, "text_encoder_id": outcome.split.text_encoder_id,
-            "split_evaluated": "val classes (validation protocol)" if protocol == "validation" else "test (once)",
-            "gate": result["gate"], "threshold": result["threshold"],
-            "threshold_chosen_on": "given" if config.run.threshold is not None else "validation",
-            "gamma": result.get("gamma", 0.0),
-            **{key: result[key] for key in ("domain_auroc", "domain_accuracy", "seen_called_seen",
-                                            "unseen_called_unseen", "oracle_U", "oracle_S", "oracle_H")},
-            "gates": result["gates"],
-            "validation_gates": (validation.result["gates"] if validation else None),
-            "unseen_ranking": config.run.unseen_ranking,
-            "seeds": [config.run.seed],
-            "device": str(accelerator.device), "processes": accelerator.num_processes,
-            "mixed_precision": str(accelerator.mixed_precision),
-            "per_class_gzsl": _named(result["per_class_gzsl"], names),
-            "per_class_zsl": _named(result["per_class_zsl"], names),
-            "calibration_curve": (validation or outcome).result.get("calibration_curve"),
-            "seconds": {"generative": outcome.generative_seconds,
-                        "per_generator_epoch": result.get("seconds_per_epoch"), "total": total_seconds}}
-
-
-def _named(per_class: dict, class_names: list[str]) -> dict[str, float]:
-    return {class_names[int(c)]: float(a) for c, a in per_class.items()}
-
-
-def data_config_of(config: RunConfig, backbone) -> dict:
-    return {} if backbone is None else backbone.data_config_at(config.backbone.image_size)
-
-
-def write_outputs(config: RunConfig, outcome: ProtocolOutcome, metrics: dict, run_dir: Path) -> None:
-    from bsegn.app.bundle import save_bundle, semantic_fields
-
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    split, features = outcome.split, outcome.features
-    trainval = np.asarray(split.loc("trainval"))
-    save_bundle(run_dir / "bundle", backbone=outcome.backbone, trained=outcome.run.trained,
-                classifier=outcome.run.gzsl_classifier, zsl_classifier=outcome.run.zsl_classifier,
-                class_names=split.class_names, attribute_names=split.attribute_names,
-                data_config=data_config_of(config, outcome.backbone), gate=outcome.run.gates[config.run.gate],
-                unseen_ranking=config.run.unseen_ranking,
-                metrics={k: metrics[k] for k in ("T1", "U", "S", "H", "protocol", "split_evaluated", "gate",
-                                                 "domain_auroc", "oracle_H")},
-                train_features=features.features[trainval], train_labels=features.labels[trainval],
-                benchmark=config.data.benchmark, run_config=config.to_dict(), semantic=semantic_fields(split))
-    try:
-        from bsegn.app.plots import write_plots
-
-        write_plots(run_dir, metrics, outcome)
-    except ImportError as error:
-        log.warning(f"plots skipped: {error} (matplotlib is a dependency of bsegn: reinstall it)")

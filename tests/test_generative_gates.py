@@ -182,7 +182,6 @@ def test_run_bsegn_measures_every_gate_on_one_model_and_stacking_stays_as_it_was
 
     features, split, config = tiny_run
     split.protocol = "validation"
-    before = torch.get_rng_state()
     run = run_bsegn(features, split, config, gates={kind: None for kind in GATES}, unseen_ranking="zsl",
                     show_progress=False)
     assert list(run.gates) == list(GATES) and list(run.result["gates"]) == list(GATES)
@@ -209,7 +208,6 @@ def test_run_bsegn_measures_every_gate_on_one_model_and_stacking_stays_as_it_was
     assert given.result["gate"] == "learned" and given.result["threshold"] == 0.5 and given.result["gamma"] == 0.0
     assert given.result["gates"]["stacking"]["gamma"] == 1.0 and "curve" not in given.result["gates"]["learned"]
     assert "calibration_curve" not in given.result
-    del before
 
 
 def test_fitting_gates_leaves_the_global_rng_alone(tiny_run):
