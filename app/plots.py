@@ -69,11 +69,7 @@ def _gate_curves(plt, plots: Path, gates: dict) -> Path:
     axis.set_ylabel("unseen accuracy U (%)")
     axis.set_title("Seen-or-unseen gates over their thresholds (validation)")
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    path = plots / "gate_curves.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, plots / "gate_curves.png")
 
 
 def _real_vs_synthetic(plt, plots: Path, outcome, num_classes: int = 5, per_class: int = 60) -> Path:
@@ -98,8 +94,11 @@ def _real_vs_synthetic(plt, plots: Path, outcome, num_classes: int = 5, per_clas
         axis.scatter(f[:, 0], f[:, 1], s=10, color=colours(i), marker="x", alpha=0.5)
     axis.set_title("Unseen classes: real (o) vs synthetic (x) features, PCA")
     axis.legend(fontsize=6)
+    return _save(plt, figure, plots / "real_vs_synthetic.png")
+
+
+def _save(plt, figure, path: Path) -> Path:
     figure.tight_layout()
-    path = plots / "real_vs_synthetic.png"
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
