@@ -4,7 +4,7 @@
 #   speed     bench/trainer_speed.py in fp32 and bf16, with --complete: the complete BSeGN at bsegn.md
 #             sizes (hidden 4096, batch 64), seconds per AwA1 epoch and peak GPU memory;
 #   main      bench/awa1_lampert.py: BSeGN, f-CLSWGAN and ESZSL, the validation run choosing the number
-#             of generator epochs among $EPOCHS (and gamma), 3 seeds;
+#             of generator epochs among $EPOCHS (and every seen-or-unseen gate's threshold), 3 seeds;
 #   demo      the demo pipeline in fp16: `accelerate launch --mixed_precision fp16 train.py`;
 #   ablations the six BSeGN ablations of bench/awa1_lampert.py, as `main`, one process each, side by
 #             side (one process leaves the GPU mostly idle between its small kernels);
@@ -47,7 +47,8 @@ stage() {  # stage NAME LIMIT_SECONDS COMMAND...: run time-boxed, log to $logs/N
 wants() { [[ " $STAGES " == *" $1 "* ]]; }
 awa1() {  # awa1 NAME LIMIT METHODS EPOCHS
     stage "$1" "$2" python3 bench/awa1_lampert.py --methods "$3" --config "$CONFIG" --select-epochs "$4" \
-        --seeds 3 --validation-seeds "${VALIDATION_SEEDS:-2}" --threads "${THREADS:-2}" --json "$logs/$1.json"
+        --seeds 3 --validation-seeds "${VALIDATION_SEEDS:-2}" --threads "${THREADS:-2}" --json "$logs/$1.json" \
+        --gates "${GATES:-stacking,gaussian,learned,combined}"
 }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
