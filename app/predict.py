@@ -133,12 +133,12 @@ class Predictor:
                                  zsl_scores=zsl_scores).cpu()  # the scores the gate was fitted and tuned on
             # the mFIM features are integrated again only for a gate that reads them (gaussian, learned, cosmo)
             inputs = gate_inputs(bundle.trained, bundle.gzsl, bundle.zsl, features, kinds=[gate.kind], scores=scores)
-            margin = gate.domain_score(inputs) - self.threshold
+            margin = gate.domain_score(inputs) - self.threshold  # read once: decision, p_unseen and class
             unseen, p_unseen = margin > 0, torch.sigmoid(margin)
             class_ids = bundle.gzsl.class_ids.cpu()
             seen = inputs.seen_columns
             if self.mode == "gzsl":
-                columns = gate.predict(inputs, self.threshold)
+                columns = gate.predict(inputs, self.threshold, margin + self.threshold)
                 best_seen, best_unseen = scores[:, seen].max(1).values, scores[:, ~seen].max(1).values
                 # Seen columns lowered per image by the offset that makes "best unseen - best seen" the gate's
                 # margin: their softmax ranks the gate's domain first. For stacking the offset is gamma itself.

@@ -201,7 +201,7 @@ def test_the_class_named_is_the_gates_even_where_the_scores_rank_another_first(b
     bundle = load_bundle(bundles["gaussian"])
     images = _images(4)
     worst = _gate_view(bundle, images).scores.argmin(1)
-    monkeypatch.setattr(bundle.gate, "predict", lambda inputs, threshold=None: worst)
+    monkeypatch.setattr(bundle.gate, "predict", lambda inputs, threshold=None, score=None: worst)
     answers = Predictor(bundle).predict_tensors(images, top_k=3)
     assert [a["top"][0]["class_id"] for a in answers] == bundle.gzsl.class_ids[worst].tolist()
     assert all(len(a["top"]) == 3 and len({t["class_id"] for t in a["top"]}) == 3 for a in answers)
