@@ -92,9 +92,8 @@ class Predictor:
     def __init__(self, bundle, *, mode: str = "gzsl", threshold: float | None = None, gamma: float | None = None,
                  device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None):
         from bsegn.datasets.images import DEFAULT_MAX_PIXELS
-        from bsegn.datasets.transforms import build_eval_transform
-
         from bsegn.core.errors import BundleError, ConfigError
+        from bsegn.datasets.transforms import build_eval_transform
 
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -122,23 +121,25 @@ class Predictor:
         from bsegn.generative.classifier import class_log_probs, gzsl_scores
         from bsegn.generative.gates import gate_inputs
 
-        bundle, gate = self.bundle, self.gate
+        bundle, gate, trained = self.bundle, self.gate, self.bundle.trained
         with torch.no_grad():
             images = images.to(self.device)
             features = bundle.backbone(images).float()
+            integrated = trained.integrate(features)  # once: every classifier and the gate read it
             zsl_scores = None
             if bundle.zsl is not None and (self.mode == "zsl" or bundle.unseen_ranking == "zsl"):
-                zsl_scores = class_log_probs(bundle.trained, bundle.zsl, features)
-            scores = gzsl_scores(bundle.trained, bundle.gzsl, bundle.zsl, features, unseen_ranking=bundle.unseen_ranking,
-                                 zsl_scores=zsl_scores).cpu()  # the scores the gate was fitted and tuned on
-            # the mFIM features are integrated again only for a gate that reads them (gaussian, learned, cosmo)
-            inputs = gate_inputs(bundle.trained, bundle.gzsl, bundle.zsl, features, kinds=[gate.kind], scores=scores)
-            margin = gate.domain_score(inputs) - self.threshold  # read once: decision, p_unseen and class
-            unseen, p_unseen = margin > 0, torch.sigmoid(margin)
+                zsl_scores = class_log_probs(trained, bundle.zsl, features, integrated=integrated)
+            scores = gzsl_scores(trained, bundle.gzsl, bundle.zsl, features, unseen_ranking=bundle.unseen_ranking,
+                                 zsl_scores=zsl_scores, integrated=integrated).cpu()  # what the gate was tuned on
+            inputs = gate_inputs(trained, bundle.gzsl, bundle.zsl, features, kinds=[gate.kind], scores=scores,
+                                 integrated=integrated)
+            score = gate.domain_score(inputs)  # read once: decision, p_unseen and class
+            margin = gate.margin(inputs, self.threshold, score)
+            unseen, p_unseen = margin > 0, gate.p_unseen(inputs, self.threshold, score)
             class_ids = bundle.gzsl.class_ids.cpu()
             seen = inputs.seen_columns
             if self.mode == "gzsl":
-                columns = gate.predict(inputs, self.threshold, margin + self.threshold)
+                columns = gate.predict(inputs, self.threshold, score)
                 best_seen, best_unseen = scores[:, seen].max(1).values, scores[:, ~seen].max(1).values
                 # Seen columns lowered per image by the offset that makes "best unseen - best seen" the gate's
                 # margin: their softmax ranks the gate's domain first. For stacking the offset is gamma itself.

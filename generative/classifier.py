@@ -77,16 +77,17 @@ def fit_final_classifier(trained, real_features, real_labels, class_ids, semanti
 
 @torch.no_grad()
 def class_log_probs(trained, classifier: FinalClassifier, features, *, fusion: bool | None = None,
-                    batch_size: int = 4096) -> torch.Tensor:
+                    batch_size: int = 4096, integrated: torch.Tensor | None = None) -> torch.Tensor:
     """features (N, d) -> (N, K) log-probabilities over classifier.class_ids; with fusion (default
     config.uses_fusion) the FEM's log-probabilities over the same classes are added with weight
-    config.fusion_weight."""
+    config.fusion_weight. integrated: trained.integrate(features) when the caller has it (saves the pass)."""
     features = torch.as_tensor(features, dtype=torch.float32)
     fusion = trained.config.uses_fusion if fusion is None else fusion
     out = []
     for start in range(0, len(features), batch_size):
         chunk = features[start:start + batch_size].to(trained.device)
-        scores = torch.log_softmax(classifier(trained.integrate(chunk)), dim=1)
+        mfim = trained.integrate(chunk) if integrated is None else integrated[start:start + batch_size].to(trained.device)
+        scores = torch.log_softmax(classifier(mfim), dim=1)
         if fusion:
             scores = scores + trained.config.fusion_weight * trained.fem_log_probs(chunk, classifier.class_ids)
         out.append(scores)
@@ -94,16 +95,17 @@ def class_log_probs(trained, classifier: FinalClassifier, features, *, fusion: b
 
 
 @torch.no_grad()
-def gzsl_scores(trained, gzsl: FinalClassifier, zsl: FinalClassifier | None, features, *,
+def gzsl_scores(trained, gzsl: FinalClassifier, zsl: FinalClassifier | None, features, *, integrated=None,
                 unseen_ranking: str = "gzsl", zsl_scores: torch.Tensor | None = None) -> torch.Tensor:
     """The GZSL scores (N, C) over gzsl.class_ids that predictions and calibration use: class_log_probs of
     the GZSL classifier, with the unseen columns re-ranked by the ZSL classifier when unseen_ranking is
     "zsl" (which unseen class wins is then the ZSL classifier's choice; the seen-vs-unseen decision, and
     calibrated stacking's gamma, stay the GZSL classifier's: metrics.rank_unseen_with).
-    zsl_scores: class_log_probs(trained, zsl, features) when the caller has them already (saves a pass)."""
+    zsl_scores: class_log_probs(trained, zsl, features) when the caller has them already (saves a pass);
+    integrated: trained.integrate(features), likewise."""
     if unseen_ranking not in UNSEEN_RANKINGS:
         raise ValueError(f"unseen_ranking {unseen_ranking!r}: expected one of {', '.join(UNSEEN_RANKINGS)}")
-    scores = class_log_probs(trained, gzsl, features)
+    scores = class_log_probs(trained, gzsl, features, integrated=integrated)
     if unseen_ranking != "zsl":
         return scores
     if zsl is None:
@@ -115,6 +117,6 @@ def gzsl_scores(trained, gzsl: FinalClassifier, zsl: FinalClassifier | None, fea
         raise ValueError(f"the ZSL classifier's classes {sorted(position)} differ from the GZSL classifier's "
                          f"unseen classes {unseen_ids.tolist()}; refit both (they must cover the same classes)")
     if zsl_scores is None:
-        zsl_scores = class_log_probs(trained, zsl, features)
+        zsl_scores = class_log_probs(trained, zsl, features, integrated=integrated)
     within = zsl_scores.to(scores.device)[:, [position[int(c)] for c in unseen_ids.tolist()]]
     return rank_unseen_with(scores, unseen_columns.to(scores.device), within)

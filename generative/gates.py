@@ -76,18 +76,19 @@ def needs_integrated(kind: str) -> bool:
 
 @torch.no_grad()
 def gate_inputs(trained, gzsl, zsl, features, *, unseen_ranking: str = "gzsl", kinds=GATES,
-                scores: torch.Tensor | None = None) -> GateInputs:
-    """GateInputs of real features (N, d) for the given gate kinds (scores: gzsl_scores when the caller
-    has them)."""
+                scores: torch.Tensor | None = None, integrated: torch.Tensor | None = None) -> GateInputs:
+    """GateInputs of real features (N, d) for the given gate kinds (scores: gzsl_scores, integrated:
+    trained.integrate(features), when the caller has them; each is computed once otherwise)."""
     from bsegn.generative.classifier import gzsl_scores
 
+    if integrated is None and (scores is None or any(needs_integrated(kind) for kind in kinds)):
+        integrated = trained.integrate(torch.as_tensor(features, dtype=torch.float32))
     if scores is None:
-        scores = gzsl_scores(trained, gzsl, zsl, features, unseen_ranking=unseen_ranking)
+        scores = gzsl_scores(trained, gzsl, zsl, features, unseen_ranking=unseen_ranking, integrated=integrated)
     seen_columns = torch.isin(gzsl.class_ids.cpu(), trained.seen_classes)
-    integrated = None
-    if any(needs_integrated(kind) for kind in kinds):
-        integrated = trained.integrate(torch.as_tensor(features, dtype=torch.float32)).cpu()
-    return GateInputs(scores.cpu().float(), seen_columns, integrated)
+    if not any(needs_integrated(kind) for kind in kinds):
+        integrated = None
+    return GateInputs(scores.cpu().float(), seen_columns, None if integrated is None else integrated.cpu())
 
 
 def _split_max(scores: torch.Tensor, seen_columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,22 +107,28 @@ class DomainGate(nn.Module):
     def domain_score(self, inputs: GateInputs) -> torch.Tensor:
         raise NotImplementedError
 
-    def unseen(self, inputs: GateInputs, threshold: float | None = None) -> torch.Tensor:
-        """(N,) bool: the images this gate sends to the unseen expert."""
-        return self.domain_score(inputs) > (self.threshold if threshold is None else threshold)
+    # threshold: another than self.threshold; score: this gate's domain_score(inputs) when the caller has it
+    # (choosing a threshold tries hundreds on one score; predict reads the decision, p_unseen and the class)
 
-    def p_unseen(self, inputs: GateInputs) -> torch.Tensor:
+    def margin(self, inputs: GateInputs, threshold: float | None = None,
+               score: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) domain score minus threshold: > 0 for the images sent to the unseen expert."""
+        score = self.domain_score(inputs) if score is None else score
+        return score - (self.threshold if threshold is None else threshold)
+
+    def unseen(self, inputs: GateInputs, threshold: float | None = None, score=None) -> torch.Tensor:
+        """(N,) bool: the images this gate sends to the unseen expert."""
+        return self.margin(inputs, threshold, score) > 0
+
+    def p_unseen(self, inputs: GateInputs, threshold: float | None = None, score=None) -> torch.Tensor:
         """(N,) sigmoid(score - threshold): 0.5 exactly at the decision, above it iff called unseen. A
         calibrated probability for the learned gate at threshold 0; a monotone confidence otherwise."""
-        return torch.sigmoid(self.domain_score(inputs) - self.threshold)
+        return torch.sigmoid(self.margin(inputs, threshold, score))
 
     def predict(self, inputs: GateInputs, threshold: float | None = None,
                 score: torch.Tensor | None = None) -> torch.Tensor:
-        """(N,) columns: the best column of the domain the gate picked for each image. score: this gate's
-        domain_score(inputs) when the caller has it (choosing a threshold tries hundreds on one score)."""
-        score = self.domain_score(inputs) if score is None else score
-        threshold = self.threshold if threshold is None else threshold
-        return routed_predictions(inputs.scores, inputs.seen_columns, score > threshold)
+        """(N,) columns: the best column of the domain the gate picked for each image."""
+        return routed_predictions(inputs.scores, inputs.seen_columns, self.unseen(inputs, threshold, score))
 
     def metadata(self) -> dict:
         return {"kind": self.kind, "threshold": float(self.threshold)}
@@ -302,15 +309,16 @@ def fit_gates(kinds, trained, real_features, real_labels, class_ids, *, seed: in
     learned gates and standardised on the real features' scores under `classifiers` (gzsl, zsl), which it
     needs. Thresholds are 0 until chosen or set. Returns {kind: gate} in the order asked."""
     kinds = [check_gate(kind) for kind in kinds]
+    if "combined" in kinds and classifiers is None:
+        raise ValueError("the combined gate is standardised on the classifiers' scores: pass classifiers=(gzsl, zsl)")
     seed = trained.seed if seed is None else seed
     gates: dict[str, DomainGate] = {kind: _empty_gate(kind) for kind in kinds if not needs_integrated(kind)}
     if len(gates) == len(kinds):
         return {kind: gates[kind] for kind in kinds}
     labels = torch.as_tensor(real_labels, dtype=torch.long).cpu()
     keep = torch.isin(labels, trained.seen_classes)
-    real = trained.integrate(torch.as_tensor(real_features, dtype=torch.float32)[keep]).cpu()
-    if "combined" in kinds and classifiers is None:
-        raise ValueError("the combined gate is standardised on the classifiers' scores: pass classifiers=(gzsl, zsl)")
+    real_seen = torch.as_tensor(real_features, dtype=torch.float32)[keep]
+    real = trained.integrate(real_seen).cpu()
     if "gaussian" in kinds or "combined" in kinds:
         gates["gaussian"] = GaussianGate(real.shape[1], len(torch.unique(labels[keep]))).fit(real, labels[keep])
     learned_kinds = [kind for kind in kinds if kind in ("learned", "cosmo", "combined")]
@@ -334,8 +342,8 @@ def fit_gates(kinds, trained, real_features, real_labels, class_ids, *, seed: in
             gate = _empty_gate("combined", real.shape[1], gates["gaussian"].means.shape[0])
             gate.gaussian.load_state_dict(gates["gaussian"].state_dict())
             gate.learned.load_state_dict(fitted.state_dict())
-            training = gate_inputs(trained, *classifiers, torch.as_tensor(real_features, dtype=torch.float32)[keep],
-                                   unseen_ranking=unseen_ranking, kinds=["combined"])
+            training = gate_inputs(trained, *classifiers, real_seen, unseen_ranking=unseen_ranking,
+                                   kinds=["combined"], integrated=real)
             gates["combined"] = gate.standardise_on(training).eval()
     return {kind: gates[kind] for kind in kinds}
 
