@@ -284,7 +284,7 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu", 
             zsl.load_state_dict(part("zsl"))
     except (KeyError, RuntimeError, ValueError, TypeError) as error:
         raise BundleError(f"{folder}: the model does not fit its config ({str(error)[:300]})") from None
-    gate = gate_from_bundle(config, part("gate"), trained.mfim.output_dim, folder)
+    gate = gate_from_bundle(config, part("gate"), trained.mfim.output_dim, folder, decoder="decoder" in trained.parts)
 
     backbone = None
     data_config = config.get("data_config") or {}

@@ -51,9 +51,10 @@ def check_gate_config(config: dict[str, Any], folder: Path) -> None:
         raise _fail(folder, f"has threshold {threshold!r}: it must be a finite number")
 
 
-def _expected_shapes(kind: str, state: dict, dim: int) -> dict[str, tuple]:
+def _expected_shapes(kind: str, state: dict, dim: int, decoder: bool = True) -> dict[str, tuple]:
     """The tensor shapes a gate of `kind` must have on `dim`-d mFIM features (sizes it may choose: read
-    from its own tensors, which load_state_dict then checks against each other)."""
+    from its own tensors, which load_state_dict then checks against each other); `decoder`: the model
+    has a semantic decoder (combined may then have its fourth, semantic part)."""
     if kind == "gaussian":
         means = state.get("means")
         return {"means": (means.shape[0] if means is not None and means.ndim == 2 else -1, dim), "precision": (dim, dim)}
@@ -67,13 +68,17 @@ def _expected_shapes(kind: str, state: dict, dim: int) -> dict[str, tuple]:
             "gaussian", {k[len("gaussian."):]: v for k, v in state.items() if k.startswith("gaussian.")}, dim).items()}
         parts.update({f"learned.{name}": shape for name, shape in _expected_shapes(
             "learned", {k[len("learned."):]: v for k, v in state.items() if k.startswith("learned.")}, dim).items()})
-        return {**parts, "centre": (3,), "scale": (3,)}
+        centre = state.get("centre")
+        # 4 parts with the semantic margin (a model with a decoder), 3 without it or from before it
+        num_parts = 4 if decoder and centre is not None and tuple(centre.shape) == (4,) else 3
+        return {**parts, "centre": (num_parts,), "scale": (num_parts,)}
     return {}
 
 
-def gate_from_bundle(config: dict[str, Any], state: dict, dim: int, folder: Path):
+def gate_from_bundle(config: dict[str, Any], state: dict, dim: int, folder: Path, *, decoder: bool = True):
     """The bundle's DomainGate from its config (checked) and its gate.* tensors (state, prefix removed);
-    `dim`: the mFIM feature dimension the gate reads. BundleError when the tensors do not fit."""
+    `dim`: the mFIM feature dimension the gate reads, `decoder`: the model has a semantic decoder.
+    BundleError when the tensors do not fit."""
     from bsegn.generative.gates import gate_from_state
 
     if config.get("format_version") == 2:
@@ -83,7 +88,10 @@ def gate_from_bundle(config: dict[str, Any], state: dict, dim: int, folder: Path
         _warn_old_bundle(folder)
         return gate_from_state({"kind": "stacking", "threshold": -float(config["gamma"])}, {})
     kind = config["gate"]["kind"]
-    expected = _expected_shapes(kind, state, dim)
+    if kind == "semantic" and not decoder:
+        raise BundleError(f"{folder}: the semantic gate reads the model's semantic decoder and this model has no "
+                          "semantic decoder (trained with lambda_cyc 0): the bundle was edited; re-run train.py")
+    expected = _expected_shapes(kind, state, dim, decoder)
     found = {name: tuple(tensor.shape) for name, tensor in state.items()}
     if found != expected or any(size < 1 for shape in expected.values() for size in shape):
         raise BundleError(f"{folder}: the {kind} gate's tensors in model.safetensors do not fit it (found "

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
@@ -216,17 +217,14 @@ class Predictor:
         def load(path):
             """(tensor, None) or (None, message); runs in worker threads (PIL decoding releases the GIL)."""
             try:
-                return self.transform(open_rgb(path, max_pixels=self.max_pixels)), None
+                return self.transform.to_uint8(open_rgb(path, max_pixels=self.max_pixels)), None
             except ImageError as error:  # the reader's advice, in predict's terms
                 return None, str(error).replace("raise max_pixels", "raise the limit with --max-pixels N")
             except (OSError, ValueError) as error:  # anything PIL raises past open_rgb's checks
                 return None, f"{path}: cannot read image ({error})"
 
-        from concurrent.futures import ThreadPoolExecutor
-
-        # Decoding the next batch overlaps the network's work on this one (measured on the demo bundle:
-        # sequential decoding made predict 0.67x the bare forward's images/s).
-        pool = ThreadPoolExecutor(max_workers=2)
+        threads = decode_threads(self.device.type)
+        pool = ThreadPoolExecutor(max_workers=threads) if threads else InlineExecutor()
         batches = [paths[i:i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
         pending = [pool.submit(load, p) for p in batches[0]] if batches else []
         for index, batch in enumerate(batches):
@@ -241,8 +239,8 @@ class Predictor:
                     tensors.append(tensor)
                     batch_paths.append(path)
             if tensors:
-                for path, answer in zip(batch_paths, self.predict_tensors(torch.stack(tensors), top_k=top_k,
-                                                                          explain=explain)):
+                images = self.transform.normalize(torch.stack(tensors))
+                for path, answer in zip(batch_paths, self.predict_tensors(images, top_k=top_k, explain=explain)):
                     results.append({"image": str(path), "mode": self.mode, **answer})
             if bar is not None:
                 bar.update(len(batch))
@@ -250,6 +248,36 @@ class Predictor:
         if bar is not None:
             bar.close()
         return results
+
+
+MAX_DECODE_THREADS = 4
+
+
+def decode_threads(device_type: str) -> int:
+    """Threads that decode the next batch while the network works on this one: on a GPU, all cores but
+    one (up to MAX_DECODE_THREADS); on the CPU only cores the network's own threads leave free. Measured
+    on 2 cores with torch's 2 threads (bench/predict.py, demo bundle, medians of 9 passes): decoding in
+    the main thread between batches 0.66 of the bare forward's images/s, one overlapping thread 0.62, two
+    0.58 (a decoding thread takes a core from the forward's OpenMP team, which then waits at every
+    barrier): 0 threads there."""
+    import torch
+
+    from bsegn.datasets.image_dataset import available_cores
+
+    spare = available_cores() - (1 if device_type == "cuda" else torch.get_num_threads())
+    return max(0, min(spare, MAX_DECODE_THREADS))
+
+
+class InlineExecutor:
+    """ThreadPoolExecutor's submit/shutdown, run in the calling thread at submit time."""
+
+    def submit(self, function, *args) -> Future:
+        future = Future()
+        future.set_result(function(*args))
+        return future
+
+    def shutdown(self) -> None:
+        pass
 
 
 class Prediction(dict):

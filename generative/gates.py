@@ -25,10 +25,15 @@ GATES (domain score s(x)):
                  with the learned gate's p(u|x): its argmax is unseen iff
                  logit p(u|x) + log max_c p(c|x,u) - log max_c p(c|x,s) > 0, which is s(x) (threshold 0 is
                  COSMO's own decision; the validation-chosen threshold plays its smoothing prior's part)
-    combined     the sum of three scores, each standardised by its mean and spread over the real seen
+    semantic     max cosine of the semantic decoder's reading a_hat (the cycle branch) with an unseen class's
+                 vector minus that with a seen class's: an image of a new combination is read nearer to its
+                 own class's vector (attribute-based detection, as in DAP, Lampert et al. 2009); needs the
+                 decoder (lambda_cyc > 0)
+    combined     the sum of four scores, each standardised by its mean and spread over the real seen
                  TRAINING features (so it means the same in the validation and the final protocol): the
-                 stacking margin, the log of the gaussian distance and the learned gate's logit. On the demo's
-                 validation protocol it separated the domains better than any of them alone (docs/results.md)
+                 stacking margin, the log of the gaussian distance, the learned gate's logit and the semantic
+                 margin (three without a decoder). On the demo's validation protocol it separated the domains
+                 better than any of them alone (docs/results.md)
 
 The fitted parts (Gaussian means and precision, the MLP) are buffers/parameters of the gate module, so a
 bundle stores them in safetensors; kind and threshold go to JSON (`gate.metadata()`, `gate_from_state`).
@@ -40,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-GATES = ("stacking", "max_softmax", "energy", "gaussian", "learned", "cosmo", "combined")
+GATES = ("stacking", "max_softmax", "energy", "gaussian", "learned", "cosmo", "semantic", "combined")
 LEARNED_GATE_HIDDEN = 256
 LEARNED_GATE_EPOCHS = 20
 LEARNED_GATE_LR = 1e-3
@@ -58,20 +63,46 @@ def check_gate(kind: str) -> str:
 @dataclass
 class GateInputs:
     """What gates read for N images: scores (N, C) the GZSL scores (log-probabilities over the classifier's
-    columns, unseen_ranking applied), seen_columns (C,) bool, integrated (N, D) the mFIM features (None
-    for gates that do not need them)."""
+    columns, unseen_ranking applied), seen_columns (C,) bool, integrated (N, D) the mFIM features and
+    semantic_margin (N,) (semantic_margin's; None for gates that do not need them)."""
 
     scores: torch.Tensor
     seen_columns: torch.Tensor
     integrated: torch.Tensor | None = None
+    semantic_margin: torch.Tensor | None = None
 
     def subset(self, index) -> "GateInputs":
         return GateInputs(self.scores[index], self.seen_columns,
-                          None if self.integrated is None else self.integrated[index])
+                          None if self.integrated is None else self.integrated[index],
+                          None if self.semantic_margin is None else self.semantic_margin[index])
 
 
 def needs_integrated(kind: str) -> bool:
     return kind in ("gaussian", "learned", "cosmo", "combined")
+
+
+def needs_semantic(kind: str, trained) -> bool:
+    """The semantic margin is read by the semantic gate, and by combined when the model has a decoder."""
+    return kind == "semantic" or (kind == "combined" and "decoder" in trained.parts)
+
+
+@torch.no_grad()
+def semantic_margin(trained, features: torch.Tensor, class_ids: torch.Tensor, seen_columns: torch.Tensor,
+                    batch_size: int = 4096) -> torch.Tensor:
+    """features (N, d) -> (N,): the cosine of the decoder's semantic reconstruction a_hat (the cycle branch)
+    with the nearest unseen class vector minus that with the nearest seen one, over the classifier's columns
+    (class_ids (C,)). An unseen image is a new combination of what seen images show, so the decoder reads a
+    vector nearer to its own class than to any seen class (attribute-based detection, as in DAP)."""
+    if "decoder" not in trained.parts:
+        raise ValueError("the semantic gate reads the semantic decoder, and this model has none "
+                         "(generative.lambda_cyc 0); choose another gate")
+    semantics = torch.nn.functional.normalize(trained.semantics[class_ids.cpu()].to(trained.device), dim=1)
+    margins = []
+    for start in range(0, len(features), batch_size):
+        a_hat, _ = trained.parts["decoder"](features[start:start + batch_size].to(trained.device))
+        cosine = torch.nn.functional.normalize(a_hat, dim=1) @ semantics.T
+        margins.append((cosine[:, ~seen_columns].max(1).values - cosine[:, seen_columns].max(1).values).cpu())
+    return torch.cat(margins) if margins else torch.zeros(0)
 
 
 @torch.no_grad()
@@ -88,7 +119,11 @@ def gate_inputs(trained, gzsl, zsl, features, *, unseen_ranking: str = "gzsl", k
     seen_columns = torch.isin(gzsl.class_ids.cpu(), trained.seen_classes)
     if not any(needs_integrated(kind) for kind in kinds):
         integrated = None
-    return GateInputs(scores.cpu().float(), seen_columns, None if integrated is None else integrated.cpu())
+    margin = None
+    if any(needs_semantic(kind, trained) for kind in kinds):
+        margin = semantic_margin(trained, torch.as_tensor(features, dtype=torch.float32), gzsl.class_ids,
+                                 seen_columns)
+    return GateInputs(scores.cpu().float(), seen_columns, None if integrated is None else integrated.cpu(), margin)
 
 
 def _split_max(scores: torch.Tensor, seen_columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,6 +191,17 @@ class StackingGate(DomainGate):
         return calibrated_predictions(inputs.scores, inputs.seen_columns, gamma)
 
 
+class SemanticGate(DomainGate):
+    """The semantic margin (see semantic_margin): nothing to fit."""
+
+    kind = "semantic"
+
+    def domain_score(self, inputs):
+        if inputs.semantic_margin is None:
+            raise ValueError("the semantic gate needs GateInputs.semantic_margin (gate_inputs computes it)")
+        return inputs.semantic_margin
+
+
 class MaxSoftmaxGate(DomainGate):
     kind = "max_softmax"
 
@@ -193,14 +239,30 @@ class GaussianGate(DomainGate):
         self.precision = torch.linalg.inv(shrunk).float()
         return self
 
+    def _whitening(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(center (D,), factor L (D, D) with precision = L L^T, whitened means (S, D), their squared
+        norms (S,)), float32, computed once per set of buffers (fit, load_state_dict and .to() replace or
+        bump them, so the key changes)."""
+        key = tuple((t.data_ptr(), t._version, t.device) for t in (self.precision, self.means))
+        if getattr(self, "_whitening_key", None) != key:
+            precision = self.precision.double()
+            factor = torch.linalg.cholesky((precision + precision.T) / 2)  # the stored inverse: symmetric up to rounding
+            center = self.means.double().mean(0)
+            whitened_means = (self.means.double() - center) @ factor
+            self._whitening_cache = (center.float(), factor.float(), whitened_means.float(),
+                                     whitened_means.pow(2).sum(1).float())
+            self._whitening_key = key
+        return self._whitening_cache
+
     def domain_score(self, inputs):
-        # (x - m)^T P (x - m) = x^T P x - 2 x^T P m + m^T P m, for every mean at once; in float64, as the
-        # expansion subtracts large, nearly equal terms
-        x, precision, means = inputs.integrated.double(), self.precision.double(), self.means.double()
-        projected = x @ precision                                  # (N, D)
-        mean_terms = ((means @ precision) * means).sum(1)          # (S,)
-        distances = (projected * x).sum(1, keepdim=True) - 2 * projected @ means.T + mean_terms
-        return distances.min(1).values.float()
+        # (x - m)^T P (x - m) = |L^T (x - m)|^2 = |z|^2 - 2 z.w + |w|^2 with z, w the whitened feature and
+        # mean, all seen means at once. Centring on the means' average first keeps |z|^2 near the size of
+        # the distance itself, so float32 loses nothing that matters (relative error ~1e-6 against float64)
+        # at half float64's cost: this matmul is the gate's whole cost in predict.
+        center, factor, whitened_means, mean_norms = self._whitening()
+        z = (inputs.integrated.float() - center) @ factor                       # (N, D)
+        distances = z.pow(2).sum(1, keepdim=True) - 2 * z @ whitened_means.T + mean_norms
+        return distances.min(1).values.clamp_min(0.0)
 
 
 class LearnedGate(DomainGate):
@@ -258,24 +320,27 @@ class CosmoGate(LearnedGate):
 
 
 class CombinedGate(DomainGate):
-    """Standardised stacking margin + log gaussian distance + learned logit. Parts: `gaussian`, `learned`;
-    buffers centre (3,) and scale (3,): each score's mean and standard deviation on real seen training
-    features."""
+    """Standardised stacking margin + log gaussian distance + learned logit (+ semantic margin, when the
+    model has a semantic decoder). Parts: `gaussian`, `learned`; buffers centre and scale (3 or 4,): each
+    score's mean and standard deviation on real seen training features."""
 
     kind = "combined"
 
-    def __init__(self, dim: int, num_seen: int, hidden: int = LEARNED_GATE_HIDDEN):
+    def __init__(self, dim: int, num_seen: int, hidden: int = LEARNED_GATE_HIDDEN, num_parts: int = 4):
         super().__init__()
         self.gaussian = GaussianGate(dim, num_seen)
         self.learned = LearnedGate(dim, hidden)
         self.stacking = StackingGate()
-        self.register_buffer("centre", torch.zeros(3))
-        self.register_buffer("scale", torch.ones(3))
+        self.register_buffer("centre", torch.zeros(num_parts))
+        self.register_buffer("scale", torch.ones(num_parts))
 
     def parts(self, inputs: GateInputs) -> torch.Tensor:
-        """(N, 3): the stacking margin, log gaussian distance and learned logit of each image."""
+        """(N, 3 or 4): the stacking margin, log gaussian distance, learned logit (and semantic margin)."""
         distance = self.gaussian.domain_score(inputs).clamp_min(1e-6)
-        return torch.stack([self.stacking.domain_score(inputs), distance.log(), self.learned.domain_score(inputs)], 1)
+        parts = [self.stacking.domain_score(inputs), distance.log(), self.learned.domain_score(inputs)]
+        if len(self.centre) == 4:
+            parts.append(SemanticGate().domain_score(inputs))
+        return torch.stack(parts, 1)
 
     def standardise_on(self, training_inputs: GateInputs) -> "CombinedGate":
         parts = self.parts(training_inputs).double()
@@ -287,16 +352,18 @@ class CombinedGate(DomainGate):
         return ((self.parts(inputs) - self.centre) / self.scale).sum(1)
 
 
-def _empty_gate(kind: str, dim: int = 0, num_seen: int = 0, hidden: int = LEARNED_GATE_HIDDEN) -> DomainGate:
+def _empty_gate(kind: str, dim: int = 0, num_seen: int = 0, hidden: int = LEARNED_GATE_HIDDEN,
+                num_parts: int = 4) -> DomainGate:
     check_gate(kind)
     with torch.random.fork_rng(devices=[]):  # building layers draws from the global RNG: leave it alone
         if kind == "combined":
-            return CombinedGate(dim, num_seen, hidden)
+            return CombinedGate(dim, num_seen, hidden, num_parts)
         if kind == "gaussian":
             return GaussianGate(dim, num_seen)
         if kind in ("learned", "cosmo"):
             return (LearnedGate if kind == "learned" else CosmoGate)(dim, hidden)
-        return {"stacking": StackingGate, "max_softmax": MaxSoftmaxGate, "energy": EnergyGate}[kind]()
+        return {"stacking": StackingGate, "max_softmax": MaxSoftmaxGate, "energy": EnergyGate,
+                "semantic": SemanticGate}[kind]()
 
 
 @torch.no_grad()
@@ -339,7 +406,8 @@ def fit_gates(kinds, trained, real_features, real_labels, class_ids, *, seed: in
                 gate.load_state_dict(fitted.state_dict())
                 gates[kind] = gate.eval()
         if "combined" in kinds:
-            gate = _empty_gate("combined", real.shape[1], gates["gaussian"].means.shape[0])
+            gate = _empty_gate("combined", real.shape[1], gates["gaussian"].means.shape[0],
+                               num_parts=4 if needs_semantic("combined", trained) else 3)
             gate.gaussian.load_state_dict(gates["gaussian"].state_dict())
             gate.learned.load_state_dict(fitted.state_dict())
             training = gate_inputs(trained, *classifiers, real_seen, unseen_ranking=unseen_ranking,
@@ -357,7 +425,7 @@ def gate_from_state(metadata: dict, state: dict[str, torch.Tensor]) -> DomainGat
     """A saved gate from its metadata ({"kind", "threshold"}) and tensors (its state_dict)."""
     kind = check_gate(metadata["kind"])
     dim = num_seen = 0
-    hidden = LEARNED_GATE_HIDDEN
+    hidden, num_parts = LEARNED_GATE_HIDDEN, 4
     if kind == "gaussian":
         num_seen, dim = state["means"].shape
     elif kind in ("learned", "cosmo"):
@@ -365,7 +433,8 @@ def gate_from_state(metadata: dict, state: dict[str, torch.Tensor]) -> DomainGat
     elif kind == "combined":
         num_seen, dim = state["gaussian.means"].shape
         hidden = state["learned.network.0.weight"].shape[0]
-    gate = _empty_gate(kind, dim, num_seen, hidden)
+        num_parts = state["centre"].shape[0]  # 3: a model without a semantic decoder, or a bundle before it
+    gate = _empty_gate(kind, dim, num_seen, hidden, num_parts)
     gate.load_state_dict(state)
     gate.threshold = float(metadata["threshold"])
     return gate.eval()

@@ -21,7 +21,7 @@ IMAGE_SIZE = 32
 
 
 def _tiny_bundle(folder: Path, *, unseen_ranking: str = "gzsl", gate: str = "stacking", threshold: float = -0.5,
-                 semantics=None, class_names=None, attribute_names=None, **save_options) -> Path:
+                 semantics=None, class_names=None, attribute_names=None, bsegn_options=None, **save_options) -> Path:
     """A tiny bundle; `semantics` (C, k) default to random 5-d vectors of CLASSES, `gate`: the kind of its
     seen-or-unseen gate (fitted on the tiny training features) at `threshold` (stacking at -0.5: gamma
     0.5), `save_options` go to save_bundle (e.g. `semantic=` for a text bundle, `metrics=`)."""
@@ -33,7 +33,8 @@ def _tiny_bundle(folder: Path, *, unseen_ranking: str = "gzsl", gate: str = "sta
 
     torch.manual_seed(0)
     backbone = create_backbone("test_resnet", "none")
-    config = BSeGNConfig.from_dict({"hidden": 16, "embedder_hidden": 8, "syn_num": 4, "classifier_epochs": 1})
+    config = BSeGNConfig.from_dict({"hidden": 16, "embedder_hidden": 8, "syn_num": 4, "classifier_epochs": 1,
+                                    **(bsegn_options or {})})
     if semantics is None:
         semantics = torch.rand(len(CLASSES), 5, generator=torch.Generator().manual_seed(0))
         attribute_names = [f"a{j}" for j in range(5)]
@@ -44,7 +45,7 @@ def _tiny_bundle(folder: Path, *, unseen_ranking: str = "gzsl", gate: str = "sta
     trained.fit_integration(features)
     gzsl = fit_final_classifier(trained, features, labels, list(range(len(CLASSES))))
     zsl = fit_final_classifier(trained, None, None, UNSEEN)
-    fitted = fit_gate(gate, trained, features, labels, list(range(len(semantics))), seed=0)
+    fitted = fit_gate(gate, trained, features, labels, list(range(len(semantics))), seed=0, classifiers=(gzsl, zsl))
     fitted.threshold = threshold
     return save_bundle(folder, backbone=backbone, trained=trained, classifier=gzsl, zsl_classifier=zsl,
                        class_names=class_names or CLASSES, attribute_names=attribute_names,
@@ -271,3 +272,51 @@ def test_predict_max_pixels_is_an_option_and_the_message_names_it(saved, tmp_pat
     assert predict_main([str(image), "--model", str(saved), "--max-pixels", "2500"]) == 0
     assert predict_main([str(image), "--model", str(saved), "--max-pixels", "0"]) == 2
     assert "--max-pixels) must be >= 1" in capsys.readouterr().err
+
+
+def test_decode_threads_only_use_cores_the_network_leaves_free(monkeypatch):
+    """predict overlaps decoding with the forward only on cores the forward does not use: on the CPU the
+    cores beyond torch's threads, on a GPU every core but the one feeding it (capped)."""
+    import bsegn.datasets.image_dataset as image_dataset
+    from bsegn.app.predict import MAX_DECODE_THREADS, decode_threads
+
+    monkeypatch.setattr(image_dataset, "available_cores", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert decode_threads("cpu") == 0 and decode_threads("cuda") == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert decode_threads("cpu") == 1
+    monkeypatch.setattr(image_dataset, "available_cores", lambda: 64)
+    assert decode_threads("cpu") == decode_threads("cuda") == MAX_DECODE_THREADS
+
+
+def test_predict_paths_is_the_same_decoded_inline_or_in_threads(saved, tmp_path, monkeypatch):
+    """Decoding in the calling thread or in a pool, batched normalisation: the answers of the images
+    transformed one by one, for every image, in input order, bad files reported either way."""
+    from PIL import Image
+
+    import bsegn.app.predict as predict
+    from bsegn.app.predict import Predictor
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(7):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8)).save(paths[-1])
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    paths.insert(3, tmp_path / "bad.jpg")
+    predictor = Predictor(load_bundle(saved), batch_size=3)
+    alone = []  # each image transformed on its own, in the batches predict_paths forms (the bad file dropped)
+    for start in range(0, len(paths), 3):
+        good = [p for p in paths[start:start + 3] if p.name != "bad.jpg"]
+        alone += predictor.predict_tensors(torch.stack([predictor.transform(Image.open(p).convert("RGB"))
+                                                        for p in good]))
+    outcomes = []
+    for threads in (0, 2):
+        monkeypatch.setattr(predict, "decode_threads", lambda device_type, n=threads: n)
+        errors = []
+        results = predictor.predict_paths(paths, on_error=lambda path, message: errors.append(path.name))
+        outcomes.append(results)
+        assert errors == ["bad.jpg"]
+        assert [r["image"] for r in results] == [str(p) for p in paths if p.name != "bad.jpg"]
+        assert [{k: r[k] for k in ("top", "unseen", "p_unseen")} for r in results] == alone
+    assert outcomes[0] == outcomes[1]

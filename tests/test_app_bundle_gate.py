@@ -15,7 +15,7 @@ from bsegn.generative.gates import GATES, fit_gate, gate_inputs
 from test_app_bundle import CLASSES, IMAGE_SIZE, _tiny_bundle
 from test_app_bundle_checks import _set, rewrite_config
 
-KINDS = ("stacking", "gaussian", "learned")
+KINDS = ("stacking", "gaussian", "learned", "semantic", "combined")
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +38,15 @@ def _gate_view(bundle, images):
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_round_trip_keeps_the_gate(bundles, tmp_path, kind):
     bundle = load_bundle(bundles[kind])
-    gate = fit_gate(kind, bundle.trained, bundle.train_features, bundle.train_labels, range(len(CLASSES)), seed=3)
+    gate = fit_gate(kind, bundle.trained, bundle.train_features, bundle.train_labels, range(len(CLASSES)), seed=3,
+                    classifiers=(bundle.gzsl, bundle.zsl))
     gate.threshold = 1.25
     bundle.gate = gate
     again = load_bundle(save_bundle(bundle, tmp_path / "again"))
     assert again.gate.kind == kind and again.gate.threshold == 1.25 and type(again.gate) is type(gate)
     before, after = gate.state_dict(), again.gate.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert bool(before) == (kind != "stacking")  # the fitted gates do store tensors
+    assert bool(before) == (kind not in ("stacking", "semantic"))  # the fitted gates do store tensors
     inputs = _gate_view(again, _images())
     assert torch.equal(gate.domain_score(inputs), again.gate.domain_score(inputs))
     info = json.loads((tmp_path / "again" / CONFIG_NAME).read_text())
@@ -263,3 +264,30 @@ def test_serve_answers_the_gates_p_unseen_and_refits_a_learned_gate_for_an_added
     assert served.gate is not old and served.gate.threshold == 0.5 and engine.ready_predictor().gate is served.gate
     assert all(torch.equal(served.gate.state_dict()[k], v) for k, v in expected.state_dict().items())
     engine.stop()
+
+
+def test_a_combined_gate_saved_before_its_semantic_part_loads_with_three_parts(bundles, tmp_path):
+    """A combined gate stored with three standardised parts (before the semantic margin joined it, or from a
+    model without a decoder) loads as three parts and scores as their sum; four parts load as four."""
+    four = load_bundle(bundles["combined"])
+    assert four.gate.centre.shape == (4,)
+    folder = Path(shutil.copytree(bundles["combined"], tmp_path / "bundle"))
+
+    def first_three(tensors):
+        for name in ("gate.centre", "gate.scale"):
+            tensors[name] = tensors[name][:3].contiguous()
+
+    _rewrite_tensors(folder, first_three)
+    three = load_bundle(folder)
+    assert three.gate.centre.shape == (3,)
+    inputs = _gate_view(three, _images())
+    parts = three.gate.parts(inputs)
+    assert parts.shape[1] == 3
+    assert torch.allclose(three.gate.domain_score(inputs), ((parts - four.gate.centre[:3]) / four.gate.scale[:3]).sum(1))
+
+
+def test_a_semantic_gate_without_a_semantic_decoder_is_refused_at_load(tmp_path):
+    folder = _tiny_bundle(tmp_path / "bundle", gate="semantic", threshold=0.0, bsegn_options={"lambda_cyc": 0.0})
+    with pytest.raises(BundleError, match="semantic gate.*no semantic decoder") as error:
+        load_bundle(folder)
+    assert "\n" not in str(error.value)

@@ -136,6 +136,23 @@ def test_eval_transform_matches_timm(interpolation, crop_pct, size, shape):
     assert torch.equal(build_eval_transform(config)(np.asarray(image)), ours)
 
 
+def test_eval_transform_batch_normalisation_equals_per_image():
+    """predict decodes to uint8 and normalises a stacked batch in one call: the same numbers, bit for bit."""
+    config = {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.4, 0.3),
+              "std": (0.2, 0.25, 0.3), "crop_pct": 0.875}
+    transform = build_eval_transform(config)
+    images = [Image.fromarray(_photo(40 + 7 * i, 50, seed=i)) for i in range(4)]
+    pixels = [transform.to_uint8(image) for image in images]
+    assert all(p.dtype == torch.uint8 and p.shape == (3, 32, 32) for p in pixels)
+    batch = transform.normalize(torch.stack(pixels))
+    one_by_one = torch.stack([transform(image) for image in images])
+    assert torch.equal(batch, one_by_one)
+    # and the normalisation is the configured one: (pixel / 255 - mean) / std
+    expected = (pixels[0].double() / 255 - torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1).double()) / \
+        torch.tensor([0.2, 0.25, 0.3]).view(3, 1, 1).double()
+    assert torch.allclose(batch[0].double(), expected, atol=1e-6)
+
+
 def test_train_transform_shapes_and_randomness():
     config = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.25,) * 3}
     transform = build_train_transform(config, seed=3)

@@ -96,6 +96,26 @@ def test_gaussian_score_is_the_smallest_mahalanobis_distance_to_a_seen_class_mea
     assert torch.allclose(score, expected, rtol=1e-4)
 
 
+def test_gaussian_score_in_float32_matches_float64_and_is_never_negative():
+    """The score whitens in float32 (predict's cost); against the float64 quadratic form it stays within
+    1e-4 relative, and an image exactly at a class mean scores 0, never a rounding-negative distance (the
+    combined gate takes its log)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2000, 256, generator=g) * 5
+    labels = torch.arange(20).repeat_interleave(100)
+    gate = GaussianGate(256, 20).fit(x, labels)
+    queries = torch.cat([torch.rand(50, 256, generator=g) * 5, gate.means])
+    precision, means = gate.precision.double(), gate.means.double()
+    expected = torch.stack([((queries.double() - m) @ precision * (queries.double() - m)).sum(1) for m in means])
+    score = gate.domain_score(GateInputs(torch.zeros(70, 4), SEEN_COLUMNS, queries))
+    assert score.dtype == torch.float32
+    assert torch.allclose(score[:50].double(), expected.min(0).values[:50], rtol=1e-4)
+    assert (score[50:] >= 0).all() and score[50:].max() < 1e-3
+    # refitting replaces the cached whitening (a stale one would score against the old means)
+    gate.fit(x + 10.0, labels)
+    assert gate.domain_score(GateInputs(torch.zeros(20, 4), SEEN_COLUMNS, gate.means)).max() < 1e-3
+
+
 def test_domain_metrics_and_oracle_are_the_hand_counted_rates():
     # two seen images (scores 0.1, 0.9) and two unseen (0.2, 0.8) under a gate reading the score directly
     class ScoreGate(StackingGate):
@@ -241,9 +261,9 @@ def test_pipeline_measures_the_configured_gate_first_and_carries_validation_thre
 
 
 def test_combined_gate_is_the_sum_of_its_standardised_parts(tiny_run):
-    """combined = z(stacking margin) + z(log gaussian distance) + z(learned logit), each z by the part's
-    mean and standard deviation over the real seen training features; its parts are the fitted gaussian
-    and learned gates, and a saved copy scores the same."""
+    """combined = z(stacking margin) + z(log gaussian distance) + z(learned logit) + z(semantic margin),
+    each z by the part's mean and standard deviation over the real seen training features; its parts are
+    the fitted gaussian and learned gates, and a saved copy scores the same."""
     from bsegn.generative.experiment import run_bsegn, split_tensors
 
     features, split, config = tiny_run
@@ -262,7 +282,8 @@ def test_combined_gate_is_the_sum_of_its_standardised_parts(tiny_run):
 
     def parts(inputs):
         margin = StackingGate().domain_score(inputs)
-        return torch.stack([margin, gates["gaussian"].domain_score(inputs).log(), gates["learned"].domain_score(inputs)], 1)
+        return torch.stack([margin, gates["gaussian"].domain_score(inputs).log(), gates["learned"].domain_score(inputs),
+                            inputs.semantic_margin], 1)
 
     reference = parts(train).double()
     expected = ((parts(test).double() - reference.mean(0)) / reference.std(0)).sum(1)
@@ -271,3 +292,80 @@ def test_combined_gate_is_the_sum_of_its_standardised_parts(tiny_run):
     assert torch.equal(again.domain_score(test), combined.domain_score(test))
     with pytest.raises(ValueError, match="classifiers"):
         fit_gates(["combined"], run.trained, *data["trainval"], data["all_classes"])
+
+
+def _model_with_identity_decoder(semantics, seen, unseen, lambda_cyc: float = 0.1):
+    """A TrainedBSeGN over 3-d features and 3-d semantics whose semantic decoder reads the feature itself."""
+    from bsegn.generative.config import BSeGNConfig
+    from bsegn.generative.model import TrainedBSeGN
+
+    config = BSeGNConfig.from_dict({"hidden": 8, "embedder_hidden": 4, "lambda_cyc": lambda_cyc, "fem": False,
+                                    "mfim_levels": ["x"]})
+    trained = TrainedBSeGN(config, 3, 3, semantics, seen, unseen)
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x, x
+
+    if lambda_cyc:
+        trained.parts["decoder"] = Identity()
+    return trained
+
+
+def test_semantic_gate_is_the_decoders_cosine_margin_to_unseen_over_seen_classes():
+    """score = max cosine(a_hat, unseen class vectors) - max cosine(a_hat, seen class vectors), over the
+    classifier's columns; an image decoded near an unseen class's vector is sent to the unseen expert."""
+    from bsegn.generative.gates import SemanticGate, gate_inputs, semantic_margin
+
+    semantics = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])  # norms differ: cosine
+    trained = _model_with_identity_decoder(semantics, [0, 1], [2])
+    features = torch.tensor([[0.0, 0.1, 1.0], [3.0, 0.0, 0.5], [1.0, 1.0, 1.0]])
+    columns = torch.tensor([True, True, False])
+    unit = features / features.norm(dim=1, keepdim=True)
+    expected = unit[:, 2] - torch.maximum(unit[:, 0], unit[:, 1])
+    margin = semantic_margin(trained, features, torch.tensor([0, 1, 2]), columns)
+    assert torch.allclose(margin, expected, atol=1e-6)
+    assert margin[0] > 0 > margin[1] and abs(float(margin[2])) < 1e-6
+
+    class Classifier:  # gate_inputs reads class_ids; the scores are given
+        class_ids = torch.tensor([0, 1, 2])
+
+    inputs = gate_inputs(trained, Classifier(), None, features, kinds=["semantic"], scores=torch.zeros(3, 3))
+    gate = SemanticGate()
+    gate.threshold = 0.0
+    assert torch.equal(gate.domain_score(inputs), margin)
+    assert gate.unseen(inputs).tolist() == [True, False, False]
+    # a class added later is one more column: an image decoded onto it becomes unseen
+    trained.add_class(torch.tensor([0.0, 3.0, 0.1]))
+    Classifier.class_ids = torch.tensor([0, 1, 2, 3])
+    wider = gate_inputs(trained, Classifier(), None, torch.tensor([[0.0, 1.0, 0.05]]), kinds=["semantic"],
+                        scores=torch.zeros(1, 4))
+    assert float(wider.semantic_margin) > 0
+
+
+def test_without_a_semantic_decoder_the_semantic_gate_is_refused_and_combined_has_three_parts(tiny_run):
+    """lambda_cyc 0 removes the decoder: the semantic gate says so; combined keeps its other three parts,
+    and a three-part combined state (a bundle saved before the semantic part) loads as three parts."""
+    import dataclasses
+
+    from bsegn.generative.experiment import run_bsegn, split_tensors
+    from bsegn.generative.gates import gate_inputs
+
+    trained = _model_with_identity_decoder(torch.eye(3), [0, 1], [2], lambda_cyc=0.0)
+
+    class Classifier:
+        class_ids = torch.tensor([0, 1, 2])
+
+    with pytest.raises(ValueError, match="semantic decoder.*lambda_cyc 0"):
+        gate_inputs(trained, Classifier(), None, torch.ones(2, 3), kinds=["semantic"], scores=torch.zeros(2, 3))
+    features, split, config = tiny_run
+    run = run_bsegn(features, split, dataclasses.replace(config, lambda_cyc=0.0), show_progress=False)
+    data = split_tensors(features, split)
+    classifiers = (run.gzsl_classifier, run.zsl_classifier)
+    combined = fit_gates(["combined"], run.trained, *data["trainval"], data["all_classes"],
+                         classifiers=classifiers)["combined"]
+    assert combined.centre.shape == (3,)
+    test = gate_inputs(run.trained, *classifiers, data["test_unseen"][0], kinds=["combined"])
+    assert test.semantic_margin is None and torch.isfinite(combined.domain_score(test)).all()
+    again = gate_from_state(combined.metadata(), combined.state_dict())
+    assert again.centre.shape == (3,) and torch.equal(again.domain_score(test), combined.domain_score(test))
