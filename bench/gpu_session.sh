@@ -48,7 +48,7 @@ wants() { [[ " $STAGES " == *" $1 "* ]]; }
 awa1() {  # awa1 NAME LIMIT METHODS EPOCHS
     stage "$1" "$2" python3 bench/awa1_lampert.py --methods "$3" --config "$CONFIG" --select-epochs "$4" \
         --seeds 3 --validation-seeds "${VALIDATION_SEEDS:-2}" --threads "${THREADS:-2}" --json "$logs/$1.json" \
-        --gates "${GATES:-stacking,gaussian,learned,combined}"
+        --gates "${GATES:-stacking,gaussian,learned,semantic,combined}"
 }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
