@@ -246,7 +246,7 @@ class GaussianGate(DomainGate):
         key = tuple((t.data_ptr(), t._version, t.device) for t in (self.precision, self.means))
         if getattr(self, "_whitening_key", None) != key:
             precision = self.precision.double()
-            factor = torch.linalg.cholesky((precision + precision.T) / 2)  # the stored inverse: symmetric up to rounding
+            factor = torch.linalg.cholesky((precision + precision.T) / 2)  # an inverse: symmetric up to rounding
             center = self.means.double().mean(0)
             whitened_means = (self.means.double() - center) @ factor
             self._whitening_cache = (center.float(), factor.float(), whitened_means.float(),

@@ -96,8 +96,14 @@ def _narrow_means(tensors):  # means and precision agree with each other, not wi
     tensors["gate.precision"] = tensors["gate.precision"][:-1, :-1].contiguous()
 
 
+def _five_parts(tensors):  # a standardisation for a part combined does not have
+    for name in ("gate.centre", "gate.scale"):
+        tensors[name] = torch.cat([tensors[name], tensors[name][:1]])
+
+
 @pytest.mark.parametrize("kind, tensors_edit, config_edit", [
     ("gaussian", _drop_gate, None),                                 # tensors missing
+    ("combined", _five_parts, None),
     ("learned", _drop_gate, None),
     ("gaussian", _narrow_means, None),                              # a dimension that is not the mFIM's
     ("stacking", None, _set("gate/kind", "gaussian")),               # a kind whose tensors are not there
@@ -283,7 +289,8 @@ def test_a_combined_gate_saved_before_its_semantic_part_loads_with_three_parts(b
     inputs = _gate_view(three, _images())
     parts = three.gate.parts(inputs)
     assert parts.shape[1] == 3
-    assert torch.allclose(three.gate.domain_score(inputs), ((parts - four.gate.centre[:3]) / four.gate.scale[:3]).sum(1))
+    expected = ((parts - four.gate.centre[:3]) / four.gate.scale[:3]).sum(1)
+    assert torch.allclose(three.gate.domain_score(inputs), expected)
 
 
 def test_a_semantic_gate_without_a_semantic_decoder_is_refused_at_load(tmp_path):
@@ -291,3 +298,17 @@ def test_a_semantic_gate_without_a_semantic_decoder_is_refused_at_load(tmp_path)
     with pytest.raises(BundleError, match="semantic gate.*no semantic decoder") as error:
         load_bundle(folder)
     assert "\n" not in str(error.value)
+
+
+def test_a_four_part_combined_gate_on_a_model_without_a_decoder_is_refused(tmp_path):
+    """Without a semantic decoder combined has three parts: a fourth standardisation means an edited bundle."""
+    folder = _tiny_bundle(tmp_path / "bundle", gate="combined", threshold=0.0, bsegn_options={"lambda_cyc": 0.0})
+    assert load_bundle(folder).gate.centre.shape == (3,)
+
+    def four(tensors):
+        for name in ("gate.centre", "gate.scale"):
+            tensors[name] = torch.cat([tensors[name], tensors[name][:1]])
+
+    _rewrite_tensors(folder, four)
+    with pytest.raises(BundleError, match="gate's tensors in model.safetensors do not fit it"):
+        load_bundle(folder)
