@@ -29,6 +29,7 @@ from torch import nn
 from bsegn.core.checkpoints import EpochCheckpoint
 from bsegn.core.errors import TrainingDiverged
 from bsegn.core.files import digest_arrays, digest_json
+from bsegn.core.heap import heap_reuse
 from bsegn.core.logs import get_logger
 from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.networks import build_networks
@@ -143,7 +144,8 @@ class BSeGNTrainer(TrainingSteps):
             # compares strides and warns on every rank that it copies those `hidden` floats into its bucket.
             # Harmless at this size; silenced during training only.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            self._train_epochs(last, bar)
+            with heap_reuse(self.accelerator.device.type == "cpu"):  # CPU tensors of 35 MB each step
+                self._train_epochs(last, bar)
         bar.close()
         if self.log is not None:
             self.log.close()
