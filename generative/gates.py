@@ -331,6 +331,7 @@ class CombinedGate(DomainGate):
         self.gaussian = GaussianGate(dim, num_seen)
         self.learned = LearnedGate(dim, hidden)
         self.stacking = StackingGate()
+        self.semantic = SemanticGate()  # nothing fitted: no tensors in the state_dict
         self.register_buffer("centre", torch.zeros(num_parts))
         self.register_buffer("scale", torch.ones(num_parts))
 
@@ -339,7 +340,7 @@ class CombinedGate(DomainGate):
         distance = self.gaussian.domain_score(inputs).clamp_min(1e-6)
         parts = [self.stacking.domain_score(inputs), distance.log(), self.learned.domain_score(inputs)]
         if len(self.centre) == 4:
-            parts.append(SemanticGate().domain_score(inputs))
+            parts.append(self.semantic.domain_score(inputs))
         return torch.stack(parts, 1)
 
     def standardise_on(self, training_inputs: GateInputs) -> "CombinedGate":
