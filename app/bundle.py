@@ -80,6 +80,7 @@ class Bundle:
     semantic_kind: str = "attributes"  # attributes, sentences, text, attributes+text (app.bundle_semantics)
     text_encoder: str | None = None  # text semantics: the encoder as named ("minilm", "local-dir:PATH")
     text_encoder_id: str | None = None  # and its identity (a class added by description must use the same)
+    text_pooling: str | None = None  # and how a class text became one vector ("sentence" when None)
     attribute_dim: int | None = None  # the attribute part of a semantic vector (None: all of it)
     text_dim: int = 0  # the text part (after the attribute part)
     class_texts: list[str] | None = None  # the text of every class (text semantics)

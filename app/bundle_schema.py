@@ -146,12 +146,16 @@ def _check_semantics(config: dict[str, Any], folder: Path, count: int, semantic_
         raise _fail(folder, "attribute_dim / text_dim", f"({attribute_dim} / {text_dim}) do not fit semantic_kind "
                                                         f"{kind!r}")
     if not text:
-        for key in ("text_encoder", "text_encoder_id", "class_texts"):
+        for key in ("text_encoder", "text_encoder_id", "text_pooling", "class_texts"):
             if config.get(key) is not None:
                 raise _fail(folder, key, f"must be null for semantic_kind {kind!r}")
         return
     _text(folder, "text_encoder", config.get("text_encoder"))
     _text(folder, "text_encoder_id", config.get("text_encoder_id"))
+    from bsegn.datasets.text_semantics import TEXT_POOLINGS
+
+    if config.get("text_pooling") not in (None,) + TEXT_POOLINGS:  # absent: written before pooling existed
+        raise _fail(folder, "text_pooling", f"must be one of {', '.join(TEXT_POOLINGS)}, got {config['text_pooling']!r}")
     for index, value in enumerate(_list(folder, "class_texts", config.get("class_texts"), count)):
         _text(folder, f"class_texts[{index}]", value)
 

@@ -8,14 +8,17 @@ class's text), or both side by side (bsegn.datasets.text_semantics).
 config.json holds `semantic_kind` ("attributes", "sentences", "text", "attributes+text", ...),
 `attribute_dim` and `text_dim` (their sum is the semantic dimension; the attribute part comes first),
 and, when text is used, `text_encoder` (as named: "minilm" or "local-dir:PATH"), `text_encoder_id`
-(the model's identity: add-class refuses an encoder of another id) and `class_texts` (the text of
-every class, in class order). A bundle written before these fields existed is an attribute bundle.
+(the model's identity: add-class refuses an encoder of another id), `text_pooling` ("sentence" or
+"words": how a class text became one vector; absent in bundles written before it existed, which all
+pooled "sentence") and `class_texts` (the text of every class, in class order). A bundle written before
+these fields existed is an attribute bundle.
 """
 from __future__ import annotations
 
 from typing import Any
 
-SEMANTIC_KEYS = ("semantic_kind", "text_encoder", "text_encoder_id", "attribute_dim", "text_dim", "class_texts")
+SEMANTIC_KEYS = ("semantic_kind", "text_encoder", "text_encoder_id", "text_pooling", "attribute_dim", "text_dim",
+                 "class_texts")
 
 
 def uses_text(kind: str | None) -> bool:
@@ -31,23 +34,25 @@ def semantic_fields(split) -> dict[str, Any]:
     dim = int(split.semantics.shape[1])
     kind = split.semantic_kind
     if not uses_text(kind):
-        return {"semantic_kind": kind, "text_encoder": None, "text_encoder_id": None, "attribute_dim": dim,
-                "text_dim": 0, "class_texts": None}
+        return {"semantic_kind": kind, "text_encoder": None, "text_encoder_id": None, "text_pooling": None,
+                "attribute_dim": dim, "text_dim": 0, "class_texts": None}
     text_dim = dim
     if kind != "text":  # the text part's width: one (cached, so no model is loaded) embedding of a class text
         from bsegn.datasets.text_encoder import encode_texts
 
         text_dim = int(encode_texts(list(split.class_texts[:1]), split.text_encoder).shape[1])
     return {"semantic_kind": kind, "text_encoder": split.text_encoder, "text_encoder_id": split.text_encoder_id,
-            "attribute_dim": dim - text_dim, "text_dim": text_dim, "class_texts": list(split.class_texts)}
+            "text_pooling": split.text_pooling or "sentence", "attribute_dim": dim - text_dim, "text_dim": text_dim, "class_texts": list(split.class_texts)}
 
 
 def fields_from_config(config: dict[str, Any]) -> dict[str, Any]:
     """Bundle keyword arguments from a (checked) config.json; missing fields: an attribute bundle's."""
     dim = int(config["bsegn"]["semantic_dim"])
     texts = config.get("class_texts")
-    return {"semantic_kind": config.get("semantic_kind") or "attributes",
+    kind = config.get("semantic_kind") or "attributes"
+    return {"semantic_kind": kind,
             "text_encoder": config.get("text_encoder"), "text_encoder_id": config.get("text_encoder_id"),
+            "text_pooling": config.get("text_pooling") or ("sentence" if uses_text(kind) else None),
             "attribute_dim": int(config.get("attribute_dim", dim)), "text_dim": int(config.get("text_dim", 0)),
             "class_texts": None if texts is None else list(texts)}
 
@@ -58,5 +63,6 @@ def record_of(bundle) -> dict[str, Any]:
     text_dim = int(bundle.text_dim or 0)
     return {"semantic_kind": bundle.semantic_kind, "text_encoder": bundle.text_encoder,
             "text_encoder_id": bundle.text_encoder_id,
+            "text_pooling": (bundle.text_pooling or "sentence") if uses_text(bundle.semantic_kind) else None,
             "attribute_dim": dim - text_dim if bundle.attribute_dim is None else int(bundle.attribute_dim),
             "text_dim": text_dim, "class_texts": None if bundle.class_texts is None else list(bundle.class_texts)}

@@ -162,6 +162,7 @@ def validation_protocol(split: ZSLSplit, *, holdout_fraction: float = 0.2, seed:
         class_texts=split.class_texts,
         text_encoder=split.text_encoder,
         text_encoder_id=split.text_encoder_id,
+        text_pooling=split.text_pooling,
         protocol="validation",
         notes=list(split.notes) + [
             f"validation protocol: seen = {len(train_classes)} train classes, unseen = {len(val_classes)} val "

@@ -40,6 +40,8 @@ class ZSLSplit:
         class_texts: C texts the text semantics embedded (description or readable name), when used.
         text_encoder / text_encoder_id: the encoder as named ("minilm", "local-dir:PATH") and its
             identity (cache key; what a bundle records), when text semantics are used.
+        text_pooling: how each class text became one vector ("sentence" or "words";
+            bsegn.datasets.text_semantics), when text semantics are used.
         protocol: "final" (the benchmark's own split) or "validation" (validation_protocol's: val classes
             play unseen; the only kind of split a threshold or gamma may be chosen on).
         notes: facts about this benchmark a user should know (e.g. "FLO has no class names").
@@ -61,6 +63,7 @@ class ZSLSplit:
     class_texts: list[str] | None = None
     text_encoder: str | None = None
     text_encoder_id: str | None = None
+    text_pooling: str | None = None
     protocol: str = "final"
     notes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)

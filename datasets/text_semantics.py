@@ -1,9 +1,10 @@
 """Class semantics from words: the class names made readable, or a description per class, embedded by a
 sentence encoder (bsegn.datasets.text_encoder), alone or beside the attributes.
 
-    apply_semantics(split, mode, descriptions=None, encoder="minilm") -> ZSLSplit
+    apply_semantics(split, mode, descriptions=None, encoder="minilm", pooling=None) -> ZSLSplit
     parse_semantics("text@local-dir:PATH") -> ("text", "local-dir:PATH")
-    class_vector(mode, *, attributes=None, text=None, encoder="minilm", name="new class") -> (k,) float32
+    class_vector(mode, *, attributes=None, text=None, encoder="minilm", pooling="sentence", name="new class")
+    embed_class_texts(texts, encoder="minilm", pooling="sentence", labels=None) -> (C, k) unit rows
     class_texts(split, descriptions=None) -> C texts          readable_name(name) -> str
     read_descriptions_csv(path) -> {class: description}        (CSV class,description)
 
@@ -13,6 +14,15 @@ Modes (what ZSLSplit.semantics holds afterwards; ZSLSplit.semantic_kind records 
 * "attributes+text": [a / |a|, t / |t|] / sqrt(2): the L2-normalised attribute vector and the text
   embedding side by side, each half of norm 1/sqrt(2), so the whole vector has unit norm like the
   attribute vectors and neither source outweighs the other whatever their dimensions (85 vs 384).
+
+Pooling (how one class text becomes one vector; recorded as `text_pooling`, chosen on the validation
+protocol, docs/results.md "Class names as words"):
+* "words" when every class is known by its name only: the mean of the embeddings of its words, each word
+  encoded alone, renormalised (the averaged word vectors of the classic ZSL class embeddings, Socher et al.
+  2013, Akata et al. 2015): a name made of words other classes share ("blue dotted cross", "polar bear")
+  becomes the sum of those words' vectors, so classes that share a word share a direction, as classes that
+  share an attribute do;
+* "sentence" when descriptions are given: the encoder reads each whole text.
 
 A class's text is its description when one is given, else its name made readable
 ("blue_dotted_cross" -> "blue dotted cross", "german+shepherd" -> "german shepherd",
@@ -35,6 +45,8 @@ from bsegn.datasets.splits import ZSLSplit
 from bsegn.datasets.text_encoder import DEFAULT_ENCODER, encode_texts, resolve_encoder, unit_rows
 
 SEMANTIC_MODES = ("attributes", "text", "attributes+text")
+TEXT_POOLINGS = ("sentence", "words")
+WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")  # letters/digits, with inner apostrophes or hyphens kept
 PLACEHOLDER_NAME = re.compile(r"^class_\d+$")
 
 logger = get_logger(__name__)
@@ -59,6 +71,37 @@ def check_mode(mode: str) -> str:
     if mode not in SEMANTIC_MODES:
         raise DataError(f"unknown semantics {mode!r}; expected one of {', '.join(SEMANTIC_MODES)}.")
     return mode
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in TEXT_POOLINGS:
+        raise DataError(f"unknown text pooling {pooling!r}; expected one of {', '.join(TEXT_POOLINGS)}.")
+    return pooling
+
+
+def text_words(text: str) -> list[str]:
+    """The words of a class text, lower case ("Blue-grey heron's crest" -> ["blue-grey", "heron's", "crest"])."""
+    return WORD.findall(str(text).lower())
+
+
+def embed_class_texts(texts: list[str], encoder: str = DEFAULT_ENCODER, pooling: str = "sentence", *,
+                      labels: list[str] | None = None) -> np.ndarray:
+    """C class texts -> (C, k) float32 unit rows, pooled as `pooling` says (module doc). With "words" each
+    distinct word is encoded once (and cached like any text); DataError names a class whose text has no word."""
+    check_pooling(pooling)
+    labels = list(labels) if labels is not None else list(texts)
+    if pooling == "sentence":
+        return encode_texts(list(texts), encoder, labels=labels)
+    words = [text_words(text) for text in texts]
+    for label, found in zip(labels, words):
+        if not found:
+            raise DataError(f"class {label!r}: its text has no words (letters or digits) to embed; give the class "
+                            "a description with words in it.")
+    vocabulary = sorted({word for found in words for word in found})
+    index = {word: i for i, word in enumerate(vocabulary)}
+    vectors = encode_texts(vocabulary, encoder, labels=vocabulary).astype(np.float64)
+    means = np.stack([vectors[[index[word] for word in found]].mean(0) for found in words])
+    return unit_rows(means).astype(np.float32)
 
 
 def read_descriptions_csv(path: str | Path) -> dict[str, str]:
@@ -147,14 +190,17 @@ def combine(attributes: np.ndarray, text: np.ndarray) -> np.ndarray:
 
 
 def apply_semantics(split: ZSLSplit, mode: str = "attributes", descriptions: dict[str, str] | str | Path | None = None,
-                    encoder: str = DEFAULT_ENCODER) -> ZSLSplit:
+                    encoder: str = DEFAULT_ENCODER, pooling: str | None = None) -> ZSLSplit:
     """`split` with its semantics taken from `mode` (see the module doc); a new ZSLSplit, `split` untouched.
 
     "attributes" returns `split` itself (DataError when it has no attribute vectors, e.g. a CSV with
     descriptions only). The text modes embed class_texts(split, descriptions) with `encoder`
     ("minilm" or "local-dir:PATH"; `mode` may also name it: "text@local-dir:PATH", see parse_semantics)
-    and record the texts and the encoder on the result."""
+    pooled as `pooling` says ("sentence" or "words"; None: the module doc's rule, words for names alone and
+    sentences where descriptions are given) and record the texts, the encoder and the pooling on the result."""
     mode, encoder = parse_semantics(mode, encoder)
+    if pooling is not None:
+        check_pooling(pooling)
     has_attributes = split.semantics.ndim == 2 and split.semantics.shape[1] > 0
     if mode != "text" and not has_attributes:
         raise DataError(f"{split.benchmark}: the class table ({', '.join(split.sources) or 'no file'}) has no "
@@ -163,11 +209,12 @@ def apply_semantics(split: ZSLSplit, mode: str = "attributes", descriptions: dic
     if mode == "attributes":
         return split
     texts = class_texts(split, descriptions)
-    embeddings = encode_texts(texts, encoder, labels=split.class_names)
-    spec = resolve_encoder(encoder)
     described = sum(text != readable_name(name) for text, name in zip(texts, split.class_names))
+    pooling = pooling or ("sentence" if described else "words")
+    embeddings = embed_class_texts(texts, encoder, pooling, labels=split.class_names)
+    spec = resolve_encoder(encoder)
     note = (f"semantics {mode}: {spec.id} ({embeddings.shape[1]}-d) embeddings of {described} descriptions and "
-            f"{len(texts) - described} class names")
+            f"{len(texts) - described} class names" + (", averaged over their words" if pooling == "words" else ""))
     if mode == "text":
         semantics, attribute_names, kind = embeddings, None, "text"
     else:
@@ -179,11 +226,11 @@ def apply_semantics(split: ZSLSplit, mode: str = "attributes", descriptions: dic
     return dataclasses.replace(
         split, semantics=semantics, attribute_names=attribute_names, semantic_kind=kind,
         original_semantics=None, class_texts=texts, text_encoder=spec.name, text_encoder_id=spec.id,
-        notes=list(split.notes) + [note])
+        text_pooling=pooling, notes=list(split.notes) + [note])
 
 
 def class_vector(mode: str, *, attributes=None, text: str | None = None, encoder: str = DEFAULT_ENCODER,
-                 name: str = "new class") -> np.ndarray:
+                 pooling: str = "sentence", name: str = "new class") -> np.ndarray:
     """The semantic vector of ONE class, made exactly as apply_semantics makes a split's: for adding a
     class to a trained model. `text`: its description (or readable name); `attributes`: its raw values
     (normalised here). DataError when what `mode` needs is missing."""
@@ -194,7 +241,7 @@ def class_vector(mode: str, *, attributes=None, text: str | None = None, encoder
         return unit_rows(np.asarray(attributes, dtype=np.float64).reshape(1, -1))[0]
     if text is None:
         raise DataError(f"class {name!r}: semantics {mode!r} need a description; give one (or its name).")
-    embedding = encode_texts([text], encoder, labels=[name])
+    embedding = embed_class_texts([text], encoder, pooling, labels=[name])
     if mode == "text":
         return embedding[0]
     return combine(np.asarray(attributes, dtype=np.float64).reshape(1, -1), embedding)[0]

@@ -182,6 +182,28 @@ def test_a_text_bundle_keeps_its_semantic_fields(bundles):
     assert (plain.semantic_kind, plain.attribute_dim, plain.text_dim, plain.class_texts) == ("attributes", 3, 0, None)
 
 
+def test_a_bundle_records_its_text_pooling_and_older_text_bundles_pooled_sentences(bundles, tmp_path):
+    assert load_bundle(bundles["text"]).text_pooling == "sentence"
+    assert json.loads((bundles["text"] / CONFIG_NAME).read_text())["text_pooling"] == "sentence"
+    assert json.loads((bundles["attributes"] / CONFIG_NAME).read_text()).get("text_pooling") is None
+    old = Path(shutil.copytree(bundles["text"], tmp_path / "old"))
+    rewrite_config(old, _set("text_pooling", _DELETE))  # written before pooling existed
+    assert load_bundle(old).text_pooling == "sentence"
+
+
+def test_add_class_on_a_words_bundle_pools_the_description_by_words(bundles, tmp_path, capsys, fake_encoder):
+    folder = Path(shutil.copytree(bundles["text"], tmp_path / "words"))
+    rewrite_config(folder, _set("text_pooling", "words"))
+    code, err = _bsegn(capsys, "add-class", "--model", folder, "--name", "zebra", "--description", "a striped horse",
+                       "--out", tmp_path / "one")
+    assert code == 0, err
+    bundle = load_bundle(tmp_path / "one")
+    mean = fake_encode(["a", "striped", "horse"]).astype(np.float64).mean(0)
+    assert bundle.text_pooling == "words"
+    assert torch.allclose(bundle.trained.semantics[-1], torch.as_tensor(mean / np.linalg.norm(mean), dtype=torch.float32),
+                          atol=1e-6)
+
+
 def test_an_older_bundle_without_the_fields_loads_as_an_attribute_bundle(bundles, tmp_path):
     folder = Path(shutil.copytree(bundles["attributes"], tmp_path / "old"))
     for key in ("semantic_kind", "text_encoder", "text_encoder_id", "attribute_dim", "text_dim", "class_texts"):
@@ -201,6 +223,8 @@ def test_an_older_bundle_without_the_fields_loads_as_an_attribute_bundle(bundles
     ("text", "class_texts/2", "  ", "'class_texts[2]' must be non-empty text"),
     ("text", "text_encoder_id", None, "'text_encoder_id' must be non-empty text"),
     ("text", "semantic_kind", "words", "'semantic_kind' must be one of"),
+    ("text", "text_pooling", "tokens", "'text_pooling' must be one of sentence, words"),
+    ("attributes", "text_pooling", "words", "'text_pooling' must be null for semantic_kind 'attributes'"),
     ("attributes", "text_dim", 2, "must equal bsegn.semantic_dim"),
     ("attributes", "class_texts", TEXTS, "'class_texts' must be null for semantic_kind 'attributes'"),
 ])

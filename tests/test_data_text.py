@@ -14,8 +14,8 @@ from bsegn.datasets import text_encoder
 from bsegn.datasets.benchmarks import load_benchmark
 from bsegn.datasets.own_data import load_own_data
 from bsegn.datasets.splits import ZSLSplit
-from bsegn.datasets.text_semantics import (apply_semantics, class_texts, class_vector, parse_semantics,
-                                           read_descriptions_csv, readable_name)
+from bsegn.datasets.text_semantics import (apply_semantics, class_texts, class_vector, embed_class_texts,
+                                           parse_semantics, read_descriptions_csv, readable_name, text_words)
 
 
 class FakeTokenizer:
@@ -155,6 +155,45 @@ def test_apply_semantics_modes(fake):
         apply_semantics(split, "words")
     assert parse_semantics("attributes+text@local-dir:/m") == ("attributes+text", "local-dir:/m")
     assert parse_semantics("text") == ("text", "minilm")
+
+
+def test_words_pooling_is_the_renormalised_mean_of_each_words_vector(fake, monkeypatch):
+    asked = []
+    encode = text_encoder.encode_texts
+
+    def spy(texts, *args, **kwargs):
+        asked.append(list(texts))
+        return encode(texts, *args, **kwargs)
+
+    monkeypatch.setattr("bsegn.datasets.text_semantics.encode_texts", spy)
+    pooled = embed_class_texts(["blue dotted cross", "Red-grey dotted, CROSS!"], pooling="words", labels=["a", "b"])
+    assert asked == [["blue", "cross", "dotted", "red-grey"]]  # each distinct word encoded once, alone
+    word = dict(zip(asked[0], text_encoder.encode_texts(asked[0]).astype(np.float64)))
+    for row, words in zip(pooled, (["blue", "dotted", "cross"], ["red-grey", "dotted", "cross"])):
+        mean = np.mean([word[w] for w in words], axis=0)
+        assert np.allclose(row, mean / np.linalg.norm(mean), atol=1e-6)
+    assert pooled.dtype == np.float32 and np.allclose(np.linalg.norm(pooled, axis=1), 1.0, atol=1e-6)
+    assert np.array_equal(embed_class_texts(["blue dotted cross"], pooling="sentence"),
+                          text_encoder.encode_texts(["blue dotted cross"]))
+    assert text_words("Heron's blue-grey crest") == ["heron's", "blue-grey", "crest"]
+
+
+def test_words_pooling_through_apply_semantics_and_class_vector(fake):
+    split = _split()
+    words = apply_semantics(split, "text", {"zebra": "a striped wild horse"}, pooling="words")
+    assert words.text_pooling == "words" and words.notes[-1].endswith("averaged over their words")
+    assert np.allclose(words.semantics, embed_class_texts(words.class_texts, pooling="words"), atol=1e-6)
+    assert not np.allclose(words.semantics[0], apply_semantics(split, "text", {"zebra": "a striped wild horse"}).semantics[0])
+    names = apply_semantics(split, "text")  # names alone: pooled by words unless told otherwise
+    assert names.text_pooling == "words" and apply_semantics(split, "text", pooling="sentence").text_pooling == "sentence"
+    assert np.allclose(names.semantics, embed_class_texts(["zebra", "german shepherd", "blue whale"], pooling="words"))
+    assert apply_semantics(split, "text", {"zebra": "a striped wild horse"}).text_pooling == "sentence"
+    new = class_vector("text", text="a striped wild horse", pooling="words", name="zebra")
+    assert np.allclose(new, words.semantics[0], atol=1e-6)  # a class added later is pooled alike
+    with pytest.raises(DataError, match="unknown text pooling 'tokens'"):
+        apply_semantics(split, "text", pooling="tokens")
+    with pytest.raises(DataError, match=r"class 'ox': its text has no words"):
+        embed_class_texts(["zebra", "-- !"], pooling="words", labels=["zebra", "ox"])
 
 
 def test_descriptions_matched_by_readable_name_and_unknown_refused(fake):
