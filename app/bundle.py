@@ -331,7 +331,9 @@ def model_card(config: dict[str, Any]) -> str:
         f"- input: {config.get('data_config', {}).get('input_size')}",
         f"- classes: {len(classes)} ({len(seen)} seen, {len(unseen)} unseen), "
         f"semantics: {config.get('semantic_kind')} of dimension {len(config['bsegn']['semantics'][0])}"
-        + (f" (text encoder {config.get('text_encoder_id')})" if uses_text(config.get('semantic_kind')) else ""),
+        + (f" (text encoder {config.get('text_encoder_id')}, each class text embedded "
+           f"{'as the mean of its words' if config.get('text_pooling') == 'words' else 'whole'})"
+           if uses_text(config.get('semantic_kind')) else ""),
         f"- unseen classes: {', '.join(unseen[:30])}{' ...' if len(unseen) > 30 else ''}",
         *gate_card_lines(config),
         f"- unseen classes ranked by the {config.get('unseen_ranking', 'gzsl').upper()} classifier",

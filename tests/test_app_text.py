@@ -184,6 +184,7 @@ def test_a_text_bundle_keeps_its_semantic_fields(bundles):
 
 def test_a_bundle_records_its_text_pooling_and_older_text_bundles_pooled_sentences(bundles, tmp_path):
     assert load_bundle(bundles["text"]).text_pooling == "sentence"
+    assert "each class text embedded whole" in (bundles["text"] / "README.md").read_text()
     assert json.loads((bundles["text"] / CONFIG_NAME).read_text())["text_pooling"] == "sentence"
     assert json.loads((bundles["attributes"] / CONFIG_NAME).read_text()).get("text_pooling") is None
     old = Path(shutil.copytree(bundles["text"], tmp_path / "old"))
@@ -199,7 +200,7 @@ def test_add_class_on_a_words_bundle_pools_the_description_by_words(bundles, tmp
     assert code == 0, err
     bundle = load_bundle(tmp_path / "one")
     mean = fake_encode(["a", "striped", "horse"]).astype(np.float64).mean(0)
-    assert bundle.text_pooling == "words"
+    assert bundle.text_pooling == "words" and "as the mean of its words" in (tmp_path / "one" / "README.md").read_text()
     assert torch.allclose(bundle.trained.semantics[-1], torch.as_tensor(mean / np.linalg.norm(mean), dtype=torch.float32),
                           atol=1e-6)
 
