@@ -1,11 +1,11 @@
 """The bundle's seen-or-unseen decision (bsegn.generative.gates): how it is stored, checked and read back.
 
-    config.json  "gate": {"kind": "gaussian", "threshold": 12.5}       (gate.metadata())
+    config.json  "gate": {"kind": "gaussian", "threshold": 12.5, "temperature": 30.1}   (gate.metadata())
     model.safetensors  gate.*   the gate's state_dict (Gaussian means and precision, the learned gate's
                                 MLP; nothing for stacking, max_softmax and energy), covered by the
                                 model's sha256 like every other tensor
 
-    check_gate_config(config, folder)           schema: a known kind, a finite threshold
+    check_gate_config(config, folder)           schema: a known kind, a finite threshold, a temperature > 0
     gate_from_bundle(config, state, dim, folder) the DomainGate (BundleError when its tensors do not fit)
     gate_card_lines(config)                      the model card's lines about the decision
 
@@ -31,7 +31,8 @@ def _fail(folder: Path, problem: str) -> BundleError:
 
 
 def check_gate_config(config: dict[str, Any], folder: Path) -> None:
-    """A format-3 config's "gate": {"kind": one of GATES, "threshold": a finite number}; a format-2
+    """A format-3 config's "gate": {"kind": one of GATES, "threshold": a finite number, "temperature": a
+    finite number > 0 (optional: 1)}; a format-2
     config's "gamma": a finite number."""
     from bsegn.generative.gates import GATES
 
@@ -49,6 +50,10 @@ def check_gate_config(config: dict[str, Any], folder: Path) -> None:
     threshold = gate.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise _fail(folder, f"has threshold {threshold!r}: it must be a finite number")
+    temperature = gate.get("temperature", 1.0)  # absent in bundles written before p_unseen was calibrated
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature <= 0:
+        raise _fail(folder, f"has temperature {temperature!r}: it must be a finite number above 0")
 
 
 def _expected_shapes(kind: str, state: dict, dim: int, decoder: bool = True) -> dict[str, tuple]:
@@ -125,4 +130,12 @@ def gate_card_lines(config: dict[str, Any]) -> list[str]:
     if isinstance(metrics.get("oracle_H"), (int, float)):
         measured.append(f"oracle-domain H {metrics['oracle_H']:.1f} (every image routed to its true domain: "
                         "the ceiling of any decision)")
-    return [line + (f"; {', '.join(measured)}" if measured else "")]
+    lines = [line + (f"; {', '.join(measured)}" if measured else "")]
+    temperature = float(gate.get("temperature", 1.0))
+    if temperature != 1.0:
+        calibration = f"- p(unseen) = sigmoid((score - threshold) / {temperature:.4g}), the temperature fitted on the " \
+                      "validation protocol"
+        if isinstance(metrics.get("p_unseen_ece"), (int, float)):
+            calibration += f" (test: calibration error {metrics['p_unseen_ece']:.3f})"
+        lines.append(calibration)
+    return lines

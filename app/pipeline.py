@@ -188,10 +188,18 @@ def gate_thresholds(config: RunConfig, validation: "ProtocolOutcome | None" = No
     return {kind: float(validation.run.gates[kind].threshold) for kind in kinds}
 
 
+def gate_temperatures(validation: "ProtocolOutcome | None") -> dict[str, float] | None:
+    """{gate kind: p_unseen's temperature} fitted on the validation run (None without one: temperature 1)."""
+    if validation is None:
+        return None
+    return {kind: float(gate.temperature) for kind, gate in validation.run.gates.items()}
+
+
 def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *,
-                 thresholds: dict[str, float | None] | None = None, data: PreparedData | None = None) -> ProtocolOutcome:
+                 thresholds: dict[str, float | None] | None = None, data: PreparedData | None = None,
+                 temperatures: dict[str, float] | None = None) -> ProtocolOutcome:
     """Every stage for one protocol in run_dir (`data`: from `preflight`, made here when not given;
-    thresholds: gate_thresholds' dict, default that of `config` alone)."""
+    thresholds: gate_thresholds' dict, default that of `config` alone; temperatures: gate_temperatures')."""
     from bsegn.datasets.protocol import validation_protocol
     from bsegn.generative.experiment import run_bsegn
 
@@ -219,7 +227,7 @@ def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *
     started = time.perf_counter()
     outcome = run_bsegn(features, eval_split, generative, seed=config.run.seed,
                         gates=thresholds or gate_thresholds(config), unseen_ranking=config.run.unseen_ranking,
-                        accelerator=accelerator,
+                        accelerator=accelerator, temperatures=temperatures,
                         run_dir=run_dir / "generative", show_progress=accelerator.is_main_process)
     return ProtocolOutcome(outcome, backbone, features, eval_split, benchmark, time.perf_counter() - started)
 
@@ -339,7 +347,7 @@ def _run_locked(config: RunConfig, run_dir: Path, data: PreparedData, accelerato
             log.info(f"gate {kind}: threshold {row['threshold']:.3g}, validation H {row['H']:.1f} "
                      f"(AUROC {row['domain_auroc']:.3f}, oracle-domain H {row['oracle_H']:.1f})")
     outcome = run_protocol(config, protocol, run_dir, accelerator, thresholds=gate_thresholds(config, validation),
-                           data=data)
+                           data=data, temperatures=gate_temperatures(validation))
     from bsegn.app.run_outputs import collect_metrics, write_outputs
 
     metrics = collect_metrics(config, outcome, validation, accelerator, time.perf_counter() - started)

@@ -6,8 +6,9 @@
 
 The seen-or-unseen decision is the bundle's gate (bsegn.generative.gates): in gzsl mode `unseen` is the
 gate's decision and the first class of `top` is the class gate.predict names (an unseen class exactly
-when `unseen`); `p_unseen` is the gate's sigmoid(score - threshold), above 0.5 exactly when it calls the
-image unseen, reported in every mode. `--threshold T` overrides the gate's threshold.
+when `unseen`); `p_unseen` is the gate's sigmoid((score - threshold) / temperature) (the temperature fitted on
+the validation protocol with the threshold: a calibrated probability there), above 0.5 exactly when it
+calls the image unseen, reported in every mode. `--threshold T` overrides the gate's threshold.
 
 Without --model: $BSEGN_MODEL, else the most recently written bundle under ./runs.
 

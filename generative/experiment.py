@@ -26,7 +26,7 @@ from bsegn.generative.classifier import class_log_probs, fit_final_classifier, g
 from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.evaluation import evaluate_scores
 from bsegn.generative.gate_evaluation import choose_threshold, evaluate_gate
-from bsegn.generative.gates import DomainGate, fit_gates, gate_inputs
+from bsegn.generative.gates import DomainGate, fit_gates, fit_temperature, gate_inputs
 from bsegn.generative.model import TrainedBSeGN, train_bsegn
 from bsegn.generative.networks import FinalClassifier
 
@@ -87,9 +87,12 @@ def refuse_choosing_on_final(split, what: str) -> None:
 
 
 def measure_gates(trained, data: dict, gzsl, zsl, seen_scores, unseen_scores, zsl_scores,
-                  thresholds: dict[str, float | None], unseen_ranking: str = "gzsl", *, split=None):
+                  thresholds: dict[str, float | None], unseen_ranking: str = "gzsl", *, split=None,
+                  temperatures: dict[str, float] | None = None):
     """Fit every gate of `thresholds` on data's trainval and evaluate it on data's test images.
-    thresholds: {gate kind: threshold, or None to choose it here (validation splits only)}.
+    thresholds: {gate kind: threshold, or None to choose it here (validation splits only), and with it
+    p_unseen's temperature (fit_temperature on the same images)}; temperatures: {gate kind: temperature}
+    for the gates whose threshold is given (those chosen on the validation protocol; default 1).
     Returns ({kind: fitted gate, threshold set}, {kind: evaluate_gate result (+ "curve" when chosen)})."""
     kinds = list(thresholds)
     if any(value is None for value in thresholds.values()) and split is not None:
@@ -105,8 +108,11 @@ def measure_gates(trained, data: dict, gzsl, zsl, seen_scores, unseen_scores, zs
         curve = None
         if thresholds[kind] is None:
             gate.threshold, curve = choose_threshold(gate, seen, unseen, data["all_classes"], data["seen"])
+            margins = torch.cat([gate.margin(seen[0]), gate.margin(unseen[0])])
+            gate.temperature = fit_temperature(margins, torch.cat([torch.zeros(len(seen[1])), torch.ones(len(unseen[1]))]))
         else:
             gate.threshold = float(thresholds[kind])
+            gate.temperature = float((temperatures or {}).get(kind, 1.0))
         results[kind] = evaluate_gate(gate, seen, unseen, data["all_classes"], data["seen"],
                                       zsl_unseen_scores=zsl_scores, zsl_class_ids=data["unseen"])
         if curve is not None:
@@ -116,10 +122,11 @@ def measure_gates(trained, data: dict, gzsl, zsl, seen_scores, unseen_scores, zs
 
 def run_bsegn(feature_set, split, config: BSeGNConfig, *, seed: int = 0,
               gates: dict[str, float | None] | None = None, unseen_ranking: str = "gzsl", accelerator=None,
-              run_dir=None, show_progress: bool = True) -> BSeGNRun:
+              run_dir=None, show_progress: bool = True, temperatures: dict[str, float] | None = None) -> BSeGNRun:
     """Train on split's trainval, fit the GZSL (split's classes) and ZSL (unseen) classifiers and the
     gates, evaluate. gates: {kind: threshold or None (chosen here: validation splits only, else
     ConfigError)}, default {"stacking": 0.0} (no calibration); the FIRST gate makes the headline numbers.
+    temperatures: p_unseen's temperature of each gate whose threshold is given (see measure_gates).
     result: the first gate's evaluate_gate keys (percent; "gamma" for stacking), "gates" {kind: its
     result without per-class tables}, "U/S/H_uncalibrated", "train_seconds", "seconds_per_epoch", and
     "calibration_curve" ([{"gamma", "U", "S", "H"}]) when stacking's gamma was chosen here."""
@@ -133,7 +140,7 @@ def run_bsegn(feature_set, split, config: BSeGNConfig, *, seed: int = 0,
     train_seconds = time.perf_counter() - started
     gzsl, zsl, seen_scores, unseen_scores, zsl_scores = fit_and_score(trained, data, unseen_ranking)
     fitted, results = measure_gates(trained, data, gzsl, zsl, seen_scores, unseen_scores, zsl_scores, gates,
-                                    unseen_ranking)
+                                    unseen_ranking, temperatures=temperatures)
     headline = next(iter(gates))
     result = dict(results[headline])
     result["gates"] = {kind: {k: v for k, v in r.items() if not k.startswith("per_class")}

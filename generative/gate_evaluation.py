@@ -9,6 +9,9 @@ evaluate_scores' keys (T1, U, S, H, per-class) for the gate's decisions, plus:
     domain_auroc                 seen-vs-unseen AUROC of the gate's domain score (unseen = positive)
     domain_accuracy              mean of the two rates below: the decision's balanced accuracy
     seen_called_seen, unseen_called_unseen   the share of test-seen / test-unseen images routed right
+    temperature, p_unseen_nll, p_unseen_ece  p_unseen's temperature, and how well p_unseen fits these images'
+                                 domains: the mean negative log-likelihood, and the expected calibration
+                                 error of the decision's confidence max(p, 1 - p) (10 bins; 0-1)
     oracle_U, oracle_S, oracle_H every image routed to its TRUE domain, then the expert of that domain
                                  names the class: the ceiling any decision can reach with these experts
 All in percent except the AUROC (0-1).
@@ -34,8 +37,32 @@ def domain_metrics(gate, seen_inputs: GateInputs, unseen_inputs: GateInputs, thr
     seen_score, unseen_score = scores or (gate.domain_score(seen_inputs), gate.domain_score(unseen_inputs))
     seen_ok = float((seen_score <= threshold).float().mean()) if len(seen_score) else float("nan")
     unseen_ok = float((unseen_score > threshold).float().mean()) if len(unseen_score) else float("nan")
+    margins = torch.cat([seen_score, unseen_score]).double() - threshold
+    is_unseen = torch.cat([torch.zeros(len(seen_score)), torch.ones(len(unseen_score))]).double()
     return {"domain_auroc": auroc(seen_score, unseen_score), "domain_accuracy": 50 * (seen_ok + unseen_ok),
-            "seen_called_seen": 100 * seen_ok, "unseen_called_unseen": 100 * unseen_ok}
+            "seen_called_seen": 100 * seen_ok, "unseen_called_unseen": 100 * unseen_ok,
+            "temperature": float(gate.temperature), **p_unseen_calibration(margins / gate.temperature, is_unseen)}
+
+
+def p_unseen_calibration(logits: torch.Tensor, is_unseen: torch.Tensor, bins: int = 10) -> dict:
+    """{"p_unseen_nll", "p_unseen_ece"} of p = sigmoid(logits) (N,) against the domains is_unseen (N,) 0/1:
+    the mean negative log-likelihood, and the expected calibration error of the decision's confidence
+    max(p, 1 - p) over `bins` equal-width bins of [0.5, 1] (the share of images in a bin times the gap
+    between its mean confidence and its accuracy, summed)."""
+    if len(logits) == 0:
+        return {"p_unseen_nll": float("nan"), "p_unseen_ece": float("nan")}
+    logits, y = logits.double(), is_unseen.double()
+    nll = float((torch.nn.functional.softplus(logits) - y * logits).mean())
+    p = torch.sigmoid(logits)
+    confidence = torch.maximum(p, 1 - p)
+    correct = ((p > 0.5).double() == y).double()
+    index = ((confidence - 0.5) * 2 * bins).long().clamp(0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        chosen = index == b
+        if chosen.any():
+            ece += float(chosen.double().mean() * (confidence[chosen].mean() - correct[chosen].mean()).abs())
+    return {"p_unseen_nll": nll, "p_unseen_ece": ece}
 
 
 def oracle_domain(seen, unseen, class_ids, seen_classes) -> dict:

@@ -184,10 +184,13 @@ def test_add_class_refits_a_learned_gate_with_the_new_class_keeping_its_threshol
     the new class list (the new class among the unseen ones), at the bundle's threshold."""
     from bsegn.generative.gates import fit_gate
 
+    from test_app_bundle_checks import _set, rewrite_config
+
     source = _tiny_bundle(tmp_path / "learned", gate="learned", threshold=0.25)
+    rewrite_config(source, _set("gate/temperature", 2.5))  # p_unseen's temperature, as validation fitted it
     old = load_bundle(source).gate.state_dict()
     new = load_bundle(add_classes(source, [("new", [0.9, 0.1, 0.9, 0.1, 0.9])], tmp_path / "out"))
-    assert new.gate.kind == "learned" and new.gate.threshold == 0.25
+    assert new.gate.kind == "learned" and new.gate.threshold == 0.25 and new.gate.temperature == 2.5
     expected = fit_gate("learned", new.trained, new.train_features, new.train_labels, range(len(CLASSES) + 1))
     assert all(torch.equal(new.gate.state_dict()[k], expected.state_dict()[k]) for k in expected.state_dict())
     assert not all(torch.equal(new.gate.state_dict()[k], old[k]) for k in old)

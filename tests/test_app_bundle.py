@@ -79,7 +79,7 @@ def test_bundle_round_trip_keeps_everything_predict_needs(saved):
     assert bundle.trained.config.hidden == 16 and bundle.backbone.model_name == "test_resnet"
     info = json.loads((saved / CONFIG_NAME).read_text())
     assert info["bsegn"]["config"]["hidden"] == 16 and "generator_hidden" not in info["bsegn"]["config"]
-    assert info["unseen_ranking"] == "gzsl" and info["gate"] == {"kind": "stacking", "threshold": -0.5}
+    assert info["unseen_ranking"] == "gzsl" and info["gate"] == {"kind": "stacking", "threshold": -0.5, "temperature": 1.0}
     assert info["format_version"] == 3 and "gamma" not in info
     card = (saved / "README.md").read_text()
     assert "| final | 12.3 | 1.0 | 2.0 | 1.3 |" in card

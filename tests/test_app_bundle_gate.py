@@ -13,7 +13,7 @@ from bsegn.app.bundle import CONFIG_NAME, MODEL_NAME, load_bundle, save_bundle
 from bsegn.core.errors import BundleError
 from bsegn.generative.gates import GATES, fit_gate, gate_inputs
 from test_app_bundle import CLASSES, IMAGE_SIZE, _tiny_bundle
-from test_app_bundle_checks import _set, rewrite_config
+from test_app_bundle_checks import _DELETE, _set, rewrite_config
 
 KINDS = ("stacking", "gaussian", "learned", "semantic", "combined")
 
@@ -40,17 +40,34 @@ def test_a_round_trip_keeps_the_gate(bundles, tmp_path, kind):
     bundle = load_bundle(bundles[kind])
     gate = fit_gate(kind, bundle.trained, bundle.train_features, bundle.train_labels, range(len(CLASSES)), seed=3,
                     classifiers=(bundle.gzsl, bundle.zsl))
-    gate.threshold = 1.25
+    gate.threshold, gate.temperature = 1.25, 3.5
     bundle.gate = gate
     again = load_bundle(save_bundle(bundle, tmp_path / "again"))
     assert again.gate.kind == kind and again.gate.threshold == 1.25 and type(again.gate) is type(gate)
+    assert again.gate.temperature == 3.5
     before, after = gate.state_dict(), again.gate.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert bool(before) == (kind not in ("stacking", "semantic"))  # the fitted gates do store tensors
     inputs = _gate_view(again, _images())
     assert torch.equal(gate.domain_score(inputs), again.gate.domain_score(inputs))
     info = json.loads((tmp_path / "again" / CONFIG_NAME).read_text())
-    assert info["gate"] == {"kind": kind, "threshold": 1.25}
+    assert info["gate"] == {"kind": kind, "threshold": 1.25, "temperature": 3.5}
+
+
+@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), "2", True])
+def test_a_temperature_that_is_not_a_positive_number_is_refused(bundles, tmp_path, temperature):
+    folder = Path(shutil.copytree(bundles["gaussian"], tmp_path / "bundle"))
+    rewrite_config(folder, _set("gate/temperature", temperature))
+    with pytest.raises(BundleError, match="must be a finite number above 0"):
+        load_bundle(folder)
+
+
+def test_a_bundle_saved_before_the_temperature_loads_with_temperature_one(bundles, tmp_path):
+    folder = Path(shutil.copytree(bundles["gaussian"], tmp_path / "bundle"))
+    rewrite_config(folder, _set("gate/temperature", 7.0))
+    assert load_bundle(folder).gate.temperature == 7.0
+    rewrite_config(folder, _set("gate/temperature", _DELETE))
+    assert load_bundle(folder).gate.temperature == 1.0
 
 
 def _tensor_bytes(path: Path, name: str) -> tuple[int, int]:
@@ -250,6 +267,13 @@ def test_the_card_names_the_gate_and_its_measurements(tmp_path):
     card = (folder / "README.md").read_text()
     assert "gate `gaussian`, threshold 2.5; domain AUROC 0.812, oracle-domain H 71.2" in card
     assert "domain AUROC" not in (_tiny_bundle(tmp_path / "c") / "README.md").read_text()
+    assert "p(unseen) =" not in card  # temperature 1: p_unseen in the score's own units, nothing to say
+    from bsegn.app.bundle import model_card
+
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    config["gate"]["temperature"], config["metrics"]["p_unseen_ece"] = 3.25, 0.0412
+    assert "p(unseen) = sigmoid((score - threshold) / 3.25), the temperature fitted on the validation protocol " \
+           "(test: calibration error 0.041)" in model_card(config)
 
 
 def test_serve_answers_the_gates_p_unseen_and_refits_a_learned_gate_for_an_added_class(tmp_path):

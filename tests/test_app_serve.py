@@ -99,7 +99,7 @@ def test_p_unseen_is_the_gates(client, bundle):
     for mode in ("zsl", "seen"):
         with _serving(bundle, mode=mode) as other:
             assert _post(other, _png()).json()["p_unseen"] == answer["p_unseen"]
-    assert client.get("/model").json()["gate"] == {"kind": "stacking", "threshold": -0.5}
+    assert client.get("/model").json()["gate"] == {"kind": "stacking", "threshold": -0.5, "temperature": 1.0}
 
 
 def _encoded(kind: str, mode: str = "RGB") -> bytes:

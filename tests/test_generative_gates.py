@@ -6,9 +6,9 @@ import torch
 
 from bsegn.core.errors import ConfigError
 from bsegn.generative.gate_evaluation import (best_threshold, choose_threshold, domain_metrics, evaluate_gate,
-                                              oracle_domain)
+                                              oracle_domain, p_unseen_calibration)
 from bsegn.generative.gates import (GATES, GateInputs, GaussianGate, LearnedGate, StackingGate, fit_gates,
-                                    gate_from_state, routed_predictions)
+                                    fit_temperature, gate_from_state, gate_inputs, routed_predictions)
 from bsegn.generative.metrics import auroc, calibrated_predictions
 
 CLASS_IDS = torch.tensor([0, 1, 2, 3])
@@ -136,6 +136,42 @@ def test_domain_metrics_and_oracle_are_the_hand_counted_rates():
     assert oracle_domain((seen, torch.tensor([0, 1])), (unseen, torch.tensor([2, 2])), CLASS_IDS, SEEN)["oracle_U"] == 50.0
 
 
+def test_p_unseen_is_the_sigmoid_of_the_margin_over_the_temperature():
+    inputs = GateInputs(torch.tensor([[0.0, -1, -3, -5], [-4.0, -5, 0.0, -5]]), SEEN_COLUMNS)
+    gate = StackingGate()
+    margin = gate.domain_score(inputs) - 0.5  # best unseen - best seen, threshold 0.5: -3.5 and 3.5
+    gate.threshold, gate.temperature = 0.5, 2.0
+    assert torch.allclose(gate.p_unseen(inputs), torch.sigmoid(margin / 2.0))
+    assert torch.equal(gate.unseen(inputs), torch.tensor([False, True]))  # the decision ignores the temperature
+    gate.threshold = float(gate.domain_score(inputs)[0])
+    assert float(gate.p_unseen(inputs)[0]) == 0.5
+    assert gate.metadata() == {"kind": "stacking", "threshold": gate.threshold, "temperature": 2.0}
+
+
+def test_fit_temperature_recovers_the_temperature_that_made_the_domains():
+    generator = torch.Generator().manual_seed(0)
+    margins = torch.randn(40000, generator=generator, dtype=torch.float64) * 6.0
+    for true in (0.5, 3.0, 20.0):
+        is_unseen = (torch.rand(40000, generator=generator, dtype=torch.float64) < torch.sigmoid(margins / true)).double()
+        assert fit_temperature(margins, is_unseen) == pytest.approx(true, rel=0.06)
+    # a score that separates backwards (or not at all) gets the largest temperature: p_unseen ~ 0.5
+    backwards = (margins < 0).double()
+    assert fit_temperature(margins, backwards) > 1e3 * float(margins.std())
+    with pytest.raises(ValueError, match="finite margins"):
+        fit_temperature(torch.tensor([float("nan")]), torch.tensor([1.0]))
+
+
+def test_p_unseen_calibration_metrics_are_the_hand_computed_ones():
+    logits, is_unseen = torch.tensor([2.0, -2.0, 0.0, 4.0]), torch.tensor([1.0, 1.0, 0.0, 1.0])
+    p = torch.sigmoid(logits.double())
+    nll = float(-(torch.log(p[0]) + torch.log(p[1]) + torch.log(1 - p[2]) + torch.log(p[3])) / 4)
+    confidence = torch.maximum(p, 1 - p)  # 0.881, 0.881, 0.5, 0.982; right, wrong, right, right
+    # bins of width 0.05 over [0.5, 1]: {0.5} -> bin 0 (right), {0.881, 0.881} -> bin 7 (one right), {0.982} -> bin 9
+    ece = 0.25 * abs(0.5 - 1) + 0.5 * abs(float(confidence[0]) - 0.5) + 0.25 * abs(float(confidence[3]) - 1)
+    got = p_unseen_calibration(logits, is_unseen)
+    assert got["p_unseen_nll"] == pytest.approx(nll) and got["p_unseen_ece"] == pytest.approx(ece)
+
+
 def test_best_threshold_ties():
     curve = [{"threshold": t, "H": h} for t, h in ((-3.0, 5.0), (-1.0, 9.0), (-0.5, 9.0), (0.0, 2.0))]
     assert best_threshold(curve, "stacking") == -0.5  # the smallest correction (gamma 0.5)
@@ -209,7 +245,14 @@ def test_run_bsegn_measures_every_gate_on_one_model_and_stacking_stays_as_it_was
     assert result["gate"] == "stacking" and result["gamma"] == -result["threshold"]
     assert [row["gamma"] for row in result["calibration_curve"]][:3] == [0.0, 0.1, 0.2]
     for kind, row in result["gates"].items():
-        assert run.gates[kind].threshold == row["threshold"]
+        assert run.gates[kind].threshold == row["threshold"] and run.gates[kind].temperature == row["temperature"]
+        if kind == "stacking":  # p_unseen's temperature: fitted on these validation images with the threshold
+            data = split_tensors(features, split)
+            inputs = [gate_inputs(run.trained, run.gzsl_classifier, run.zsl_classifier, data[part][0], kinds=[kind])
+                      for part in ("test_seen", "test_unseen")]
+            margins = torch.cat([run.gates[kind].margin(x) for x in inputs])
+            assert row["temperature"] == pytest.approx(fit_temperature(margins, torch.cat(
+                [torch.zeros(len(inputs[0].scores)), torch.ones(len(inputs[1].scores))])), rel=1e-6)
         assert row["H"] == max(point["H"] for point in row["curve"])  # chosen by H on this validation split
         assert 0.0 <= row["domain_auroc"] <= 1.0 and row["oracle_H"] == result["oracle_H"]
     # the cosmo gate shares the learned gate's network
@@ -228,6 +271,10 @@ def test_run_bsegn_measures_every_gate_on_one_model_and_stacking_stays_as_it_was
     assert given.result["gate"] == "learned" and given.result["threshold"] == 0.5 and given.result["gamma"] == 0.0
     assert given.result["gates"]["stacking"]["gamma"] == 1.0 and "curve" not in given.result["gates"]["learned"]
     assert "calibration_curve" not in given.result
+    assert given.gates["learned"].temperature == 1.0  # a given threshold without a fitted temperature
+    carried = run_bsegn(features, split, config, gates={"learned": 0.5}, temperatures={"learned": 4.0},
+                        unseen_ranking="zsl", show_progress=False)
+    assert carried.gates["learned"].temperature == 4.0 and carried.result["temperature"] == 4.0
 
 
 def test_fitting_gates_leaves_the_global_rng_alone(tiny_run):
@@ -247,7 +294,7 @@ def test_pipeline_measures_the_configured_gate_first_and_carries_validation_thre
     from types import SimpleNamespace
 
     from bsegn.app.config import load_run_config
-    from bsegn.app.pipeline import gate_thresholds, protocols_of
+    from bsegn.app.pipeline import gate_temperatures, gate_thresholds, protocols_of
 
     given = load_run_config(None, ["--run.gate", "learned", "--run.threshold", "0.3"])
     assert gate_thresholds(given) == {"learned": 0.3} and protocols_of(given) == ["final"]
@@ -258,6 +305,10 @@ def test_pipeline_measures_the_configured_gate_first_and_carries_validation_thre
     fitted = {kind: SimpleNamespace(threshold=float(i)) for i, kind in enumerate(GATES)}
     after = gate_thresholds(chosen, SimpleNamespace(run=SimpleNamespace(gates=fitted)))
     assert list(after)[0] == "gaussian" and after == {kind: float(i) for i, kind in enumerate(GATES)}
+    fitted = {kind: SimpleNamespace(threshold=0.0, temperature=i + 2.0) for i, kind in enumerate(GATES)}
+    assert gate_temperatures(SimpleNamespace(run=SimpleNamespace(gates=fitted))) == \
+        {kind: i + 2.0 for i, kind in enumerate(GATES)}
+    assert gate_temperatures(None) is None
 
 
 def test_combined_gate_is_the_sum_of_its_standardised_parts(tiny_run):
