@@ -277,6 +277,12 @@ def test_the_same_command_twice_gives_the_same_metrics(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         assert metrics["threshold_chosen_on"] == "validation"
-        results.append({key: metrics[key] for key in ("T1", "U", "S", "H", "threshold", "domain_auroc")}
+        # p_unseen's temperature: fitted on validation with each threshold, carried to the final run and bundle
+        bundle_gate = json.loads((tmp_path / name / "bundle" / "config.json").read_text())["gate"]
+        for kind, row in metrics["gates"].items():
+            assert row["temperature"] == metrics["validation_gates"][kind]["temperature"] > 0
+        assert bundle_gate["temperature"] == metrics["temperature"] == metrics["gates"][metrics["gate"]]["temperature"]
+        assert 0.0 <= metrics["p_unseen_ece"] <= 0.5 and metrics["p_unseen_nll"] > 0
+        results.append({key: metrics[key] for key in ("T1", "U", "S", "H", "threshold", "domain_auroc", "temperature")}
                        | {kind: row["threshold"] for kind, row in metrics["validation_gates"].items()})
     assert results[0] == results[1]
