@@ -25,8 +25,8 @@ from bsegn.core.errors import ConfigError
 from bsegn.generative.classifier import class_log_probs, fit_final_classifier, gzsl_scores
 from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.evaluation import evaluate_scores
-from bsegn.generative.gate_evaluation import choose_threshold, evaluate_gate
-from bsegn.generative.gates import DomainGate, fit_gates, fit_temperature, gate_inputs
+from bsegn.generative.gate_evaluation import choose_threshold, evaluate_gate, fit_temperature
+from bsegn.generative.gates import DomainGate, fit_gates, gate_inputs
 from bsegn.generative.model import TrainedBSeGN, train_bsegn
 from bsegn.generative.networks import FinalClassifier
 

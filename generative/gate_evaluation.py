@@ -2,6 +2,7 @@
 
     result = evaluate_gate(gate, seen, unseen, class_ids, seen_classes, zsl_unseen_scores=..., zsl_class_ids=...)
     threshold, curve = choose_threshold(gate, seen, unseen, class_ids, seen_classes)
+    gate.temperature = fit_temperature(margins, is_unseen)   # p_unseen's scale, on the same images
 
 `seen` / `unseen`: (GateInputs, labels (N,)) of the test-seen / test-unseen images. evaluate_gate returns
 evaluate_scores' keys (T1, U, S, H, per-class) for the gate's decisions, plus:
@@ -127,3 +128,24 @@ def best_threshold(curve: list[dict], kind: str) -> float:
     if kind == "stacking":
         return min(tied, key=lambda row: abs(row["threshold"]))["threshold"]
     return tied[len(tied) // 2]["threshold"]
+
+
+TEMPERATURE_GRID = torch.logspace(-4, 4, 801, dtype=torch.float64)  # x 1 / std of the margins; 1 % steps
+
+
+@torch.no_grad()
+def fit_temperature(margins: torch.Tensor, is_unseen: torch.Tensor) -> float:
+    """The T > 0 that maximises the likelihood of sigmoid(margin / T) for these images' domains (margins
+    (N,) = score - threshold on VALIDATION images, is_unseen (N,) 0/1): Platt scaling with the intercept
+    held at the threshold, so the decision never moves. The negative log-likelihood is convex in 1 / T; it
+    is minimised over a log grid (1 % steps) scaled by the margins' spread. A score that does not separate
+    (or separates backwards) gets the grid's largest T: p_unseen ~ 0.5 everywhere, as it should."""
+    m = torch.as_tensor(margins, dtype=torch.float64).flatten()
+    y = torch.as_tensor(is_unseen, dtype=torch.float64).flatten()
+    if len(m) == 0 or not bool(torch.isfinite(m).all()):
+        raise ValueError("fit_temperature needs finite margins of at least one image")
+    spread = float(m.std()) if len(m) > 1 and float(m.std()) > 0 else max(float(m.abs().max()), 1.0)
+    betas = TEMPERATURE_GRID / spread                                    # candidate 1 / T
+    logits = betas[:, None] * m[None, :]                                 # (G, N)
+    nll = (torch.nn.functional.softplus(logits) - y[None, :] * logits).mean(1)
+    return float(1.0 / betas[int(nll.argmin())])

@@ -138,7 +138,7 @@ class DomainGate(nn.Module):
     def __init__(self):
         super().__init__()
         self.threshold = 0.0
-        self.temperature = 1.0  # p_unseen's scale: fitted where the threshold is chosen (fit_temperature)
+        self.temperature = 1.0  # p_unseen's scale: fitted where the threshold is chosen (gate_evaluation)
 
     def domain_score(self, inputs: GateInputs) -> torch.Tensor:
         raise NotImplementedError
@@ -158,7 +158,7 @@ class DomainGate(nn.Module):
 
     def p_unseen(self, inputs: GateInputs, threshold: float | None = None, score=None) -> torch.Tensor:
         """(N,) sigmoid((score - threshold) / temperature): 0.5 exactly at the decision, above it iff called
-        unseen; with the temperature fitted on the validation protocol (fit_temperature) a probability
+        unseen; with the temperature fitted on the validation protocol (gate_evaluation.fit_temperature) a probability
         calibrated there, with 1 (a gate whose threshold was given, a bundle from before) a monotone
         confidence in the score's own units."""
         return torch.sigmoid(self.margin(inputs, threshold, score) / self.temperature)
@@ -170,27 +170,6 @@ class DomainGate(nn.Module):
 
     def metadata(self) -> dict:
         return {"kind": self.kind, "threshold": float(self.threshold), "temperature": float(self.temperature)}
-
-
-TEMPERATURE_GRID = torch.logspace(-4, 4, 801, dtype=torch.float64)  # x 1 / std of the margins; 1 % steps
-
-
-@torch.no_grad()
-def fit_temperature(margins: torch.Tensor, is_unseen: torch.Tensor) -> float:
-    """The T > 0 that maximises the likelihood of sigmoid(margin / T) for these images' domains (margins
-    (N,) = score - threshold on VALIDATION images, is_unseen (N,) 0/1): Platt scaling with the intercept
-    held at the threshold, so the decision never moves. The negative log-likelihood is convex in 1 / T; it
-    is minimised over a log grid (1 % steps) scaled by the margins' spread. A score that does not separate
-    (or separates backwards) gets the grid's largest T: p_unseen ~ 0.5 everywhere, as it should."""
-    m = torch.as_tensor(margins, dtype=torch.float64).flatten()
-    y = torch.as_tensor(is_unseen, dtype=torch.float64).flatten()
-    if len(m) == 0 or not bool(torch.isfinite(m).all()):
-        raise ValueError("fit_temperature needs finite margins of at least one image")
-    spread = float(m.std()) if len(m) > 1 and float(m.std()) > 0 else max(float(m.abs().max()), 1.0)
-    betas = TEMPERATURE_GRID / spread                                    # candidate 1 / T
-    logits = betas[:, None] * m[None, :]                                 # (G, N)
-    nll = (torch.nn.functional.softplus(logits) - y[None, :] * logits).mean(1)
-    return float(1.0 / betas[int(nll.argmin())])
 
 
 def routed_predictions(scores: torch.Tensor, seen_columns: torch.Tensor, unseen: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,9 @@ import torch
 
 from bsegn.core.errors import ConfigError
 from bsegn.generative.gate_evaluation import (best_threshold, choose_threshold, domain_metrics, evaluate_gate,
-                                              oracle_domain, p_unseen_calibration)
+                                              fit_temperature, oracle_domain, p_unseen_calibration)
 from bsegn.generative.gates import (GATES, GateInputs, GaussianGate, LearnedGate, StackingGate, fit_gates,
-                                    fit_temperature, gate_from_state, gate_inputs, routed_predictions)
+                                    gate_from_state, gate_inputs, routed_predictions)
 from bsegn.generative.metrics import auroc, calibrated_predictions
 
 CLASS_IDS = torch.tensor([0, 1, 2, 3])
