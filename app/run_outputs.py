@@ -68,7 +68,7 @@ def write_outputs(config: RunConfig, outcome, metrics: dict, run_dir: Path) -> N
                 data_config=data_config_of(config, outcome.backbone), gate=outcome.run.gates[config.run.gate],
                 unseen_ranking=config.run.unseen_ranking,
                 metrics={k: metrics[k] for k in ("T1", "U", "S", "H", "protocol", "split_evaluated", "gate",
-                                                 "domain_auroc", "oracle_H")},
+                                                 "domain_auroc", "oracle_H", "p_unseen_ece")},
                 train_features=features.features[trainval], train_labels=features.labels[trainval],
                 benchmark=config.data.benchmark, run_config=config.to_dict(), semantic=semantic_fields(split))
     try:

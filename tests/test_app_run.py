@@ -283,6 +283,8 @@ def test_the_same_command_twice_gives_the_same_metrics(tmp_path):
             assert row["temperature"] == metrics["validation_gates"][kind]["temperature"] > 0
         assert bundle_gate["temperature"] == metrics["temperature"] == metrics["gates"][metrics["gate"]]["temperature"]
         assert 0.0 <= metrics["p_unseen_ece"] <= 0.5 and metrics["p_unseen_nll"] > 0
+        card = (tmp_path / name / "bundle" / "README.md").read_text()
+        assert f"calibration error {metrics['p_unseen_ece']:.3f}" in card or bundle_gate["temperature"] == 1.0
         results.append({key: metrics[key] for key in ("T1", "U", "S", "H", "threshold", "domain_auroc", "temperature")}
                        | {kind: row["threshold"] for kind, row in metrics["validation_gates"].items()})
     assert results[0] == results[1]
