@@ -207,6 +207,8 @@ def test_images_bench_writes_both_stages_with_their_ratios(tmp_path):
     assert len(list((tmp_path / "jpegs").rglob("*.jpg"))) == 12
     for stage in ("extract", "finetune"):
         entry = result[stage]
-        assert entry["ratio"] == pytest.approx(entry["whole_img_s"] / entry["bare_img_s"], rel=0.01)
+        # the JSON rounds the ratio to 3 decimals and the rates to 2: a tiny ratio (a 32-px test_resnet whose
+        # whole path is mostly the workers' start) is off by up to 0.0005 from the rounded rates' quotient
+        assert entry["ratio"] == pytest.approx(entry["whole_img_s"] / entry["bare_img_s"], rel=0.01, abs=1e-3)
         assert entry["bare_img_s"] > 0 and entry["pipeline_img_s"] > 0 and entry["workers"] == 1
     assert result["finetune"]["first_epoch_img_s"] > 0 and result["settings"]["model"] == "test_resnet"
