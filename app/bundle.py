@@ -92,6 +92,8 @@ class Bundle:
             from bsegn.generative.gates import StackingGate
 
             self.gate = StackingGate()
+        if self.text_pooling is None and uses_text(self.semantic_kind):
+            self.text_pooling = "sentence"  # what every text bundle did before pooling was recorded
 
     @property
     def num_classes(self) -> int:

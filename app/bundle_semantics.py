@@ -49,10 +49,9 @@ def fields_from_config(config: dict[str, Any]) -> dict[str, Any]:
     """Bundle keyword arguments from a (checked) config.json; missing fields: an attribute bundle's."""
     dim = int(config["bsegn"]["semantic_dim"])
     texts = config.get("class_texts")
-    kind = config.get("semantic_kind") or "attributes"
-    return {"semantic_kind": kind,
+    return {"semantic_kind": config.get("semantic_kind") or "attributes",
             "text_encoder": config.get("text_encoder"), "text_encoder_id": config.get("text_encoder_id"),
-            "text_pooling": config.get("text_pooling") or ("sentence" if uses_text(kind) else None),
+            "text_pooling": config.get("text_pooling"),  # absent: Bundle makes it "sentence" for text bundles
             "attribute_dim": int(config.get("attribute_dim", dim)), "text_dim": int(config.get("text_dim", 0)),
             "class_texts": None if texts is None else list(texts)}
 
@@ -63,6 +62,6 @@ def record_of(bundle) -> dict[str, Any]:
     text_dim = int(bundle.text_dim or 0)
     return {"semantic_kind": bundle.semantic_kind, "text_encoder": bundle.text_encoder,
             "text_encoder_id": bundle.text_encoder_id,
-            "text_pooling": (bundle.text_pooling or "sentence") if uses_text(bundle.semantic_kind) else None,
+            "text_pooling": bundle.text_pooling if uses_text(bundle.semantic_kind) else None,
             "attribute_dim": dim - text_dim if bundle.attribute_dim is None else int(bundle.attribute_dim),
             "text_dim": text_dim, "class_texts": None if bundle.class_texts is None else list(bundle.class_texts)}

@@ -211,7 +211,7 @@ def class_vector_for(bundle, new: NewClass, encoder: str | None = None) -> torch
     mode = "text" if kind == "text" else "attributes+text"
     vector = torch.as_tensor(class_vector(mode, attributes=new.attributes, text=new.description,
                                           encoder=text_encoder_of(bundle, encoder),
-                                          pooling=bundle.text_pooling or "sentence", name=new.name), dtype=torch.float32)
+                                          pooling=bundle.text_pooling, name=new.name), dtype=torch.float32)
     if vector.shape != (bundle.trained.semantic_dim,) or not bool(torch.isfinite(vector).all()):
         raise BundleError(f"{new.name!r}: the encoder gave a {tuple(vector.shape)} vector; the model needs "
                           f"({bundle.trained.semantic_dim},) finite values")

@@ -25,7 +25,7 @@ from bsegn.core.errors import ConfigError
 from bsegn.generative.classifier import class_log_probs, fit_final_classifier, gzsl_scores
 from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.evaluation import evaluate_scores
-from bsegn.generative.gate_evaluation import choose_threshold, evaluate_gate, fit_temperature
+from bsegn.generative.gate_evaluation import choose_threshold, domain_scores, evaluate_gate, fit_gate_temperature
 from bsegn.generative.gates import DomainGate, fit_gates, gate_inputs
 from bsegn.generative.model import TrainedBSeGN, train_bsegn
 from bsegn.generative.networks import FinalClassifier
@@ -105,16 +105,16 @@ def measure_gates(trained, data: dict, gzsl, zsl, seen_scores, unseen_scores, zs
               data["test_unseen"][1])
     results = {}
     for kind, gate in gates.items():
-        curve = None
+        curve, scores = None, domain_scores(gate, seen, unseen)  # once per gate: a Gaussian's is costly
         if thresholds[kind] is None:
-            gate.threshold, curve = choose_threshold(gate, seen, unseen, data["all_classes"], data["seen"])
-            margins = torch.cat([gate.margin(seen[0]), gate.margin(unseen[0])])
-            gate.temperature = fit_temperature(margins, torch.cat([torch.zeros(len(seen[1])), torch.ones(len(unseen[1]))]))
+            gate.threshold, curve = choose_threshold(gate, seen, unseen, data["all_classes"], data["seen"],
+                                                     scores=scores)
+            gate.temperature = fit_gate_temperature(gate, seen, unseen, scores=scores)
         else:
             gate.threshold = float(thresholds[kind])
             gate.temperature = float((temperatures or {}).get(kind, 1.0))
         results[kind] = evaluate_gate(gate, seen, unseen, data["all_classes"], data["seen"],
-                                      zsl_unseen_scores=zsl_scores, zsl_class_ids=data["unseen"])
+                                      zsl_unseen_scores=zsl_scores, zsl_class_ids=data["unseen"], scores=scores)
         if curve is not None:
             results[kind]["curve"] = curve
     return gates, results

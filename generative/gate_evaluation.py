@@ -2,7 +2,7 @@
 
     result = evaluate_gate(gate, seen, unseen, class_ids, seen_classes, zsl_unseen_scores=..., zsl_class_ids=...)
     threshold, curve = choose_threshold(gate, seen, unseen, class_ids, seen_classes)
-    gate.temperature = fit_temperature(margins, is_unseen)   # p_unseen's scale, on the same images
+    gate.temperature = fit_gate_temperature(gate, seen, unseen)   # p_unseen's scale, on the same images
 
 `seen` / `unseen`: (GateInputs, labels (N,)) of the test-seen / test-unseen images. evaluate_gate returns
 evaluate_scores' keys (T1, U, S, H, per-class) for the gate's decisions, plus:
@@ -38,11 +38,21 @@ def domain_metrics(gate, seen_inputs: GateInputs, unseen_inputs: GateInputs, thr
     seen_score, unseen_score = scores or (gate.domain_score(seen_inputs), gate.domain_score(unseen_inputs))
     seen_ok = float((seen_score <= threshold).float().mean()) if len(seen_score) else float("nan")
     unseen_ok = float((unseen_score > threshold).float().mean()) if len(unseen_score) else float("nan")
-    margins = torch.cat([seen_score, unseen_score]).double() - threshold
-    is_unseen = torch.cat([torch.zeros(len(seen_score)), torch.ones(len(unseen_score))]).double()
+    margins, is_unseen = _domain_margins(seen_score, unseen_score, threshold)
     return {"domain_auroc": auroc(seen_score, unseen_score), "domain_accuracy": 50 * (seen_ok + unseen_ok),
             "seen_called_seen": 100 * seen_ok, "unseen_called_unseen": 100 * unseen_ok,
             "temperature": float(gate.temperature), **p_unseen_calibration(margins / gate.temperature, is_unseen)}
+
+
+def _domain_margins(seen_score: torch.Tensor, unseen_score: torch.Tensor, threshold: float):
+    """(margins (N,) = score - threshold, is_unseen (N,) 0/1) of the seen then the unseen images, float64."""
+    margins = torch.cat([seen_score, unseen_score]).double() - threshold
+    return margins, torch.cat([torch.zeros(len(seen_score)), torch.ones(len(unseen_score))]).double()
+
+
+def _bernoulli_nll(logits: torch.Tensor, is_unseen: torch.Tensor) -> torch.Tensor:
+    """Mean over the last dimension of -log p(domain) with p_unseen = sigmoid(logits) (stable form)."""
+    return (torch.nn.functional.softplus(logits) - is_unseen * logits).mean(-1)
 
 
 def p_unseen_calibration(logits: torch.Tensor, is_unseen: torch.Tensor, bins: int = 10) -> dict:
@@ -53,7 +63,7 @@ def p_unseen_calibration(logits: torch.Tensor, is_unseen: torch.Tensor, bins: in
     if len(logits) == 0:
         return {"p_unseen_nll": float("nan"), "p_unseen_ece": float("nan")}
     logits, y = logits.double(), is_unseen.double()
-    nll = float((torch.nn.functional.softplus(logits) - y * logits).mean())
+    nll = float(_bernoulli_nll(logits, y))
     p = torch.sigmoid(logits)
     confidence = torch.maximum(p, 1 - p)
     correct = ((p > 0.5).double() == y).double()
@@ -78,12 +88,13 @@ def oracle_domain(seen, unseen, class_ids, seen_classes) -> dict:
 
 
 def evaluate_gate(gate, seen, unseen, class_ids, seen_classes, *, threshold: float | None = None,
-                  zsl_unseen_scores=None, zsl_class_ids=None) -> dict:
+                  zsl_unseen_scores=None, zsl_class_ids=None, scores: tuple | None = None) -> dict:
     """The GZSL metrics of `gate`'s decisions at `threshold` (default gate.threshold), with the domain
-    metrics and the oracle-domain ceiling (module docstring)."""
+    metrics and the oracle-domain ceiling (module docstring). scores: domain_scores' pair, when the caller
+    has it."""
     (seen_inputs, seen_labels), (unseen_inputs, unseen_labels) = _pair(seen), _pair(unseen)
     threshold = gate.threshold if threshold is None else float(threshold)
-    scores = (gate.domain_score(seen_inputs), gate.domain_score(unseen_inputs))  # once: a Gaussian's is costly
+    scores = scores or domain_scores(gate, seen, unseen)  # once: a Gaussian's is costly
     columns = (gate.predict(seen_inputs, threshold, scores[0]), gate.predict(unseen_inputs, threshold, scores[1]))
     result = evaluate_scores(seen_inputs.scores, seen_labels, unseen_inputs.scores, unseen_labels, class_ids,
                              seen_classes, zsl_unseen_scores=zsl_unseen_scores, zsl_class_ids=zsl_class_ids,
@@ -104,13 +115,20 @@ def threshold_candidates(gate, seen_score: torch.Tensor, unseen_score: torch.Ten
     return sorted(set(torch.quantile(scores, levels).tolist()))
 
 
-def choose_threshold(gate, seen, unseen, class_ids, seen_classes) -> tuple[float, list[dict]]:
+def domain_scores(gate, seen, unseen) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gate's domain scores of the seen and of the unseen images: computed once, read by
+    choose_threshold, fit_gate_temperature and evaluate_gate."""
+    return gate.domain_score(_pair(seen)[0]), gate.domain_score(_pair(unseen)[0])
+
+
+def choose_threshold(gate, seen, unseen, class_ids, seen_classes, *, scores: tuple | None = None
+                     ) -> tuple[float, list[dict]]:
     """The threshold with the best H on these (VALIDATION) images. Ties go to the least correction for
-    stacking (smallest gamma) and to the middle of the tied candidates otherwise.
+    stacking (smallest gamma) and to the middle of the tied candidates otherwise. scores: domain_scores'.
     Returns (threshold, [{"threshold", "U", "S", "H"} for each candidate])."""
     (seen_inputs, seen_labels), (unseen_inputs, unseen_labels) = _pair(seen), _pair(unseen)
     curve = []
-    seen_score, unseen_score = gate.domain_score(seen_inputs), gate.domain_score(unseen_inputs)  # once
+    seen_score, unseen_score = scores or domain_scores(gate, seen, unseen)
     for threshold in threshold_candidates(gate, seen_score, unseen_score):
         columns = (gate.predict(seen_inputs, threshold, seen_score), gate.predict(unseen_inputs, threshold, unseen_score))
         r = evaluate_scores(seen_inputs.scores, seen_labels, unseen_inputs.scores, unseen_labels, class_ids,
@@ -146,6 +164,10 @@ def fit_temperature(margins: torch.Tensor, is_unseen: torch.Tensor) -> float:
         raise ValueError("fit_temperature needs finite margins of at least one image")
     spread = float(m.std()) if len(m) > 1 and float(m.std()) > 0 else max(float(m.abs().max()), 1.0)
     betas = TEMPERATURE_GRID / spread                                    # candidate 1 / T
-    logits = betas[:, None] * m[None, :]                                 # (G, N)
-    nll = (torch.nn.functional.softplus(logits) - y[None, :] * logits).mean(1)
+    nll = _bernoulli_nll(betas[:, None] * m[None, :], y[None, :])       # (G,)
     return float(1.0 / betas[int(nll.argmin())])
+
+
+def fit_gate_temperature(gate, seen, unseen, *, scores: tuple | None = None) -> float:
+    """fit_temperature of `gate`'s margins at its threshold on these (VALIDATION) images."""
+    return fit_temperature(*_domain_margins(*(scores or domain_scores(gate, seen, unseen)), gate.threshold))
