@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bsegn.generative.adam import Adam
 from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.metrics import rank_unseen_with
 from bsegn.generative.networks import FinalClassifier
@@ -61,7 +62,7 @@ def fit_final_classifier(trained, real_features, real_labels, class_ids, semanti
     generator = torch.Generator().manual_seed(seed + 2)
     torch.manual_seed(seed + 3)
     classifier = FinalClassifier(x.shape[1], class_ids).to(device)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=CLASSIFIER_LR, betas=(0.5, 0.999))
+    optimizer = Adam(classifier.parameters(), lr=CLASSIFIER_LR, betas=(0.5, 0.999))
     batch = config.classifier_batch_size
     classifier.train()
     for _ in range(config.classifier_epochs):
@@ -69,7 +70,7 @@ def fit_final_classifier(trained, real_features, real_labels, class_ids, semanti
         for start in range(0, len(order), batch):
             index = order[start:start + batch]
             loss = nn.functional.cross_entropy(classifier(x[index]), y[index])
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     return classifier.eval()

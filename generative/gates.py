@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bsegn.generative.adam import Adam
+
 GATES = ("stacking", "max_softmax", "energy", "gaussian", "learned", "cosmo", "semantic", "combined")
 LEARNED_GATE_HIDDEN = 256
 LEARNED_GATE_EPOCHS = 20
@@ -298,7 +300,7 @@ class LearnedGate(DomainGate):
             for module in self.network:
                 if isinstance(module, nn.Linear):
                     module.reset_parameters()
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=LEARNED_GATE_LR, betas=(0.5, 0.999))
+        optimizer = Adam(self.network.parameters(), lr=LEARNED_GATE_LR, betas=(0.5, 0.999))
         self.train()
         for _ in range(LEARNED_GATE_EPOCHS):
             order = torch.randperm(len(x), generator=generator)
@@ -307,7 +309,7 @@ class LearnedGate(DomainGate):
                 with torch.enable_grad():
                     loss = nn.functional.binary_cross_entropy_with_logits(
                         self.network(x[index]).squeeze(1), y[index], weight=w[index])
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
         return self.eval()

@@ -245,3 +245,21 @@ def test_add_class_writes_the_backbone_back_as_it_read_it_without_building_it(sa
     reloaded = load_bundle(out)
     assert reloaded.backbone.model_name == load_bundle(saved).backbone.model_name
     assert reloaded.class_names == CLASSES + ["new"]
+
+
+def test_add_class_never_imports_torch_dynamo(tmp_path):
+    """add-class's speed rests on never importing torch._dynamo (1.6-2.4 s here, more than its refits):
+    torch.optim's optimizers import it on first use, so do timm and torchvision; the refits use
+    generative.adam and the backbone is written back unbuilt. A fresh process refits a combined gate (the
+    final classifiers and the learned network) and must end without the module loaded."""
+    import subprocess
+    import sys
+
+    source = _tiny_bundle(tmp_path / "combined", gate="combined", threshold=0.0)
+    script = ("import sys\nfrom bsegn.app.add_class import add_classes\n"
+              f"add_classes({str(source)!r}, [('new', [0.9, 0.1, 0.9, 0.1, 0.9])], {str(tmp_path / 'out')!r})\n"
+              "print('dynamo loaded' if 'torch._dynamo' in sys.modules else 'dynamo absent')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "dynamo absent"
+    assert load_bundle(tmp_path / "out").class_names[-1] == "new"

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from torch import nn
 
 from bsegn.core.errors import ConfigError
 from bsegn.generative.config import BSeGNConfig
@@ -336,3 +337,35 @@ def test_generator_step_balance_and_bicon_are_on_gs_fake_seen_and_fake_unseen_fe
     assert abs(float(m_s_real - m_u) - gap) > 1e-3  # the real-seen reference would be told apart
     f2s, s2f = contrastive_from_logits(logits, torch.cat([labels, unseen]))  # logits = s.p_c / tau
     assert logs["generator_fem"] == pytest.approx(float(f2s + s2f + 0.5 * gap ** 2), abs=1e-5)
+
+
+def test_adam_matches_torch_optim_adam_to_the_bit():
+    """generative.adam.Adam stands in for torch.optim.Adam in the final classifier and the learned gate:
+    the same parameters after many steps (betas as those fits use them), a parameter without a gradient
+    left alone, and the step counts per parameter as torch keeps them."""
+    from bsegn.generative.adam import Adam
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(7, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    ours, theirs = model(), model()
+    unused = nn.Parameter(torch.ones(4))  # never gets a gradient
+    mine = Adam(list(ours.parameters()) + [unused], lr=1e-3, betas=(0.5, 0.999))
+    reference = torch.optim.Adam(theirs.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    data = torch.Generator().manual_seed(1)
+    for step in range(60):
+        x, y = torch.randn(32, 7, generator=data), torch.randint(0, 3, (32,), generator=data)
+        # the last layer's gradient is withheld on a few steps: per-parameter step counts then differ
+        for net, optimizer in ((ours, mine), (theirs, reference)):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            if step % 7 == 3:
+                net[2].weight.grad = None
+            optimizer.step()
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(unused, torch.ones(4))
+    assert not torch.equal(ours[0].weight, model()[0].weight)  # it did train
+    with pytest.raises(ValueError, match="no parameter"):
+        Adam([torch.zeros(2)], lr=1e-3)
