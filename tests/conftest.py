@@ -51,3 +51,10 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# The reduced demo runs that fine-tune (a few epochs at 32 px) do it on a small random-init CNN, as the demo
+# did before it read the frozen ImageNet Lite0: fast, and it exercises fine-tuning with the attribute head.
+SCRATCH_BACKBONE = ["--backbone.model", "resnet10t", "--backbone.weights", "none", "--finetune.optimizer", "adamw",
+                    "--finetune.lr_backbone", "0.002", "--finetune.lr_head", "0.005", "--finetune.warmup_epochs", "0.5",
+                    "--finetune.head", "attribute"]

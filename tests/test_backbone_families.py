@@ -73,7 +73,7 @@ def test_demo_run_with_a_mobilenetv3_backbone(tmp_path):
     """train.py end to end (fine-tuning, extraction, BSeGN, bundle) with mobilenetv3_small_100, reduced."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1",
                BSEGN_CACHE=str(tmp_path / "cache"))
-    command = [sys.executable, str(ROOT / "train.py"), "--backbone.model", "mobilenetv3_small_100",
+    command = [sys.executable, str(ROOT / "train.py"), "--backbone.model", "mobilenetv3_small_100", "--backbone.weights", "none",
                "--data.demo_images_per_class", "12", "--data.demo_image_size", "32", "--backbone.image_size", "32",
                "--finetune.epochs", "1", "--generative.epochs", "1", "--generative.syn_num", "10",
                "--run.threshold", "0", "--run.output", str(tmp_path / "run")]

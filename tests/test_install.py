@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SCRATCH_BACKBONE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -58,7 +60,7 @@ def test_accelerate_launch_train_py_by_config_name_from_another_directory(wheel_
                            "--config", "demo", "--data.demo_images_per_class", "12", "--data.demo_image_size", "32",
                            "--backbone.image_size", "32", "--finetune.epochs", "1", "--generative.epochs", "1",
                            "--generative.syn_num", "10", "--generative.classifier_epochs", "2",
-                           "--run.threshold", "0", "--run.output", "out"], cwd=tmp_path)
+                           "--run.threshold", "0", "--run.output", "out", *SCRATCH_BACKBONE], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "out" / "metrics.json").is_file()
     assert (tmp_path / "out" / "bundle" / "model.safetensors").is_file()
