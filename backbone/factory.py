@@ -24,7 +24,6 @@ from bsegn.core.errors import DataError, WeightsError
 from bsegn.core.files import digest_arrays, jsonable
 from bsegn.core.logs import get_logger
 
-
 log = get_logger(__name__)
 
 # ZSL features are conventionally torchvision's ImageNet ResNet-101 (xlsa17's res101.mat), so
