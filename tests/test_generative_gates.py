@@ -1,14 +1,17 @@
 """The seen-or-unseen gates (generative/gates.py, gate_evaluation.py) and their use by run_bsegn and the
 pipeline: hand-made cases where the right answer is known, formulas checked by hand, no test images used
 to choose anything."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from bsegn.core.errors import ConfigError
 from bsegn.generative.gate_evaluation import (best_threshold, choose_threshold, domain_metrics, evaluate_gate,
                                               fit_temperature, oracle_domain, p_unseen_calibration)
-from bsegn.generative.gates import (GATES, GateInputs, GaussianGate, LearnedGate, StackingGate, fit_gates,
-                                    gate_from_state, gate_inputs, routed_predictions)
+from bsegn.generative.gates import (GATES, GateInputs, GaussianGate, LearnedGate, StackingGate,
+                                    cross_fitted_log_distances, fit_gates, gate_from_state, gate_inputs,
+                                    routed_predictions)
 from bsegn.generative.metrics import auroc, calibrated_predictions
 
 CLASS_IDS = torch.tensor([0, 1, 2, 3])
@@ -313,8 +316,9 @@ def test_pipeline_measures_the_configured_gate_first_and_carries_validation_thre
 
 def test_combined_gate_is_the_sum_of_its_standardised_parts(tiny_run):
     """combined = z(stacking margin) + z(log gaussian distance) + z(learned logit) + z(semantic margin),
-    each z by the part's mean and standard deviation over the real seen training features; its parts are
-    the fitted gaussian and learned gates, and a saved copy scores the same."""
+    each z by the part's mean and standard deviation over the real seen training features (the log gaussian
+    distance's over their cross-fitted held-out distances); its parts are the fitted gaussian and learned
+    gates, and a saved copy scores the same."""
     from bsegn.generative.experiment import run_bsegn, split_tensors
 
     features, split, config = tiny_run
@@ -337,7 +341,10 @@ def test_combined_gate_is_the_sum_of_its_standardised_parts(tiny_run):
                             inputs.semantic_margin], 1)
 
     reference = parts(train).double()
-    expected = ((parts(test).double() - reference.mean(0)) / reference.std(0)).sum(1)
+    centre, scale = reference.mean(0), reference.std(0)
+    held_out = cross_fitted_log_distances(train.integrated, data["trainval"][1], seed=run.trained.seed + 14).double()
+    centre[1], scale[1] = held_out.mean(), held_out.std()
+    expected = ((parts(test).double() - centre) / scale).sum(1)
     assert torch.allclose(combined.domain_score(test).double(), expected, rtol=1e-4, atol=1e-4)
     again = gate_from_state(combined.metadata(), combined.state_dict())
     assert torch.equal(again.domain_score(test), combined.domain_score(test))
@@ -392,6 +399,24 @@ def test_semantic_gate_is_the_decoders_cosine_margin_to_unseen_over_seen_classes
     wider = gate_inputs(trained, Classifier(), None, torch.tensor([[0.0, 1.0, 0.05]]), kinds=["semantic"],
                         scores=torch.zeros(1, 4))
     assert float(wider.semantic_margin) > 0
+
+
+def test_cross_fitted_log_distances_score_each_fold_under_a_gaussian_fitted_without_it():
+    """Each feature's held-out log distance is its distance under a GaussianGate fitted on the other fold;
+    in high dimensions with few features those exceed the in-fit distances (why combined standardises on
+    them), and the same seed gives the same split."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat(15)
+    x = torch.randn(60, 40, generator=generator) + 3 * torch.nn.functional.one_hot(labels, 40).float()
+    held_out = cross_fitted_log_distances(x, labels, folds=2, seed=5)
+    order = torch.randperm(60, generator=torch.Generator().manual_seed(5))
+    first, second = order[0::2], order[1::2]
+    by_hand = GaussianGate(40, 4).fit(x[second], labels[second])
+    expected = by_hand.domain_score(SimpleNamespace(integrated=x[first])).log()
+    assert torch.allclose(held_out[first], expected, rtol=1e-5)
+    in_fit = GaussianGate(40, 4).fit(x, labels).domain_score(SimpleNamespace(integrated=x)).log()
+    assert held_out.mean() > in_fit.mean() + 0.5
+    assert torch.equal(cross_fitted_log_distances(x, labels, folds=2, seed=5), held_out)
 
 
 def test_without_a_semantic_decoder_the_semantic_gate_is_refused_and_combined_has_three_parts(tiny_run):
