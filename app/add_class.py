@@ -51,7 +51,8 @@ def refit_classifiers(bundle: Bundle, trained=None):
 
 def refit_gate(bundle: Bundle, trained=None, classifiers=None):
     """The bundle's gate for `trained`'s classes: a learned gate refitted on the bundle's training features
-    and synthetic features of every class (its threshold and p_unseen's temperature kept); any other gate
+    and synthetic features of every class (its threshold and p_unseen's temperature kept; combined keeps its
+    Gaussian part and that part's standardisation, which read the seen classes only); any other gate
     as it is. classifiers: the
     refitted (gzsl, zsl) the combined gate is standardised under (default the bundle's)."""
     from bsegn.generative.experiment import split_classes
@@ -64,7 +65,8 @@ def refit_gate(bundle: Bundle, trained=None, classifiers=None):
         raise BundleError(f"{bundle.path} holds no training features; its {bundle.gate.kind} gate cannot be refitted")
     gate = fit_gate(bundle.gate.kind, trained, bundle.train_features.float(), bundle.train_labels,
                     split_classes(trained.seen_classes, trained.unseen_classes),
-                    classifiers=classifiers or (bundle.gzsl, bundle.zsl), unseen_ranking=bundle.unseen_ranking)
+                    classifiers=classifiers or (bundle.gzsl, bundle.zsl), unseen_ranking=bundle.unseen_ranking,
+                    seen_parts_of=bundle.gate if bundle.gate.kind == "combined" else None)
     gate.threshold, gate.temperature = bundle.gate.threshold, bundle.gate.temperature
     return gate
 

@@ -401,13 +401,17 @@ def _empty_gate(kind: str, dim: int = 0, num_seen: int = 0, hidden: int = LEARNE
 
 @torch.no_grad()
 def fit_gates(kinds, trained, real_features, real_labels, class_ids, *, seed: int | None = None,
-              semantics=None, classifiers=None, unseen_ranking: str = "gzsl") -> dict[str, DomainGate]:
+              semantics=None, classifiers=None, unseen_ranking: str = "gzsl",
+              seen_parts_of: "CombinedGate | None" = None) -> dict[str, DomainGate]:
     """Fit gates on TRAINING data only: real seen features (N, d) with labels (N,) (rows of classes outside
     trained.seen_classes are ignored) and, for the learned gates, synthetic features of every class in
     class_ids (config.syn_num each; `semantics` (C, k) when the classes are not all in trained.semantics).
     cosmo shares the learned gate's network (fitted once). combined is made of the fitted gaussian and
     learned gates and standardised on the real features' scores under `classifiers` (gzsl, zsl), which it
-    needs. Thresholds are 0 until chosen or set. Returns {kind: gate} in the order asked."""
+    needs. seen_parts_of: a fitted combined gate whose parts that read the real seen features only (the
+    Gaussian, and its log distance's centre and scale) are re-used instead of refitted: adding unseen classes
+    (add-class) does not change them, and the three covariance fits are most of a refit's cost after the
+    learned network. Thresholds are 0 until chosen or set. Returns {kind: gate} in the order asked."""
     kinds = [check_gate(kind) for kind in kinds]
     if "combined" in kinds and classifiers is None:
         raise ValueError("the combined gate is standardised on the classifiers' scores: pass classifiers=(gzsl, zsl)")
@@ -419,7 +423,9 @@ def fit_gates(kinds, trained, real_features, real_labels, class_ids, *, seed: in
     keep = torch.isin(labels, trained.seen_classes)
     real_seen = torch.as_tensor(real_features, dtype=torch.float32)[keep]
     real = trained.integrate(real_seen).cpu()
-    if "gaussian" in kinds or "combined" in kinds:
+    if seen_parts_of is not None and "gaussian" not in kinds:
+        gates["gaussian"] = seen_parts_of.gaussian
+    elif "gaussian" in kinds or "combined" in kinds:
         gates["gaussian"] = GaussianGate(real.shape[1], len(torch.unique(labels[keep]))).fit(real, labels[keep])
     learned_kinds = [kind for kind in kinds if kind in ("learned", "cosmo", "combined")]
     if learned_kinds:
@@ -445,8 +451,13 @@ def fit_gates(kinds, trained, real_features, real_labels, class_ids, *, seed: in
             gate.learned.load_state_dict(fitted.state_dict())
             training = gate_inputs(trained, *classifiers, real_seen, unseen_ranking=unseen_ranking,
                                    kinds=["combined"], integrated=real)
-            held_out = cross_fitted_log_distances(real, labels[keep], seed=seed + 14)
-            gates["combined"] = gate.standardise_on(training, gaussian_held_out=held_out).eval()
+            if seen_parts_of is None:
+                held_out = cross_fitted_log_distances(real, labels[keep], seed=seed + 14)
+                gates["combined"] = gate.standardise_on(training, gaussian_held_out=held_out).eval()
+            else:
+                gates["combined"] = gate.standardise_on(training).eval()
+                gates["combined"].centre[1] = seen_parts_of.centre[1]
+                gates["combined"].scale[1] = seen_parts_of.scale[1]
     return {kind: gates[kind] for kind in kinds}
 
 

@@ -263,3 +263,34 @@ def test_add_class_never_imports_torch_dynamo(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "dynamo absent"
     assert load_bundle(tmp_path / "out").class_names[-1] == "new"
+
+
+def test_add_class_refits_a_combined_gate_but_keeps_its_seen_only_parts(tmp_path, monkeypatch):
+    """Adding an unseen class changes what the combined gate's learned network and its standardised scores
+    see, not the real seen features: no covariance is refitted (the Gaussian part and its log distance's
+    cross-fitted centre and scale are the bundle's), and the result is the full fit on the new class list."""
+    from bsegn.generative import gates
+    from bsegn.generative.gates import fit_gate
+
+    source = _tiny_bundle(tmp_path / "combined", gate="combined", threshold=0.5)
+    old = load_bundle(source).gate
+
+    def no_covariance_fit(*args, **kwargs):
+        raise AssertionError("add-class refitted the combined gate's Gaussian part")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gates.GaussianGate, "fit", no_covariance_fit)
+        new = load_bundle(add_classes(source, [("new", [0.9, 0.1, 0.9, 0.1, 0.9])], tmp_path / "out"))
+    assert new.gate.kind == "combined" and new.gate.threshold == 0.5
+    for key, value in old.gaussian.state_dict().items():  # the bundle's, to the bit
+        assert torch.equal(new.gate.gaussian.state_dict()[key], value), key
+    assert new.gate.centre[1] == old.centre[1] and new.gate.scale[1] == old.scale[1]
+    # the rest is the full fit on the new class list (from the bundle's stored, rounded training features)
+    expected = fit_gate("combined", new.trained, new.train_features, new.train_labels, range(len(CLASSES) + 1),
+                        classifiers=(new.gzsl, new.zsl), unseen_ranking=new.unseen_ranking)
+    for key, value in expected.learned.state_dict().items():
+        assert torch.equal(new.gate.learned.state_dict()[key], value), key
+    others = [0, 2, 3]
+    torch.testing.assert_close(new.gate.centre[others], expected.centre[others], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(new.gate.scale[others], expected.scale[others], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(new.gate.learned.network[0].weight, old.learned.network[0].weight)
