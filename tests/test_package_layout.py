@@ -45,3 +45,19 @@ def test_hugging_face_datasets_is_not_shadowed_from_repo_root():
     assert Path(location).resolve() != (REPO_ROOT / "datasets").resolve()
     assert "site-packages" in location
     assert has_load_dataset == "True"
+
+
+def test_bsegn_is_a_light_regular_package_with_version_and_load_model(tmp_path):
+    # `bsegn` (bsegn/__init__.py) is regular: its attributes exist, and its subpackages still import, from a
+    # checkout, an editable install and a wheel (tests/test_install.py); load_model must not cost torch up front
+    import importlib.metadata
+
+    code = ("import sys, bsegn, bsegn.core.errors; print(bsegn.__version__); print('torch' in sys.modules); "
+            "from bsegn import load_model; from bsegn.app.api import load_model as api; print(load_model is api)")
+    for cwd in (REPO_ROOT, tmp_path):
+        result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        version, torch_loaded_by_import, same = result.stdout.split()
+        assert version == importlib.metadata.version("bsegn")
+        assert torch_loaded_by_import == "False"
+        assert same == "True"
