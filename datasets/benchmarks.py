@@ -1,7 +1,7 @@
 """One door to every benchmark: `load_benchmark(name, ...) -> Benchmark`.
 
 Names: "demo" (synthetic, generated on first use), the xlsa17 benchmarks CUB, CUB-sent, AWA1, AWA2,
-SUN, FLO, APY (split files from `splits_dir`, default ../shared/data; images optional), and "own"
+SUN, FLO, APY (split files from `splits_dir`, which the user gives; images optional), and "own"
 (your class folders + attributes CSV), and "AWA1-Lampert2009": the AwA1 v1 image features (no
 images; `Benchmark.features` holds them; see `bsegn.datasets.lampert.load_awa1_lampert`).
 
@@ -47,14 +47,13 @@ def canonical_name(name: str) -> str:
     raise DataError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARK_NAMES)}.")
 
 
-def _default_splits_dir(name: str) -> Path:
-    from bsegn.datasets.paths import shared_data_dir
-
-    root = shared_data_dir()
-    if root is None:
-        raise DataError(f"{name}: no split folder given and ../shared/data was not found; pass the folder holding "
-                        f"xlsa17's att_splits.mat for {name.split('-')[0]} (e.g. --splits data/xlsa17/{name.split('-')[0]}).")
-    return root
+def _require_splits_dir(name: str, splits_dir: str | Path | None) -> Path:
+    # No default folder: the library reads only what the user names (docs/data.md says where the files come from)
+    if splits_dir is None:
+        folder = name.split("-")[0]
+        raise DataError(f"{name}: no split folder given; pass the folder holding xlsa17's att_splits.mat for "
+                        f"{folder} (e.g. --data.splits_dir data/xlsa17/{folder}; docs/data.md says where to get it).")
+    return Path(splits_dir)
 
 
 def load_split(name: str, splits_dir: str | Path | None = None, *, semantics: str = "attributes",
@@ -89,12 +88,12 @@ def _load_split(name: str, splits_dir: str | Path | None = None, **demo_kwargs) 
     if name == LAMPERT_NAME:
         from bsegn.datasets.lampert import load_awa1_lampert
 
-        return load_awa1_lampert(splits_dir=splits_dir)[1]
+        return load_awa1_lampert(splits_dir=_require_splits_dir(name, splits_dir))[1]
     if name == "own":
         raise DataError("the 'own' benchmark is defined by its image folder and attributes CSV: pass both.")
     from bsegn.datasets.xlsa17 import load_xlsa17
 
-    return load_xlsa17(name, splits_dir if splits_dir is not None else _default_splits_dir(name))
+    return load_xlsa17(name, _require_splits_dir(name, splits_dir))
 
 
 def check_benchmark_images(name: str, images_root: str | Path, splits_dir: str | Path | None = None, *,
@@ -127,7 +126,8 @@ def load_benchmark(name: str, *, splits_dir: str | Path | None = None, images_ro
     `semantics`, `descriptions`, `encoder`: see bsegn.datasets.text_semantics.apply_semantics.
 
     Args:
-        splits_dir: xlsa17 benchmarks: folder with att_splits.mat (or its parent); default ../shared/data.
+        splits_dir: xlsa17 benchmarks: folder with att_splits.mat (or its parent); required. AWA1-Lampert2009:
+            AWA1's folder (or its parent), with the features in AWA1_Lampert2009/feat beside it.
         images_root: the benchmark's image folder (optional for xlsa17; required for "own"). When given,
             the sorted image list must match the split exactly (else DataError; `bsegn data check`
             says which files differ), and the folder classes must be consistent with the split.
@@ -152,7 +152,7 @@ def _load_benchmark(name: str, *, splits_dir=None, images_root=None, attributes_
     if name == LAMPERT_NAME:
         from bsegn.datasets.lampert import load_awa1_lampert
 
-        features, split = load_awa1_lampert(splits_dir=splits_dir)
+        features, split = load_awa1_lampert(splits_dir=_require_splits_dir(name, splits_dir))
         return Benchmark(name, split, None, None, features=features)
     if name == "own":
         if images_root is None or attributes_csv is None:
@@ -163,8 +163,6 @@ def _load_benchmark(name: str, *, splits_dir=None, images_root=None, attributes_
         split = load_own_data(images_root, attributes_csv)
         return Benchmark("own", split, Path(images_root), split.image_files)
 
-    if splits_dir is None:
-        splits_dir = _default_splits_dir(name)
     split = _load_split(name, splits_dir)
     if images_root is None:
         return Benchmark(name, split, None, None)
@@ -173,7 +171,7 @@ def _load_benchmark(name: str, *, splits_dir=None, images_root=None, attributes_
     report = check_images(name, images_root, splits_dir, split=split)
     if not report.ok:
         raise DataError(f"{name}: the image folder {report.images_root} does not match the split: "
-                        f"{report.problems[0]}. Run `bsegn data check --benchmark {name} --images {images_root}` "
+                        f"{report.problems[0]}. Run `bsegn data check --data.benchmark {name} --data.images_root {images_root}` "
                         "for the full report.")
     image_root = resolve_image_root(images_root, name)
     files = list_images(image_root, name)

@@ -1,7 +1,7 @@
 """Raw benchmark image folders: the image list the split locs index, and a check before training.
 
-The rule (protocol.md): xlsa17 locs index the ALPHABETICALLY SORTED list of image paths relative to
-the image root. VERIFIED for AWA2 and CUB (all 37,322 / 11,788 paths, see ../shared/data/SOURCES.md);
+The rule (docs/data.md): xlsa17 locs index the ALPHABETICALLY SORTED list of image paths relative to
+the image root. VERIFIED for AWA2 and CUB (all 37,322 / 11,788 paths, see docs/data.md);
 UNVERIFIED for AWA1, SUN, FLO and APY (no image list is available here): `check_images` therefore
 also validates class-consistency of every split wherever the folder names give the classes, which
 catches a wrong order.

@@ -4,7 +4,7 @@ Files: `<features_dir>/<class>-<type>.pic.bz2`, one bz2-compressed Python pickle
 (images of that class, D) per class; types lss (2000-d, the default), surf, sift, rgsift (2000-d),
 phog (252-d). Concatenating the classes in alphabetical order of class name gives the image list
 that xlsa17's AWA1 `att_splits.mat` locs index (N = 30,475; checked: every loc is class-consistent,
-see ../shared/data/SOURCES.md), so the pair is a real benchmark with the standard split.
+see docs/data.md), so the pair is a real benchmark with the standard split.
 
 Safety: the files are pickles. They are read with `RestrictedUnpickler`, which admits only the three
 globals a numpy array pickle needs (numpy.core.multiarray._reconstruct, numpy.ndarray, numpy.dtype)
@@ -26,7 +26,7 @@ import numpy as np
 from bsegn.core.errors import DataError
 from bsegn.core.files import atomic_file, digest_json
 from bsegn.datasets.features import FeatureSet
-from bsegn.datasets.paths import cache_dir, shared_data_dir
+from bsegn.datasets.paths import cache_dir
 from bsegn.datasets.splits import ZSLSplit
 
 FEATURE_TYPES = ("lss", "surf", "sift", "rgsift", "phog")
@@ -92,9 +92,12 @@ def hellinger_normalise(counts: np.ndarray) -> np.ndarray:
     return np.sqrt(np.abs(counts) / np.maximum(totals, 1e-12)).astype(np.float32)
 
 
-def default_features_dir() -> Path | None:
-    root = shared_data_dir()
-    return None if root is None else root / "AWA1_Lampert2009" / "feat"
+def features_dir_beside(splits_dir: str | Path) -> Path:
+    """The Lampert features folder as the data notes lay it out (docs/data.md): `AWA1_Lampert2009/feat` in the
+    folder given as splits_dir, or beside it when splits_dir is AWA1's own folder."""
+    splits_dir = Path(splits_dir)
+    candidates = [splits_dir / "AWA1_Lampert2009" / "feat", splits_dir.parent / "AWA1_Lampert2009" / "feat"]
+    return next((folder for folder in candidates if folder.is_dir()), candidates[0])
 
 
 def _feature_files(features_dir: Path, class_names: list[str], feature_type: str) -> list[Path]:
@@ -145,8 +148,8 @@ def load_awa1_lampert(features_dir: str | Path | None = None, splits_dir: str | 
     """The AwA1 Lampert 2009 features paired with xlsa17's AWA1 att_splits.mat.
 
     Args:
-        features_dir: folder of `<class>-<type>.pic.bz2` files (default ../shared/data/AWA1_Lampert2009/feat).
-        splits_dir: folder of AWA1's att_splits.mat + class lists (default ../shared/data/AWA1).
+        features_dir: folder of `<class>-<type>.pic.bz2` files (default: features_dir_beside(splits_dir)).
+        splits_dir: folder of AWA1's att_splits.mat + class lists, or its parent (required).
         feature_type: lss (default), surf, sift, rgsift or phog.
         hellinger: apply the Hellinger map (sqrt of L1-normalised counts) to every row; default on.
 
@@ -158,15 +161,10 @@ def load_awa1_lampert(features_dir: str | Path | None = None, splits_dir: str | 
 
     if feature_type not in FEATURE_TYPES:
         raise DataError(f"unknown AwA1 feature type {feature_type!r}; expected one of {', '.join(FEATURE_TYPES)}.")
-    shared = shared_data_dir()
-    if features_dir is None:
-        features_dir = default_features_dir()
-    if splits_dir is None and shared is not None:
-        splits_dir = shared / "AWA1"
-    if features_dir is None or splits_dir is None:
-        raise DataError("AwA1 Lampert features: pass features_dir (the folder of <class>-lss.pic.bz2 files) and "
-                        "splits_dir (the folder of AWA1's att_splits.mat); ../shared/data was not found.")
-    features_dir = Path(features_dir)
+    if splits_dir is None:
+        raise DataError("AwA1 Lampert features: pass splits_dir, the folder of AWA1's att_splits.mat (its "
+                        "features are looked up in AWA1_Lampert2009/feat there or beside it; docs/data.md).")
+    features_dir = Path(features_dir) if features_dir is not None else features_dir_beside(splits_dir)
     if not features_dir.is_dir():
         raise DataError(f"{features_dir}: no such folder; expected the AwA1 v1 'feat' folder of <class>-{feature_type}.pic.bz2 files.")
 

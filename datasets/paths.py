@@ -1,4 +1,5 @@
-"""Where data lives: the shared real-data folder, and the cache for generated data."""
+"""Where data lives: the cache for generated data (the library reads real data only where the user says), and
+the checkout's real-data folder for the tests and benches."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def shared_data_dir() -> Path | None:
-    """The real benchmark metadata folder (`../shared/data` beside the repository, or $BSEGN_SHARED_DATA).
+    """The real benchmark metadata folder of this checkout's tests and benches (`../shared/data` beside the
+    repository, or $BSEGN_SHARED_DATA). The library itself never calls it: a user names every data folder.
 
     Returns None when it is absent: tests and benchmarks then skip with a reason.
     """

@@ -1,4 +1,4 @@
-"""The validation protocol (protocol.md "Model selection: never on test") as a ZSLSplit of its own.
+"""The validation protocol (docs/protocol.md, "Selection: never on test") as a ZSLSplit of its own.
 
 xlsa17's train_loc / val_loc together equal trainval_loc + test_seen_loc, i.e. they contain test
 images. `validation_protocol` turns a benchmark split into a split on which every choice

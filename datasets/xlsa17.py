@@ -5,7 +5,7 @@ benchmark's image list; it has no per-image labels. Which classes are seen there
 class lists xlsa17 ships beside it (`trainvalclasses.txt`, `testclasses.txt`), or from per-image
 labels when a caller knows them (then `validate_split` checks every index).
 
-Per-benchmark facts (checked on the real files, see ../shared/data/SOURCES.md):
+Per-benchmark facts (checked on the real files, see docs/data.md):
 * CUB: the re-saved att_splits.mat has no train/val locs; they come from `sent_splits.mat` beside
   it (identical trainval/test locs). "CUB-sent" (or semantics="sent") uses its 1024-d sentence
   embeddings instead of the 312 attributes.
@@ -46,7 +46,7 @@ def find_split_file(benchmark: str, splits_dir: str | Path, filename: str = "att
             return candidate
     raise DataError(
         f"{benchmark}: no {filename} found (looked at {', '.join(str(c) for c in candidates)}). "
-        f"Pass --splits the folder holding xlsa17's {filename} for {folder} "
+        f"Pass --data.splits_dir the folder holding xlsa17's {filename} for {folder} "
         f"(Xian et al.'s 'proposed split' files)."
     )
 

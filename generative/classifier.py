@@ -18,7 +18,7 @@ from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.metrics import rank_unseen_with
 from bsegn.generative.networks import FinalClassifier
 
-CLASSIFIER_LR = 1e-3  # Adam, betas (0.5, 0.999): bsegn.md's final classifier
+CLASSIFIER_LR = 1e-3  # Adam, betas (0.5, 0.999): docs/method.md's final classifier
 UNSEEN_RANKINGS = ("gzsl", "zsl")
 
 

@@ -1,9 +1,9 @@
-"""BSeGNConfig: the hyperparameters of BSeGN (../shared/docs/bsegn.md), the `generative` section of a run config.
+"""BSeGNConfig: the hyperparameters of BSeGN (docs/method.md), the `generative` section of a run config.
 
 A frozen, typed dataclass: `from_dict` refuses unknown keys and wrong types (bsegn.core.sections) and
 `check` refuses impossible values, each with a message naming the key.
 
-A part is switched off by its weight (bsegn.md "Switches"); a weight of 0 removes the term, and a part
+A part is switched off by its weight (docs/method.md, "Switches"); a weight of 0 removes the term, and a part
 no term needs is not built at all:
     fem=False        no SemanticEmbedder, no L_bicon / L_bal anywhere
     lambda_s2f=0     the FEM's contrastive loss runs feature -> semantic only
@@ -31,7 +31,7 @@ MFIM_LEVELS = ("x", "h_R", "a_hat", "s")
 ABLATIONS = {"fem": {"fem": False}, "fem_s2f": {"lambda_s2f": 0.0}, "balance": {"lambda_bal": 0.0},
              "fem_boosts_g": {"lambda_emb": 0.0}, "cycle": {"lambda_cyc": 0.0}, "mfim_levels": {"mfim_levels": ("x",)}}
 # f-CLSWGAN (Xian et al., CVPR 2018): a conditional WGAN-GP + the classification loss of a pre-trained seen
-# classifier at its paper's weight beta = 0.01 (bsegn.md: with lambda_cls 0 it is a plain conditional WGAN-GP)
+# classifier at its paper's weight beta = 0.01 (docs/method.md: with lambda_cls 0 it is a plain conditional WGAN-GP)
 F_CLSWGAN_CLS_WEIGHT = 0.01
 F_CLSWGAN = {"fem": False, "lambda_cyc": 0.0, "lambda_cls": F_CLSWGAN_CLS_WEIGHT, "fusion_weight": 0.0,
              "mfim_levels": ("x",)}
@@ -119,7 +119,7 @@ class BSeGNConfig:
 
     @classmethod
     def f_clswgan(cls, **overrides) -> "BSeGNConfig":
-        """The f-CLSWGAN baseline as bsegn.md defines it: no FEM, no cycle, no fusion, mFIM = [x], the cls loss
+        """The f-CLSWGAN baseline as docs/method.md defines it: no FEM, no cycle, no fusion, mFIM = [x], the cls loss
         at f-CLSWGAN's weight 0.01."""
         return cls.from_dict({**F_CLSWGAN, **overrides})
 

@@ -1,4 +1,4 @@
-"""Honest ZSL / GZSL evaluation (../shared/docs/protocol.md), in percent.
+"""Honest ZSL / GZSL evaluation (docs/protocol.md), in percent.
 
     evaluate(trained, gzsl_classifier, seen_test, unseen_test, *, zsl_classifier=None, gamma=0.0,
              unseen_ranking="gzsl") -> dict

@@ -1,4 +1,4 @@
-"""BSeGN's losses (../shared/docs/bsegn.md), vectorised: no Python loop over samples or classes.
+"""BSeGN's losses (docs/method.md), vectorised: no Python loop over samples or classes.
 
     gradient_penalty            WGAN-GP: E[(||grad_xhat D(xhat, a)||_2 - 1)^2]
     critic_loss                 L_D = E[D(fake)] - E[D(real)] + lambda_gp * GP, ONE critic forward
@@ -23,7 +23,7 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, semantics: 
     """real, fake (B, d), semantics (B, k), alpha (B, 1) or None (uniform) -> scalar.
 
     The gradient is taken with autograd.grad(create_graph=True) and the caller runs an ordinary
-    backward: the form that works under DDP (see ecosystem.md)."""
+    backward: the form that works under DDP (docs/method.md, "Under DDP")."""
     mixed = _interpolate(real, fake, alpha)
     values = critic(mixed, semantics)
     (grad,) = torch.autograd.grad(values.sum(), mixed, create_graph=True)

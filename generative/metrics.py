@@ -1,4 +1,4 @@
-"""ZSL metrics (../shared/docs/protocol.md): per-class accuracy, their mean, H, calibrated stacking.
+"""ZSL metrics (docs/protocol.md): per-class accuracy, their mean, H, calibrated stacking.
 
 All accuracies are fractions in [0, 1] here; `evaluation.py` reports percent.
 """

@@ -1,8 +1,8 @@
-"""The networks of BSeGN (../shared/docs/bsegn.md), implemented from the published description;
+"""The networks of BSeGN (docs/method.md), implemented from the published description;
 component forms follow the direct predecessors named there (f-CLSWGAN, TF-VAEGAN, CE-GZSL, RGEN).
 
 Shapes: B a batch, d the visual feature size, k the semantic size (also the noise and the embedding
-size, as bsegn.md says), C the number of classes.
+size, as docs/method.md says), C the number of classes.
 
     build_networks(config, feature_dim, semantic_dim) -> nn.ModuleDict of the parts a config asks for
 

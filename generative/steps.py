@@ -1,4 +1,4 @@
-"""The maths of one BSeGN generator iteration (bsegn.md), as methods BSeGNTrainer inherits:
+"""The maths of one BSeGN generator iteration (docs/method.md), as methods BSeGNTrainer inherits:
 
     draw(rng)                         every random quantity of the iteration, drawn globally, sliced per rank
     critic_steps(draws, logs)         n_critic WGAN-GP critic steps (+ a semantic-decoder step on the same
@@ -18,7 +18,7 @@ AwA1-Lampert validation protocol (docs/results.md, "Balance loss: one reference,
 A term whose weight is 0 is skipped (and a part no term needs is not built: build_networks).
 Every module has exactly one forward per backward (fake features for other modules' steps are made
 under no_grad), and the gradient penalty uses autograd.grad(create_graph=True) followed by an ordinary
-backward: the form that works under DDP (ecosystem.md).
+backward: the form that works under DDP (docs/method.md, "Under DDP").
 
 The methods read the trainer's attributes: config, accelerator, features, labels, semantics,
 seen_classes, unseen_classes, seen_class_mask, split_class_mask, prepared, optimizers, seen_classifier,

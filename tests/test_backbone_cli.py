@@ -25,8 +25,10 @@ def test_extract_demo_writes_cache_and_reuses_it(tmp_path, weights_file, capsys)
     from bsegn.datasets.features import load_feature_cache, read_res101_mat
 
     _, split = ensure_demo_dataset()
-    args = ["extract", "--benchmark", "demo", "--backbone", "test_resnet", "--weights", str(weights_file),
-            "--out", str(tmp_path), "--image-size", "32", "--workers", "0", "--batch-size", "128", "--export-xlsa17"]
+    # the options are spelled as the run config keys they mean
+    args = ["extract", "--data.benchmark", "demo", "--backbone.model", "test_resnet", "--backbone.weights",
+            str(weights_file), "--out", str(tmp_path), "--backbone.image_size", "32", "--backbone.num_workers", "0",
+            "--backbone.batch_size", "128", "--export-xlsa17"]
     assert main(args) == 0
     first = json.loads((tmp_path / "extract.json").read_text())
     assert first["num_images"] == len(split.image_files) and first["feature_dim"] == 96
@@ -42,20 +44,21 @@ def test_extract_demo_writes_cache_and_reuses_it(tmp_path, weights_file, capsys)
 
 
 def test_extract_without_weights_is_one_clear_line(tmp_path, capsys):
-    assert main(["extract", "--benchmark", "demo", "--backbone", "resnet18", "--out", str(tmp_path)]) == 2
+    assert main(["extract", "--data.benchmark", "demo", "--backbone.model", "resnet18", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("bsegn: error: resnet18") and "\n" not in error and "--weights" in error
 
 
 def test_finetune_demo_one_epoch(tmp_path, weights_file, capsys):
-    args = ["finetune", "--benchmark", "demo", "--backbone", "test_resnet", "--weights", str(weights_file),
-            "--out", str(tmp_path), "--image-size", "32", "--workers", "0", "--epochs", "1",
-            "--batch-size", "64", "--lr-backbone", "0.05", "--lr-head", "0.1", "--warmup-epochs", "0.2"]
+    args = ["finetune", "--data.benchmark", "demo", "--backbone.model", "test_resnet", "--backbone.weights",
+            str(weights_file), "--out", str(tmp_path), "--backbone.image_size", "32", "--backbone.num_workers", "0",
+            "--finetune.epochs", "1", "--finetune.batch_size", "64", "--finetune.lr_backbone", "0.05",
+            "--finetune.lr_head", "0.1", "--finetune.warmup_epochs", "0.2"]
     assert main(args) == 0
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert history[1]["val_loss"] < history[0]["val_loss"]
     assert (tmp_path / "backbone.safetensors").is_file()
-    assert "--weights" in capsys.readouterr().out
+    assert "--backbone.weights" in capsys.readouterr().out
 
 
 def test_import_lite0_command(tmp_path, capsys):

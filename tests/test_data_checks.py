@@ -36,7 +36,7 @@ def _own(tmp_path, splits, images=5):
 
 
 def _data_check(root, csv, *extra):
-    return main(["data", "check", "--benchmark", "own", "--images", str(root), "--attributes", str(csv), *extra])
+    return main(["data", "check", "--data.benchmark", "own", "--data.images_root", str(root), "--data.attributes_csv", str(csv), *extra])
 
 
 def test_data_check_names_and_counts_empty_and_undecodable_files(tmp_path, capsys):

@@ -20,7 +20,7 @@ KEYS = ("num_classes", "num_seen", "num_unseen", "semantic_dim", "trainval", "te
 @pytest.mark.parametrize("benchmark", sorted(EXPECTED))
 def test_summary_matches_protocol(benchmark, shared_data, capsys):
     folder = shared_data / benchmark.split("-")[0]
-    assert main(["data", "summary", "--benchmark", benchmark, "--splits", str(folder)]) == 0
+    assert main(["data", "summary", "--data.benchmark", benchmark, "--data.splits_dir", str(folder)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert list(summary) == ["benchmark", *KEYS] and summary["benchmark"] == benchmark
     assert tuple(summary[k] for k in KEYS) == EXPECTED[benchmark]
@@ -30,7 +30,7 @@ def test_summary_of_demo_and_own(tmp_path, capsys):
     from bsegn.datasets.demo import ensure_demo_dataset
 
     image_root, _ = ensure_demo_dataset(tmp_path, images_per_class=2, image_size=32)
-    assert main(["data", "summary", "--benchmark", "demo", "--splits", str(image_root.parent)]) == 0
+    assert main(["data", "summary", "--data.benchmark", "demo", "--data.splits_dir", str(image_root.parent)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["num_classes"] == 40 and summary["num_unseen"] == 10 and summary["test_unseen"] == 20
     root = tmp_path / "own"
@@ -40,14 +40,14 @@ def test_summary_of_demo_and_own(tmp_path, capsys):
             (root / name / f"{j}.jpg").touch()
     csv = tmp_path / "att.csv"
     csv.write_text("class,split,x,y\na,seen,1,0\nb,unseen,0,1\n")
-    assert main(["data", "summary", "--benchmark", "own", "--images", str(root), "--attributes", str(csv)]) == 0
+    assert main(["data", "summary", "--data.benchmark", "own", "--data.images_root", str(root), "--data.attributes_csv", str(csv)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["num_seen"], summary["trainval"], summary["test_seen"], summary["test_unseen"], summary["train"]) == (1, 4, 1, 5, None)
 
 
 def test_missing_split_file_is_one_clear_line(tmp_path, capsys):
-    assert main(["data", "summary", "--benchmark", "AWA2", "--splits", str(tmp_path)]) == 2
+    assert main(["data", "summary", "--data.benchmark", "AWA2", "--data.splits_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no att_splits.mat found" in err and str(tmp_path) in err
-    assert main(["data", "summary", "--benchmark", "MNIST", "--splits", str(tmp_path)]) == 2
+    assert main(["data", "summary", "--data.benchmark", "MNIST", "--data.splits_dir", str(tmp_path)]) == 2
     assert "unknown benchmark 'MNIST'" in capsys.readouterr().err

@@ -60,7 +60,7 @@ def test_data_check_names_a_deleted_and_an_extra_file(fake_cub, shared_data, cap
     deleted = paths[5000]
     (root / "images" / deleted).unlink()
     (root / "images" / "001.Black_footed_Albatross" / "stray_copy.jpg").touch()
-    status = main(["data", "check", "--benchmark", "CUB", "--images", str(root), "--splits", str(shared_data / "CUB"),
+    status = main(["data", "check", "--data.benchmark", "CUB", "--data.images_root", str(root), "--data.splits_dir", str(shared_data / "CUB"),
                    "--no-decode"])
     out = capsys.readouterr().out
     assert status == 1
@@ -83,11 +83,11 @@ def test_count_only_check_catches_a_shift(tmp_path, shared_data):
 
 def test_demo_check_names_a_deleted_file(tmp_path, capsys):
     benchmark = load_benchmark("demo", images_per_class=3, image_size=32, root=tmp_path)
-    assert main(["data", "check", "--benchmark", "demo", "--images", str(benchmark.image_root)]) == 0
+    assert main(["data", "check", "--data.benchmark", "demo", "--data.images_root", str(benchmark.image_root)]) == 0
     victim = benchmark.image_files[7]
     (benchmark.image_root / victim).unlink()
     capsys.readouterr()
-    assert main(["data", "check", "--benchmark", "demo", "--images", str(benchmark.image_root), "--json"]) == 1
+    assert main(["data", "check", "--data.benchmark", "demo", "--data.images_root", str(benchmark.image_root), "--json"]) == 1
     out = capsys.readouterr().out
     assert victim in out and '"ok": false' in out
 
