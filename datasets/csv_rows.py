@@ -29,6 +29,11 @@ def read_csv_rows(path: str | Path, expected: str) -> list[tuple[int, list[str]]
         line = data[:error.start].count(b"\n") + 1
         raise DataError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[error.start]:02x}); save the file as "
                         "UTF-8 (in a spreadsheet: 'CSV UTF-8') and try again.") from None
+    return csv_text_rows(text)
+
+
+def csv_text_rows(text: str) -> list[tuple[int, list[str]]]:
+    """read_csv_rows for CSV text already in memory (an upload): the same rows, the same line numbers."""
     rows = []
     reader = csv.reader(io.StringIO(text, newline=""))
     line_number = reader.line_num + 1
