@@ -9,9 +9,9 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def test_awa1_bench_refuses_bad_epoch_candidates_before_any_work():
+def test_zsl_bench_refuses_bad_epoch_candidates_before_any_work():
     for bad, says in (("3,x", "whole numbers"), ("0,3", ">= 1")):
-        out = subprocess.run([sys.executable, str(BENCH / "awa1_lampert.py"), "--select-epochs", bad],
+        out = subprocess.run([sys.executable, str(BENCH / "zsl.py"), "--select-epochs", bad],
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and says in out.stderr, out.stderr
 
@@ -170,21 +170,32 @@ def test_eszsl_choice_is_made_on_validation_by_t1_plus_h():
     assert result["T1"] + result["H"] == max(r["T1"] + r["H"] for r in scores.values())
 
 
-def test_awa1_bench_reads_a_run_config_with_its_run_options(tmp_path):
+def test_zsl_bench_reads_features_and_options_from_a_run_config(tmp_path):
+    """The bench loads a run config's pre-extracted features as train.py does (its overrides applied, the
+    split's labels checked against the file's) and refuses, saying what to do, a config that would need
+    extraction from images first."""
+    import numpy as np
+
+    from bsegn.datasets.benchmarks import load_benchmark
+    from bsegn.datasets.features import FeatureSet, save_feature_cache
+
     sys.path.insert(0, str(BENCH))
     try:
-        import awa1_lampert
+        import zsl
     finally:
         sys.path.remove(str(BENCH))
-    path = tmp_path / "run.yaml"
-    path.write_text("generative:\n  hidden: 32\n  fusion_weight: 1.0\nrun:\n  gate: learned\n  threshold: null\n"
-                    "  unseen_ranking: zsl\n")
-    config, options = awa1_lampert.read_config(path)
-    assert config.hidden == 32 and config.uses_fusion
-    assert options == {"gate": "learned", "threshold": None, "unseen_ranking": "zsl"}
-    path.write_text("hidden: 16\n")
-    config, options = awa1_lampert.read_config(path)
-    assert config.hidden == 16 and options == {"gate": "stacking", "threshold": 0.0, "unseen_ranking": "gzsl"}
+    split = load_benchmark("demo", images_per_class=4, image_size=32).split
+    rng = np.random.default_rng(0)
+    cache = save_feature_cache(tmp_path / "features.safetensors", FeatureSet(
+        rng.normal(size=(len(split.labels), 8)).astype(np.float32), np.asarray(split.labels),
+        [f"image{i}" for i in range(len(split.labels))]), {"source": "test"})
+    overrides = ["--data.demo_images_per_class", "4", "--data.demo_image_size", "32", "--run.gate", "learned",
+                 "--data.features_file", str(cache)]
+    config, features, loaded = zsl.load_features("demo", overrides)
+    assert config.run.gate == "learned" and features.features.shape == (len(split.labels), 8)
+    assert np.array_equal(loaded.labels, split.labels)
+    with pytest.raises(SystemExit, match="--data.features_file"):
+        zsl.load_features("demo", overrides[:-2])
 
 
 def test_gpu_session_script_parses_and_names_its_new_stages():

@@ -1,26 +1,33 @@
-"""BSeGN vs its baselines and ablations on the REAL AwA1 proposed split with the Lampert 2009 features.
+"""BSeGN against its baselines and ablations on the SAME features of any benchmark or own-data folder.
 
-    python bench/awa1_lampert.py [--seeds 3] [--json OUT] [--features-dir DIR] [--feature-type lss]
-                                 [--config configs/awa1-lampert.yaml] [--methods eszsl,f-clswgan,bsegn,...]
-                                 [--epochs N] [--select-epochs 3,6,12 [--validation-seeds 2]]
-                                 [--semantics attributes|text|attributes+text [--descriptions CSV] [--encoder E]]
+    python bench/zsl.py --config flowers --data.images_root ../shared/data/flowers/images \
+        --data.attributes_csv ../shared/data/flowers/classes.csv --data.features_file FEATURES.safetensors \
+        [--seeds 3] [--json OUT] [--methods eszsl,f-clswgan,bsegn,...] [--gates stacking,combined,...]
+        [--epochs N] [--select-epochs 10,20,30 [--validation-seeds 2]] [--threads N] [--data.semantics text ...]
+    python bench/zsl.py --config awa1-lampert          # AwA1's proposed split, Lampert 2009 features
 
-Methods: eszsl, f-clswgan (every BSeGN part off), bsegn, bsegn-no-<part> for fem, fem_s2f, balance,
-fem_boosts_g, cycle, mfim_levels (BSeGNConfig.without(part)). The config is a train.py run config: its
-`generative` section is the BSeGN config, its `run` section's gate, threshold and unseen_ranking apply
-(f-clswgan always ranks with its one GZSL softmax). `--gates stacking,learned,...` compares seen-or-unseen
-gates on the same trained models, each with its own validation-chosen threshold (table rows
-"method [gate]", with the domain AUROC and the oracle-domain U/S/H: every image sent to its true domain).
-Every choice is made on the VALIDATION protocol (bsegn.datasets.protocol.validation_protocol: train
-classes as seen, val classes as unseen, test_seen images removed): ESZSL's (gamma, lambda) and each
-generative method's gate thresholds (stacking's is -gamma). Then each method is retrained on trainval and evaluated once on
-test, for each seed. With `--select-epochs E1,E2,...` the validation run also picks each generative
-method's number of generator epochs among those (by validation T1 + H; otherwise the config's epochs are
-used); `--semantics text` replaces the 85 attributes by MiniLM embeddings of the class names (or of
-`--descriptions bench/descriptions/awa1.csv`), `attributes+text` puts both side by side; `--validation-seeds N` trains N validation models per method and chooses on their mean (thresholds on
-the mean H curves). Prints one table (mean ± std over seeds, percent) and the seconds per generator
-epoch; `--json OUT` writes (after every method, so a stopped run keeps what it did)
-{"methods": {name: {"T1", "U", "S", "H", "T1_std", "H_std", ...}}, "seconds_per_epoch": ...}.
+The data are a train.py run config (`--config NAME|FILE`) and its `--section.key value` overrides: its data
+section says where the features and the class semantics come from (`data.features_file`: a bsegn feature
+cache from `bsegn extract`, or xlsa17's res101.mat; benchmarks that exist only as features need none;
+`data.semantics attributes|text|attributes+text` and `data.descriptions`), its `generative` section is the
+BSeGN config, its `run` section's gate, threshold and unseen_ranking apply (f-clswgan always ranks with its
+one GZSL softmax). A benchmark's split files default to the shared data folder ($BSEGN_SHARED_DATA or
+../shared/data beside the checkout) when the config leaves data.splits_dir empty.
+
+Methods: eszsl, f-clswgan (every BSeGN part off, its classification loss on), bsegn, bsegn-no-<part> for
+fem, fem_s2f, balance, fem_boosts_g, cycle, mfim_levels (BSeGNConfig.without(part)). `--gates
+stacking,learned,...` compares seen-or-unseen gates on the same trained models, each with its own
+validation-chosen threshold (table rows "method [gate]", with the domain AUROC and the oracle-domain
+U/S/H: every image sent to its true domain). Every choice is made on the VALIDATION protocol
+(bsegn.datasets.protocol.validation_protocol: train classes as seen, val classes as unseen, test images
+removed): ESZSL's (gamma, lambda) and each generative method's gate thresholds (stacking's is -gamma).
+Then each method is retrained on trainval and evaluated once on test, for each seed. With
+`--select-epochs E1,E2,...` the validation run also picks each generative method's number of generator
+epochs among those (by validation T1 + H; otherwise the config's epochs are used); `--validation-seeds N`
+trains N validation models per method and chooses on their mean (thresholds on the mean H curves). Prints
+one table (mean ± std over seeds, percent) and the seconds per generator epoch; `--json OUT` writes (after
+every method, so a stopped run keeps what it did) {"methods": {name: {"T1", "U", "S", "H", "T1_std",
+"H_std", ...}}, "seconds_per_epoch": ...}.
 """
 from __future__ import annotations
 
@@ -34,31 +41,41 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from harness import METHODS as ALL_METHODS  # noqa: E402  (bench/ is the script's folder: on sys.path)
-from harness import add_semantics_arguments, with_semantics  # noqa: E402
 
 ESZSL_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0)
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "awa1-lampert.yaml"
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def read_config(path: Path):
-    """(BSeGNConfig, {"gate", "threshold", "unseen_ranking"}) of a run config YAML (its generative and
-    run sections) or of a bare generative section (then: stacking at threshold 0, i.e. uncalibrated)."""
-    import yaml
+def load_features(config_name: str, overrides: list[str]):
+    """(RunConfig, FeatureSet, split) of a run config whose features are pre-extracted, loaded and checked as
+    train.py does (bsegn.app.pipeline.preflight). SystemExit with the reason when its features would have to
+    be extracted from images first."""
+    from bsegn.app.config import load_run_config
+    from bsegn.app.pipeline import drop_images, preflight
+    from bsegn.datasets.benchmarks import canonical_name
 
-    from bsegn.generative.config import BSeGNConfig
+    config = load_run_config(config_name, overrides)
+    if config.data.splits_dir is None and canonical_name(config.data.benchmark) not in ("demo", "own"):
+        shared = shared_data_dir()
+        folder = shared / canonical_name(config.data.benchmark).split("-")[0] if shared else None
+        if folder is not None and folder.is_dir():
+            config.data.splits_dir = str(folder)
+    data = preflight(config)
+    if data.given is None:
+        raise SystemExit(f"{config.data.benchmark}: the bench compares methods on pre-extracted features; extract "
+                         "them once with `bsegn extract ... --out DIR` and give --data.features_file DIR/features_*.safetensors")
+    features, split = data.given
+    return config, features, drop_images(split, features.meta.get("bad_indices", []))
 
-    values = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
-    run = {}
-    if "generative" in values or "run" in values:
-        run = values.get("run") or {}
-        values = values.get("generative") or {}
-    options = {"gate": run.get("gate", "stacking"), "threshold": run.get("threshold", 0.0),
-               "unseen_ranking": run.get("unseen_ranking", "gzsl")}
-    return BSeGNConfig.from_dict(values), options
+
+def shared_data_dir() -> Path | None:
+    """The shared benchmark folder benches read: $BSEGN_SHARED_DATA, else ../shared/data beside the checkout."""
+    env = os.environ.get("BSEGN_SHARED_DATA")
+    folder = Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return folder if folder.is_dir() else None
 
 
 def summarise(results: list[dict]) -> dict:
@@ -89,11 +106,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="write the table as JSON here")
-    parser.add_argument("--features-dir", type=Path, default=None,
-                        help="folder of <class>-<type>.pic.bz2 files (default ../shared/data/AWA1_Lampert2009/feat)")
-    parser.add_argument("--feature-type", default="lss", help="lss, surf, sift, rgsift or phog")
-    parser.add_argument("--splits-dir", type=Path, default=None, help="folder of AWA1 att_splits.mat")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML of BSeGNConfig fields")
+    parser.add_argument("--config", default="awa1-lampert", help="a shipped config's name or a run config YAML")
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated subset of " + ", ".join(ALL_METHODS))
     parser.add_argument("--epochs", type=int, default=None, help="override the config's generator epochs")
     parser.add_argument("--select-epochs", default=None,
@@ -109,8 +122,7 @@ def main(argv=None) -> int:
     parser.add_argument("--oracle", action="store_true",
                         help="also report each generative method's ORACLE numbers (best epoch picked on test, as "
                              "public ZSL code does), in a separate, labelled table; never used to choose anything")
-    add_semantics_arguments(parser)
-    args = parser.parse_args(argv)
+    args, overrides = parser.parse_known_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
@@ -128,7 +140,6 @@ def main(argv=None) -> int:
 
     from bsegn.core.errors import BsegnError
     from bsegn.core.files import atomic_write_json
-    from bsegn.datasets.lampert import load_awa1_lampert
     from bsegn.datasets.protocol import validation_protocol
     from bsegn.generative.experiment import run_bsegn
     from harness import ORACLE_LABEL, choose_eszsl, method_config, run_bsegn_oracle, run_eszsl, select_on_validation
@@ -137,14 +148,16 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     try:
-        base, options = read_config(args.config)
-        if args.epochs:
-            base = base.replace(epochs=args.epochs)
-        features, split = load_awa1_lampert(args.features_dir, args.splits_dir, args.feature_type)
-        split = with_semantics(split, args)
+        run_config, features, split = load_features(args.config, overrides)
     except BsegnError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    base = run_config.generative
+    if args.epochs:
+        base = base.replace(epochs=args.epochs)
+    options = {"gate": run_config.run.gate, "threshold": run_config.run.threshold,
+               "unseen_ranking": run_config.run.unseen_ranking}
+    feature_name = Path(run_config.data.features_file).name if run_config.data.features_file else split.benchmark
     from bsegn.generative.gates import GATES
 
     gate_kinds = [g.strip() for g in (args.gates or options["gate"]).split(",") if g.strip()]
@@ -155,7 +168,8 @@ def main(argv=None) -> int:
         parser.error("--gates compares gates at validation-chosen thresholds: the config's run.threshold must be null")
     unseen_ranking = options["unseen_ranking"]
     validation = validation_protocol(split, holdout_fraction=0.2, seed=0)
-    log(f"{features.features.shape[0]} images, {features.dim}-d {args.feature_type}, {split.semantic_dim}-d "
+    log(f"{features.features.shape[0]} images, {features.dim}-d features ({feature_name}), "
+        f"{split.semantic_dim}-d "
         f"{split.semantic_kind} semantics; validation: "
         f"{len(validation.seen_classes)} train / {len(validation.unseen_classes)} val classes; "
         f"final: {len(split.seen_classes)} seen / {len(split.unseen_classes)} unseen")
@@ -165,8 +179,9 @@ def main(argv=None) -> int:
             return
         payload = {"methods": table,
                    "seconds_per_epoch": float(sum(epoch_seconds) / len(epoch_seconds)) if epoch_seconds else None,
-                   "feature_type": args.feature_type, "semantics": args.semantics,
-                   "semantic_dim": split.semantic_dim, "descriptions": args.descriptions,
+                   "benchmark": split.benchmark, "features": feature_name, "overrides": overrides,
+                   "semantics": run_config.data.semantics, "semantic_dim": split.semantic_dim,
+                   "descriptions": run_config.data.descriptions,
                    "text_encoder_id": split.text_encoder_id, "seeds": args.seeds, "config": base.to_dict(),
                    "gates": gate_kinds, "threshold": fixed, "unseen_ranking": unseen_ranking,
                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -237,7 +252,7 @@ def main(argv=None) -> int:
         write_json(table, oracle_table, chosen, epoch_seconds)
 
     seconds_per_epoch = float(sum(epoch_seconds) / len(epoch_seconds)) if epoch_seconds else None
-    print(f"AwA1 proposed split, Lampert 2009 {args.feature_type} features, {split.semantic_kind} semantics "
+    print(f"{split.benchmark}, {features.dim}-d features ({feature_name}), {split.semantic_kind} semantics "
           f"({split.semantic_dim}-d); per-class mean accuracy, percent; "
           f"mean ± std over seeds; choices on the validation protocol only")
     print(f"{'method':24s} {'T1':>13s} {'U':>13s} {'S':>13s} {'H':>13s}")
