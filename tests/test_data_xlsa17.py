@@ -113,3 +113,16 @@ def test_data_error_is_the_core_one_and_still_importable_from_splits():
     from bsegn.datasets import splits
 
     assert splits.DataError is DataError and issubclass(DataError, ValueError)
+
+
+@pytest.mark.parametrize("benchmark", ["CUB", "AWA2", "AWA1-Lampert2009"])
+def test_no_split_folder_is_guessed(benchmark, tmp_path, monkeypatch):
+    # the library reads only what the user names: with no --data.splits_dir it says so, even from a checkout
+    # that has ../shared/data beside it
+    from bsegn.datasets.benchmarks import load_benchmark, load_split
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="no split folder given.*--data.splits_dir"):
+        load_split(benchmark)
+    with pytest.raises(DataError, match="no split folder given"):
+        load_benchmark(benchmark)
