@@ -17,7 +17,6 @@ valid ones): a typo never silently falls back to a default. `train.py --help-con
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +92,10 @@ class RunSection:
         from bsegn.generative.gates import GATES
 
         require(self.gate in GATES, f"run.gate {self.gate!r} is not a gate; valid gates: {', '.join(GATES)}")
-        require(self.threshold is None or math.isfinite(self.threshold),
-                f"run.threshold must be a finite number or null, got {self.threshold}")
+        from bsegn.app.bundle_gate import threshold_problem
+
+        require(self.threshold is None or not threshold_problem(self.threshold),
+                f"run.threshold must be null or a number a bundle can hold: {threshold_problem(self.threshold)}")
 
     @property
     def chooses_threshold(self) -> bool:
