@@ -1,11 +1,12 @@
 """The image path end to end at a real run's scale: does decoding keep the backbone busy?
 
-    python bench/images.py [--model resnet101] [--image-size 224] [--images 200] [--batch-size 32]
+    python bench/images.py [--model resnet101] [--image-size 224] [--images 200] [--batch-size 32] [--photos DIR]
                            [--mixed-precision no|bf16|fp16] [--workers N] [--threads N]
                            [--reduced-decode] [--compile] [--stages extract finetune] [--json OUT]
 
 On a folder of real-size JPEGs the bench makes itself (--source-size 500x375, PIL quality 90: the
-size of CUB/AwA photos), for each stage:
+size of CUB/AwA photos), or on real photographs (--photos DIR: a class-folder tree such as
+../shared/data/flowers/images, --images of them spread evenly over its classes), for each stage:
 
   extract   (a) bare: the backbone's forward on ready (B, 3, H, W) tensors on the device (eval, no grad)
             (b) pipeline: decode + eval transform + collate through the DataLoader, no model
@@ -63,6 +64,23 @@ def make_jpegs(folder: Path, count: int, width: int, height: int, quality: int =
     with Pool(available_cores()) as pool:
         pool.map(_make_jpeg, jobs, chunksize=16)
     return files
+
+
+def real_photos(root: Path, count: int) -> list[str]:
+    """`count` photos of a class-folder tree (root/<class>/<file>), spread evenly over its sorted file list,
+    as paths relative to root; fine-tuning's 10 bench classes are the class folders' order modulo 10."""
+    files = sorted(str(path.relative_to(root)) for path in root.glob("*/*") if path.is_file())
+    if not files:
+        raise SystemExit(f"--photos {root}: no <class>/<image> files there")
+    picks = np.linspace(0, len(files) - 1, num=min(count, len(files))).round().astype(int)
+    return [files[i] for i in picks]
+
+
+def bench_labels(files: list[str]) -> np.ndarray:
+    """One of 10 labels per file: its class folder's rank among the folders present, modulo 10."""
+    folders = sorted({name.split("/")[0] for name in files})
+    rank = {folder: i % 10 for i, folder in enumerate(folders)}
+    return np.array([rank[name.split("/")[0]] for name in files])
 
 
 def synchronize(device) -> None:
@@ -177,7 +195,7 @@ def finetune_stage(args, accelerator, folder: Path, files: list[str]) -> dict:
     device = accelerator.device
     backbone = create_backbone(args.model, "none", seed=0)
     data_config = backbone.data_config_at(args.image_size)
-    labels = np.array([int(name[1]) for name in files])
+    labels = bench_labels(files)
     semantics = np.random.default_rng(0).random((10, 16)).astype(np.float32)
     model = SeenClassifier(backbone, build_head("softmax", backbone.num_features, semantics))
     channels_last = device.type == "cuda"
@@ -227,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--stages", nargs="+", choices=("extract", "finetune"), default=["extract", "finetune"])
     parser.add_argument("--folder", type=Path, default=None, help="keep the JPEGs here (default: a temporary folder)")
+    parser.add_argument("--photos", type=Path, default=None,
+                        help="read real photos from this class-folder tree instead of making JPEGs")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
 
@@ -247,15 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"model": args.model, "image_size": args.image_size, "images": args.images,
                 "batch_size": args.batch_size, "source_size": args.source_size, "quality": args.quality,
                 "mixed_precision": args.mixed_precision, "reduced_decode": args.reduced_decode,
-                "compile": args.compile, "channels_last": device.type == "cuda"}
+                "compile": args.compile, "channels_last": device.type == "cuda",
+                "photos": str(args.photos) if args.photos else None}
     print(json.dumps({"machine": machine, "settings": settings}))
     results = {"machine": machine, "settings": settings}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.folder or Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        files = make_jpegs(folder, args.images, width, height, args.quality)
-        print(f"{len(files)} JPEGs {width}x{height} made in {time.perf_counter() - started:.1f} s")
+        if args.photos:
+            folder, files = args.photos, real_photos(args.photos, args.images)
+            print(f"{len(files)} photos of {args.photos}")
+        else:
+            folder = args.folder or Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            files = make_jpegs(folder, args.images, width, height, args.quality)
+            print(f"{len(files)} JPEGs {width}x{height} made in {time.perf_counter() - started:.1f} s")
         for stage in args.stages:
             run = extract_stage if stage == "extract" else finetune_stage
             results[stage] = run(args, accelerator, folder, files)

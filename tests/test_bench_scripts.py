@@ -223,3 +223,24 @@ def test_images_bench_writes_both_stages_with_their_ratios(tmp_path):
         assert entry["ratio"] == pytest.approx(entry["whole_img_s"] / entry["bare_img_s"], rel=0.01, abs=1e-3)
         assert entry["bare_img_s"] > 0 and entry["pipeline_img_s"] > 0 and entry["workers"] == 1
     assert result["finetune"]["first_epoch_img_s"] > 0 and result["settings"]["model"] == "test_resnet"
+
+
+def test_images_bench_reads_real_photos_spread_over_their_classes(tmp_path):
+    """--photos DIR: the bench picks its images evenly over a class-folder tree, and fine-tuning's 10 bench
+    labels follow the class folders (so a batch mixes classes as a real epoch does)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import images
+    finally:
+        sys.path.remove(str(BENCH))
+    for klass in range(12):
+        (tmp_path / f"class{klass:02d}").mkdir()
+        for index in range(5):
+            (tmp_path / f"class{klass:02d}" / f"{index}.jpg").write_bytes(b"x")
+    files = images.real_photos(tmp_path, 12)
+    assert len(files) == 12 and files[0] == "class00/0.jpg" and files[-1] == "class11/4.jpg"
+    assert len({name.split("/")[0] for name in files}) >= 10  # spread, not the first class's photos
+    labels = images.bench_labels(files)
+    assert labels.max() == 9 and labels[files.index(next(f for f in files if f.startswith("class10")))] == 0
+    with pytest.raises(SystemExit, match="no <class>/<image> files"):
+        images.real_photos(tmp_path / "class00", 3)
