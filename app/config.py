@@ -150,7 +150,17 @@ def run_config_from_dict(values: dict[str, Any] | None) -> RunConfig:
         if given is not None and not isinstance(given, dict):
             raise ConfigError(f"config section {name!r} must be a mapping, got {type(given).__name__}")
         sections[name] = build_section(cls, given, name)
-    return RunConfig(**sections)
+    config = RunConfig(**sections)
+    check_across_sections(config)
+    return config
+
+
+def check_across_sections(config: RunConfig) -> None:
+    """The rules that tie keys of two sections together (each section checked its own keys already).
+    The process count is known only at launch: the pipeline's start checks generative.check_process_count."""
+    require(config.run.gate != "semantic" or config.generative.uses_decoder,
+            "run.gate semantic reads the semantic decoder, which generative.lambda_cyc 0 removes; choose another "
+            "run.gate or set generative.lambda_cyc > 0")
 
 
 # Keys of earlier versions whose meaning lives on under another name: refused with the translation.

@@ -302,7 +302,11 @@ def run_pipeline(config: RunConfig, *, accelerator=None) -> dict:
     takes the run folder's lock (a second run into the same folder is refused, on every rank)."""
     from accelerate import Accelerator
 
+    from bsegn.app.processes import launch_rank
+
     run_dir = check_run_folder(config.output_dir())
+    # the launcher's process count (accelerate launch sets WORLD_SIZE) is known before any Accelerator exists
+    config.generative.check_process_count(accelerator.num_processes if accelerator else launch_rank()[1])
     data = preflight(config)
     accelerator = accelerator or Accelerator(**accelerator_options(config))
     lock = hold_run_folder(run_dir, accelerator)

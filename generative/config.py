@@ -77,6 +77,14 @@ class BSeGNConfig:
                 f"{SECTION}.mfim_levels {levels}: each must be one of {list(MFIM_LEVELS)}, once")
         require("x" in levels, f"{SECTION}.mfim_levels must include 'x' (the feature itself), got {levels}")
 
+    def check_process_count(self, world: int) -> None:
+        """Each of `world` processes takes an equal share of every batch (DDP): batch_size must divide by it."""
+        if self.batch_size % world:
+            multiple = -(-self.batch_size // world) * world
+            raise ConfigError(f"{SECTION}.batch_size {self.batch_size} does not divide by the {world} processes "
+                              f"(each takes an equal share of a batch); use a multiple of {world}, e.g. "
+                              f"--{SECTION}.batch_size {multiple}")
+
     # --- derived -------------------------------------------------------------------------------
 
     @property

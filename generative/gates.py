@@ -46,6 +46,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from bsegn.core.errors import ConfigError
 from bsegn.generative.adam import Adam
 
 GATES = ("stacking", "max_softmax", "energy", "gaussian", "learned", "cosmo", "semantic", "combined")
@@ -61,7 +62,7 @@ THRESHOLD_CANDIDATES = 201  # quantiles of the validation scores the threshold i
 
 def check_gate(kind: str) -> str:
     if kind not in GATES:
-        raise ValueError(f"unknown gate {kind!r}; valid gates: {', '.join(GATES)}")
+        raise ConfigError(f"unknown gate {kind!r}; valid gates: {', '.join(GATES)} (run.gate)")
     return kind
 
 
@@ -99,8 +100,8 @@ def semantic_margin(trained, features: torch.Tensor, class_ids: torch.Tensor, se
     (class_ids (C,)). An unseen image is a new combination of what seen images show, so the decoder reads a
     vector nearer to its own class than to any seen class (attribute-based detection, as in DAP)."""
     if "decoder" not in trained.parts:
-        raise ValueError("the semantic gate reads the semantic decoder, and this model has none "
-                         "(generative.lambda_cyc 0); choose another gate")
+        raise ConfigError("the semantic gate reads the semantic decoder, and this model has none "
+                          "(generative.lambda_cyc 0); choose another run.gate or set generative.lambda_cyc > 0")
     semantics = torch.nn.functional.normalize(trained.semantics[class_ids.cpu()].to(trained.device), dim=1)
     margins = []
     for start in range(0, len(features), batch_size):
@@ -415,7 +416,8 @@ def fit_gates(kinds, trained, real_features, real_labels, class_ids, *, seed: in
     learned network. Thresholds are 0 until chosen or set. Returns {kind: gate} in the order asked."""
     kinds = [check_gate(kind) for kind in kinds]
     if "combined" in kinds and classifiers is None:
-        raise ValueError("the combined gate is standardised on the classifiers' scores: pass classifiers=(gzsl, zsl)")
+        raise ConfigError("the combined gate is standardised on the classifiers' scores: fit_gates needs "
+                          "classifiers=(gzsl, zsl) when it fits run.gate combined")
     seed = trained.seed if seed is None else seed
     gates: dict[str, DomainGate] = {kind: _empty_gate(kind) for kind in kinds if not needs_integrated(kind)}
     if len(gates) == len(kinds):

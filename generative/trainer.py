@@ -85,9 +85,7 @@ class BSeGNTrainer(TrainingSteps):
         self.feature_dim = self.features.shape[1]
         self.semantic_dim = self.noise_dim = self.semantics.shape[1]
 
-        world = self.accelerator.num_processes
-        if config.batch_size % world:
-            raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
+        config.check_process_count(self.accelerator.num_processes)  # the pipeline checked it before any compute
 
         torch.manual_seed(self.seed)  # module initialisation, identical on every rank
         self.modules = build_networks(config, self.feature_dim, self.semantic_dim)

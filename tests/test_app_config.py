@@ -190,11 +190,8 @@ def test_log_level_is_an_option_of_train_py_and_the_cli():
     from bsegn.app.cli import build_parser
 
     assert build_parser().parse_args(["--log-level", "debug"]).log_level == "debug"
-    sys.path.insert(0, str(REPO))
-    try:
-        import train
-    finally:
-        sys.path.remove(str(REPO))
+    from bsegn.app import train  # train.py and `bsegn train`
+
     assert train.build_parser().parse_known_args(["--log-level", "warning"])[0].log_level == "warning"
     with pytest.raises(SystemExit):
         train.build_parser().parse_known_args(["--log-level", "loud"])

@@ -208,7 +208,7 @@ def test_a_saved_gate_gives_the_same_scores(tmp_path):
         again = gate_from_state(gate.metadata(), load_file(str(path)) if gate.state_dict() else {})
         assert again.kind == gate.kind and again.threshold == threshold
         assert torch.equal(again.domain_score(unseen[0]), gate.domain_score(unseen[0]))
-    with pytest.raises(ValueError, match="valid gates: stacking, max_softmax"):
+    with pytest.raises(ConfigError, match="valid gates: stacking, max_softmax"):
         gate_from_state({"kind": "coin", "threshold": 0.0}, {})
 
 
@@ -348,7 +348,7 @@ def test_combined_gate_is_the_sum_of_its_standardised_parts(tiny_run):
     assert torch.allclose(combined.domain_score(test).double(), expected, rtol=1e-4, atol=1e-4)
     again = gate_from_state(combined.metadata(), combined.state_dict())
     assert torch.equal(again.domain_score(test), combined.domain_score(test))
-    with pytest.raises(ValueError, match="classifiers"):
+    with pytest.raises(ConfigError, match="classifiers"):
         fit_gates(["combined"], run.trained, *data["trainval"], data["all_classes"])
 
 
@@ -432,7 +432,7 @@ def test_without_a_semantic_decoder_the_semantic_gate_is_refused_and_combined_ha
     class Classifier:
         class_ids = torch.tensor([0, 1, 2])
 
-    with pytest.raises(ValueError, match="semantic decoder.*lambda_cyc 0"):
+    with pytest.raises(ConfigError, match="semantic decoder.*lambda_cyc 0"):
         gate_inputs(trained, Classifier(), None, torch.ones(2, 3), kinds=["semantic"], scores=torch.zeros(2, 3))
     features, split, config = tiny_run
     run = run_bsegn(features, split, dataclasses.replace(config, lambda_cyc=0.0), show_progress=False)

@@ -4,6 +4,8 @@ and trains from another directory, as `pip install .` users run it.
 The wheel is unpacked into a fresh virtual environment that sees this environment's dependencies
 (torch, timm, ...) through a .pth line; .pth files are not processed in directories added that way,
 so the editable install of the checkout stays invisible and only the wheel's files can be imported."""
+import importlib.metadata
+import json
 import os
 import site
 import subprocess
@@ -53,14 +55,37 @@ def test_the_wheel_holds_the_package_and_its_configs(wheel_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_accelerate_launch_train_py_by_config_name_from_another_directory(wheel_env, tmp_path):
-    python, _ = wheel_env
-    result = _run(python, ["-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "train.py"),
-                           "--config", "demo", "--data.demo_images_per_class", "12", "--data.demo_image_size", "32",
-                           "--backbone.image_size", "32", "--finetune.epochs", "1", "--generative.epochs", "1",
-                           "--generative.syn_num", "10", "--generative.classifier_epochs", "2",
-                           "--run.threshold", "0", "--run.output", "out", *SCRATCH_BACKBONE], cwd=tmp_path)
+def test_the_installed_bsegn_trains_the_demo_and_predicts_from_another_directory(wheel_env, tmp_path):
+    """`bsegn train --config demo` (reduced) and `bsegn predict` from the wheel alone: the trainer is installed.
+    The wheel is unpacked without console scripts, so the commands run as `python -m bsegn.app.cli`, the module
+    the wheel's `bsegn` entry point names (checked here too)."""
+    python, root = wheel_env
+    entry_points = next(root.glob("venv/lib/python*/site-packages/bsegn-*.dist-info/entry_points.txt")).read_text()
+    assert "bsegn = bsegn.app.cli:main" in entry_points and "predict = bsegn.app.cli:predict_main" in entry_points
+    result = _run(python, ["-m", "bsegn.app.cli", "train", "--config", "demo", "--data.demo_images_per_class", "12",
+                           "--data.demo_image_size", "32", "--backbone.image_size", "32", "--finetune.epochs", "1",
+                           "--generative.epochs", "1", "--generative.syn_num", "10", "--generative.classifier_epochs",
+                           "2", "--run.threshold", "0", "--output", "out", *SCRATCH_BACKBONE], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "out" / "metrics.json").is_file()
     assert (tmp_path / "out" / "bundle" / "model.safetensors").is_file()
+
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "red.png")
+    result = _run(python, ["-m", "bsegn.app.cli", "predict", "red.png", "--model", "out", "--json"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.splitlines()[0])
+    assert answer["top"] and answer["top"][0]["class"], answer
+
+
+@pytest.mark.slow
+def test_the_wheel_has_the_top_level_package(wheel_env, tmp_path):
+    python, _ = wheel_env
+    result = _run(python, ["-c", "import bsegn, sys; print(bsegn.__version__, bsegn.__file__, 'torch' in sys.modules); "
+                                 "print(bsegn.load_model.__module__)"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    version, location, torch_loaded, api = result.stdout.split()
+    assert version == importlib.metadata.version("bsegn")  # the one version, read from bsegn/__init__.py
+    assert str(REPO_ROOT) not in location and torch_loaded == "False"
+    assert api == "bsegn.app.api"
