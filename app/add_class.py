@@ -12,13 +12,17 @@ bsegn.app.class_inputs.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import torch
 
-from bsegn.app.bundle import CONFIG_NAME, Bundle, load_bundle, record_of, resolve_bundle_dir, save_bundle
-from bsegn.app.class_inputs import NewClass, class_vector_for, normalised_like_bundle, parse_attributes  # noqa: F401
+from bsegn.app.bundle import Bundle, load_bundle, resolve_bundle_dir, save_bundle
+from bsegn.app.class_inputs import NewClass, class_vector_for, new_class_names, normalised_like_bundle, parse_attributes  # noqa: F401
 from bsegn.core.errors import BundleError
+from bsegn.core.files import OLD_SUFFIX
+from bsegn.core.locks import BundleLock
 from bsegn.core.logs import get_logger
 
 log = get_logger("bsegn.add_class")
@@ -95,23 +99,42 @@ def changed_metrics(metrics: dict) -> dict:
             **{k: v for k, v in metrics.items() if k != "note"}}
 
 
-def _refit_and_save(bundle: Bundle, class_names: list[str], out: str | Path, added: int = 0) -> Path:
-    """Refit the classifiers and the gate, report the reachability of the last `added` classes, save."""
-    classifier, zsl_classifier = refit_classifiers(bundle)
-    gate = refit_gate(bundle, classifiers=(classifier, zsl_classifier))
+def _refitted(bundle: Bundle, trained, class_names: list[str], class_texts, added: int = 0) -> Bundle:
+    """A new Bundle: `bundle` with `trained`'s classes (named `class_names`), its classifiers and gate
+    refitted; the reachability of the last `added` classes reported. `bundle` itself is not changed."""
+    classifier, zsl_classifier = refit_classifiers(bundle, trained)
+    gate = refit_gate(bundle, trained, (classifier, zsl_classifier))
     if added:
-        shares = reachability(bundle.trained, classifier, zsl_classifier, gate, range(len(class_names) - added,
+        shares = reachability(trained, classifier, zsl_classifier, gate, range(len(class_names) - added,
                               len(class_names)), class_names[-added:], bundle.unseen_ranking)
         log.info("reachability (share of synthetic features the %s gate calls unseen): %s", gate.kind,
                  ", ".join(f"{name} {100 * share:.0f}%" for name, share in shares.items()))
-    return save_bundle(out, backbone=bundle.backbone, trained=bundle.trained, classifier=classifier,
-                       zsl_classifier=zsl_classifier,
-                       class_names=class_names, attribute_names=bundle.attribute_names,
-                       data_config=bundle.data_config, gate=gate, unseen_ranking=bundle.unseen_ranking,
-                       metrics=changed_metrics(bundle.metrics),
-                       train_features=bundle.train_features, train_labels=bundle.train_labels,
-                       benchmark=bundle.info.get("benchmark", ""), run_config=bundle.info.get("run_config"),
-                       semantic=record_of(bundle))
+    return dataclasses.replace(bundle, trained=trained.eval(), gzsl=classifier.eval(), zsl=zsl_classifier.eval(),
+                               gate=gate, class_names=list(class_names), class_texts=class_texts,
+                               metrics=changed_metrics(bundle.metrics))
+
+
+def extended(bundle: Bundle, new_classes: list, text_encoder: str | None = None) -> Bundle:
+    """`bundle` with unseen classes appended (a new Bundle; `bundle` is not changed, so a server keeps
+    answering with it meanwhile): NewClass(name, attributes, description) items or (name, attribute
+    values) pairs, names by the one rule (class_inputs.new_class_names: trimmed, printable, unique
+    ignoring case), every vector made before anything is refitted."""
+    new_classes = [c if isinstance(c, NewClass) else NewClass(c[0], attributes=list(c[1])) for c in new_classes]
+    names = new_class_names([c.name for c in new_classes], bundle.class_names)
+    trained = copy.deepcopy(bundle.trained)
+    for new, name in zip(new_classes, names):
+        trained.add_class(class_vector_for(bundle, dataclasses.replace(new, name=name), text_encoder))
+    texts = None if bundle.class_texts is None else list(bundle.class_texts) + [c.description for c in new_classes]
+    return _refitted(bundle, trained, list(bundle.class_names) + names, texts, added=len(names))
+
+
+def _source_folder(model: str | Path) -> Path:
+    """The folder the bundle of `model` lives in (resolved): `<name>` also when only `<name>.old`, the copy
+    a killed write leaves, is there to read (a write puts the bundle back under its name)."""
+    found = resolve_bundle_dir(model)
+    if found.name.endswith(OLD_SUFFIX) and found != Path(model):
+        found = found.with_name(found.name[:-len(OLD_SUFFIX)])
+    return found.resolve()
 
 
 def output_folder(model: str | Path, out: str | Path | None, *, in_place: bool = False) -> Path:
@@ -119,8 +142,8 @@ def output_folder(model: str | Path, out: str | Path | None, *, in_place: bool =
 
     Refused: `out` naming the bundle being read (the run folder or its bundle/, paths resolved) unless
     `in_place`; `out` holding that bundle (the run folder when the model is its bundle/: the whole run
-    would be replaced) or inside it; `out` a file, or a non-empty folder that is not a bundle (replaced whole)."""
-    source = resolve_bundle_dir(model).resolve()
+    would be replaced) or inside it; `out` a file, another bundle, or a non-empty folder (replaced whole)."""
+    source = _source_folder(model)
     if out is None:
         if not in_place:
             raise BundleError("give --out FOLDER for the new bundle, or --in-place to replace the model")
@@ -136,10 +159,33 @@ def output_folder(model: str | Path, out: str | Path | None, *, in_place: bool =
                           "bundle; give another --out (or --in-place)")
     if source in target.parents:
         raise BundleError(f"--out {out} is inside the model being read ({source}); give a folder outside it")
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / CONFIG_NAME).is_file())):
-        raise BundleError(f"--out {out} exists and is not a bsegn bundle; it would be replaced whole: give a new "
-                          "or empty folder")
+    check_new_folder(target, out)
     return target
+
+
+def check_new_folder(target: Path, given: str | Path) -> None:
+    """BundleError unless `target` is free for a new bundle: absent (no `.old` copy either) or an empty folder;
+    a bundle there (or a run folder holding one) is named as such."""
+    try:
+        resolve_bundle_dir(target)  # a bundle, a run folder with one, or the `.old` copy a killed write left
+    except BundleError:
+        pass
+    else:
+        raise BundleError(f"--out {given} already holds a bundle, which would be replaced: give a new or empty "
+                          f"folder (to change that bundle, give it as --model with --in-place)")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise BundleError(f"--out {given} exists and is not an empty folder; it would be replaced whole: give a new "
+                          "or empty folder")
+
+
+def _write(model: str | Path, out: Path, change) -> Path:
+    """Read the bundle of `model`, `change` it, write it to `out`, all under out's lock (a second writer
+    waits or is refused naming the holder: never a lost update); stale temporaries of killed writes go."""
+    with BundleLock(out):
+        if out != _source_folder(model):
+            check_new_folder(out, out)  # again under the lock: another writer may have got there first
+        bundle = load_bundle(model, with_backbone="tensors", with_train_features=True)  # written back as read
+        return save_bundle(change(bundle), out)
 
 
 def add_classes(bundle_path: str | Path, new_classes: list, out: str | Path | None, *, in_place: bool = False,
@@ -149,37 +195,28 @@ def add_classes(bundle_path: str | Path, new_classes: list, out: str | Path | No
     atomically). Every class is checked and embedded before anything is written. `text_encoder`: the
     encoder for descriptions (default: the bundle's; its identity must be the bundle's)."""
     out = output_folder(bundle_path, out, in_place=in_place)
-    bundle = load_bundle(bundle_path, with_backbone="tensors", with_train_features=True)  # written back as read
-    names = list(bundle.class_names)
-    new_classes = [c if isinstance(c, NewClass) else NewClass(c[0], attributes=list(c[1])) for c in new_classes]
-    for new in new_classes:
-        known = {n.casefold(): n for n in names}
-        if new.name.casefold() in known:
-            raise BundleError(f"class {new.name!r} is already in the model (as {known[new.name.casefold()]!r}; names "
-                              "are compared ignoring case); choose another name")
-        bundle.trained.add_class(class_vector_for(bundle, new, text_encoder))
-        names.append(new.name)
-        if bundle.class_texts is not None:
-            bundle.class_texts.append(new.description)
-    return _refit_and_save(bundle, names, out, added=len(new_classes))
+    return _write(bundle_path, out, lambda bundle: extended(bundle, new_classes, text_encoder))
 
 
 def remove_classes(bundle_path: str | Path, remove: list[str], out: str | Path | None, *,
                    in_place: bool = False) -> Path:
     """Drop unseen classes by name (seen classes have real training features and stay); `out`, `in_place`:
     as for add_classes."""
+    out = output_folder(bundle_path, out, in_place=in_place)
+    return _write(bundle_path, out, lambda bundle: _without(bundle, remove))
+
+
+def _without(bundle: Bundle, remove: list[str]) -> Bundle:
     from bsegn.generative.model import TrainedBSeGN
 
-    out = output_folder(bundle_path, out, in_place=in_place)
-    bundle = load_bundle(bundle_path, with_backbone="tensors", with_train_features=True)
     trained = bundle.trained
     # names compared ignoring case, as add-class compares them
     position = {name.casefold(): i for i, name in enumerate(bundle.class_names)}
-    unknown = [n for n in remove if n.casefold() not in position]
+    unknown = [n for n in remove if n.strip().casefold() not in position]
     if unknown:
         raise BundleError(f"no class named {', '.join(map(repr, unknown))} in {bundle.path} (names are compared "
                           "ignoring case)")
-    drop = {position[n.casefold()] for n in remove}
+    drop = {position[n.strip().casefold()] for n in remove}
     if drop & set(trained.seen_classes.tolist()):
         raise BundleError("only unseen classes can be removed (seen classes are part of the trained model)")
     keep = [c for c in range(trained.num_classes) if c not in drop]
@@ -188,8 +225,8 @@ def remove_classes(bundle_path: str | Path, remove: list[str], out: str | Path |
     meta["semantics"] = trained.semantics[keep].tolist()
     meta["seen_classes"] = [new_id[c] for c in trained.seen_classes.tolist()]
     meta["unseen_classes"] = [new_id[c] for c in trained.unseen_classes.tolist() if c in new_id]
-    bundle.trained = TrainedBSeGN.from_state(meta, trained.state_dict())
-    bundle.train_labels = torch.tensor([new_id[int(c)] for c in bundle.train_labels.tolist()], dtype=torch.long)
-    if bundle.class_texts is not None:
-        bundle.class_texts = [bundle.class_texts[c] for c in keep]
-    return _refit_and_save(bundle, [bundle.class_names[c] for c in keep], out)
+    relabelled = dataclasses.replace(bundle, train_labels=torch.tensor(
+        [new_id[int(c)] for c in bundle.train_labels.tolist()], dtype=torch.long))
+    texts = None if bundle.class_texts is None else [bundle.class_texts[c] for c in keep]
+    return _refitted(relabelled, TrainedBSeGN.from_state(meta, trained.state_dict()),
+                     [bundle.class_names[c] for c in keep], texts)

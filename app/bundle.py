@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,12 @@ from bsegn.app.bundle_gate import gate_card_lines, gate_from_bundle
 from bsegn.app.bundle_schema import check_bundle_config, check_finite_tensors
 from bsegn.app.bundle_semantics import fields_from_config, record_of, semantic_fields, uses_text  # noqa: F401
 from bsegn.core.errors import BundleError
-from bsegn.core.files import atomic_file, atomic_folder, digest_json, existing_folder, file_sha256, jsonable
+from bsegn.core.files import (atomic_file, atomic_folder, digest_json, existing_folder, file_sha256, json_text,
+                              remove_stale_temporaries)
+from bsegn.core.locks import BundleLock
+from bsegn.core.logs import get_logger
+
+log = get_logger("bsegn.app.bundle")
 
 BUNDLE_FORMAT = "bsegn-bundle"
 FORMAT_VERSION = 3  # 2: the lean BSeGNConfig, gamma and unseen_ranking beside it; 3: the gate replaces gamma
@@ -148,8 +154,11 @@ def save_bundle(bundle_or_folder, folder: str | os.PathLike | None = None, *, ba
                         train_features=None if train_features is None else torch.as_tensor(train_features).float(),
                         train_labels=None if train_labels is None else torch.as_tensor(train_labels).long())
     folder = Path(folder)
-    with atomic_folder(folder) as temp:
-        _write_bundle(bundle, temp)
+    with BundleLock(folder):  # one writer at a time (add-class holds it already, from its read on)
+        for stale in remove_stale_temporaries(folder):
+            log.info("removed %s, left by a write to %s that was interrupted", stale, folder)
+        with atomic_folder(folder) as temp:
+            _write_bundle(bundle, temp)
     return folder
 
 
@@ -198,24 +207,42 @@ def _write_bundle(bundle: Bundle, folder: Path) -> None:
         "model_bytes": model_path.stat().st_size,
         "model_sha256": file_sha256(model_path),
     }
-    config = json.loads(json.dumps(config, default=jsonable))  # hashed exactly as it is written and read
+    config = json.loads(json_text(config))  # hashed exactly as it is written and read; a NaN metric is null
     config["config_sha256"] = config_digest(config)
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=1))
+    try:
+        check_bundle_config(config, folder)  # a bundle that would not load is never written
+    except BundleError as error:
+        raise BundleError(f"the bundle was not written: its content is not valid ({error})") from None
+    (folder / CONFIG_NAME).write_text(json_text(config, indent=1))
     (folder / "README.md").write_text(model_card(config))
 
 
 def resolve_bundle_dir(path: str | os.PathLike) -> Path:
-    """A bundle folder, or a run folder holding bundle/."""
+    """A bundle folder, or a run folder holding bundle/; `<name>.old` (the copy atomic_folder keeps until its
+    swap is done) where a killed write left only that, with a warning."""
     path = Path(path)
     if (path / CONFIG_NAME).is_file() and (path / MODEL_NAME).exists():
         return path
-    inner = existing_folder(path / "bundle")  # bundle.old: a kill between atomic_folder's two renames
-    if inner is not None and (inner / CONFIG_NAME).is_file():
-        return inner
+    for folder in (path, path / "bundle"):
+        found = existing_folder(folder)
+        if found is not None and (found / CONFIG_NAME).is_file() and (found / MODEL_NAME).exists():
+            if found != folder:
+                _warn_old_copy(folder, found)
+            return found
     if not path.exists():
         raise BundleError(f"{path}: no such model; give a run folder (from train.py) or its bundle/ folder")
     raise BundleError(f"{path}: not a bundle (no {CONFIG_NAME} + {MODEL_NAME}, nor a bundle/ folder in it); "
                       "give the run folder train.py wrote or its bundle/")
+
+
+_warned_old_copies: set[Path] = set()
+
+
+def _warn_old_copy(folder: Path, found: Path) -> None:
+    if found not in _warned_old_copies:  # once per copy: a command resolves its model more than once
+        _warned_old_copies.add(found)
+        log.warning("%s is missing: reading %s, the copy a write that was interrupted left (the next write to "
+                    "%s puts the bundle back under its name)", folder, found, folder)
 
 
 def read_bundle_config(folder: Path) -> dict[str, Any]:
@@ -321,22 +348,22 @@ def model_card(config: dict[str, Any]) -> str:
     metrics = config.get("metrics") or {}
     backbone = config.get("backbone") or {}
     lines = [
-        f"# bsegn model: {config.get('benchmark') or 'custom'}",
+        f"# bsegn model: {markdown_code(config.get('benchmark') or 'custom')}",
         "",
         "Generative zero-shot image classifier (BSeGN): a timm backbone turns an image into a feature; "
         "a final classifier trained on real seen-class features and BSeGN-synthesised unseen-class "
         "features (on multilevel mFIM features) names the class, including classes never seen in training.",
         "",
         "## Contents",
-        f"- backbone: `{backbone.get('model_name', 'none (feature-only bundle)')}` "
+        f"- backbone: {markdown_code(backbone.get('model_name', 'none (feature-only bundle)'))} "
         f"(weights id {backbone.get('weights_id', '-')}, {backbone.get('num_features', '-')}-d features)",
         f"- input: {config.get('data_config', {}).get('input_size')}",
         f"- classes: {len(classes)} ({len(seen)} seen, {len(unseen)} unseen), "
         f"semantics: {config.get('semantic_kind')} of dimension {len(config['bsegn']['semantics'][0])}"
-        + (f" (text encoder {config.get('text_encoder_id')}, each class text embedded "
+        + (f" (text encoder {markdown_code(config.get('text_encoder_id'))}, each class text embedded "
            f"{'as the mean of its words' if config.get('text_pooling') == 'words' else 'whole'})"
            if uses_text(config.get('semantic_kind')) else ""),
-        f"- unseen classes: {', '.join(unseen[:30])}{' ...' if len(unseen) > 30 else ''}",
+        f"- unseen classes: {', '.join(map(markdown_code, unseen[:30]))}{' ...' if len(unseen) > 30 else ''}",
         *gate_card_lines(config),
         f"- unseen classes ranked by the {config.get('unseen_ranking', 'gzsl').upper()} classifier",
         "",
@@ -367,6 +394,16 @@ def model_card(config: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def markdown_code(text) -> str:
+    """`text` as a Markdown code span: shown as it is, never read as Markdown or HTML (a class name such as
+    `<img src=x onerror=...>` stays text), fenced with more backticks than it holds in a row."""
+    text = " ".join(str(text).split())  # a code span is one line
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _add_class_line(kind: str | None) -> str:

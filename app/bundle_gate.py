@@ -5,7 +5,8 @@
                                 MLP; nothing for stacking, max_softmax and energy), covered by the
                                 model's sha256 like every other tensor
 
-    check_gate_config(config, folder)           schema: a known kind, a finite threshold, a temperature > 0
+    check_gate_config(config, folder)           schema: a known kind, threshold and temperature in range
+    threshold_problem(value), temperature_problem(value)   the ranges (predict --threshold, run.threshold)
     gate_from_bundle(config, state, dim, folder) the DomainGate (BundleError when its tensors do not fit)
     gate_card_lines(config)                      the model card's lines about the decision
 
@@ -30,30 +31,56 @@ def _fail(folder: Path, problem: str) -> BundleError:
                        "re-copy it or re-run train.py")
 
 
+# Gate scores are float32 numbers of order 1e-3 (max_softmax's probability) to 1e4 (a Gaussian's squared
+# distance; 2,000 on AwA1 features). A threshold beyond THRESHOLD_LIMIT decides nothing more than "every image
+# on one side", and near float32's range (3.4e38) score - threshold becomes infinite and predict's softmax
+# NaN. A temperature outside TEMPERATURE_LIMITS is no fitted scale (fit_temperature's grid spans 1e-4 to 1e4
+# times the margins' spread) and would turn margin / temperature into 0 / 0.
+THRESHOLD_LIMIT = 1e9
+TEMPERATURE_LIMITS = (1e-9, 1e9)
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def threshold_problem(value) -> str | None:
+    """Why `value` cannot be a gate threshold (or a stacking gamma), or None when it can."""
+    if not _is_number(value) or abs(value) > THRESHOLD_LIMIT:
+        return f"must be a finite number from -{THRESHOLD_LIMIT:.0e} to {THRESHOLD_LIMIT:.0e}, got {value!r}"
+    return None
+
+
+def temperature_problem(value) -> str | None:
+    """Why `value` cannot be p_unseen's temperature, or None when it can."""
+    low, high = TEMPERATURE_LIMITS
+    if not _is_number(value) or not low <= value <= high:
+        return f"must be a finite number from {low:.0e} to {high:.0e}, got {value!r}"
+    return None
+
+
 def check_gate_config(config: dict[str, Any], folder: Path) -> None:
-    """A format-3 config's "gate": {"kind": one of GATES, "threshold": a finite number, "temperature": a
-    finite number > 0 (optional: 1)}; a format-2
-    config's "gamma": a finite number."""
+    """A format-3 config's "gate": {"kind": one of GATES, "threshold": threshold_problem's range,
+    "temperature": temperature_problem's (optional: 1)}; a format-2 config's "gamma": a threshold's range."""
     from bsegn.generative.gates import GATES
 
     if config.get("format_version") == 2:
-        gamma = config.get("gamma")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
-            raise BundleError(f"{folder}: config.json field 'gamma' must be a finite number, got {gamma!r}; the "
-                              "bundle was edited or damaged: re-copy it or re-run train.py")
+        problem = threshold_problem(config.get("gamma"))
+        if problem:
+            raise BundleError(f"{folder}: config.json field 'gamma' {problem}; the bundle was edited or damaged: "
+                              "re-copy it or re-run train.py")
         return
     gate = config.get("gate")
     if not isinstance(gate, dict):
         raise _fail(folder, f"must be a mapping {{'kind', 'threshold'}}, got {gate!r}")
     if gate.get("kind") not in GATES:
         raise _fail(folder, f"names an unknown gate {gate.get('kind')!r} (valid gates: {', '.join(GATES)})")
-    threshold = gate.get("threshold")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise _fail(folder, f"has threshold {threshold!r}: it must be a finite number")
-    temperature = gate.get("temperature", 1.0)  # absent in bundles written before p_unseen was calibrated
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
-            or temperature <= 0:
-        raise _fail(folder, f"has temperature {temperature!r}: it must be a finite number above 0")
+    problem = threshold_problem(gate.get("threshold"))
+    if problem:
+        raise _fail(folder, f"has a threshold that {problem}")
+    problem = temperature_problem(gate.get("temperature", 1.0))  # absent in bundles before p_unseen was calibrated
+    if problem:
+        raise _fail(folder, f"has a temperature that {problem}")
 
 
 def _expected_shapes(kind: str, state: dict, dim: int, decoder: bool = True) -> dict[str, tuple]:

@@ -68,8 +68,9 @@ def check_bundle_config(config: dict[str, Any], folder: Path) -> None:
     names = []
     for index, entry in enumerate(classes):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip() \
-                or not isinstance(entry.get("seen"), bool):
-            raise _fail(folder, f"classes[{index}]", f"must be {{'name': non-empty text, 'seen': true/false}}, got {entry!r}")
+                or not entry["name"].isprintable() or not isinstance(entry.get("seen"), bool):
+            raise _fail(folder, f"classes[{index}]", "must be {'name': non-empty printable text (no control "
+                                                     f"characters), 'seen': true/false}}, got {str(entry)[:200]!r}")
         names.append(entry["name"])
     if len(set(names)) != len(names):
         raise _fail(folder, "classes", "names the same class twice")

@@ -1,7 +1,9 @@
 """What a new class is given as, checked against the bundle it joins, and turned into its semantic vector.
 
     classes = parse_new_classes(info, attributes="0.1,...", description=None, name="zebra")   -> [NewClass]
+    rows = parse_attributes_csv("name,a1,...\nzebra,0.1,...", semantic_dim)                   the page's upload
     vector = class_vector_for(bundle, NewClass("zebra", description="a striped horse"))        -> (k,) tensor
+    names = new_class_names(["zebra"], bundle.class_names)      the one name rule (class_name), unique ignoring case
 
 An attribute bundle takes attribute values (`v1,v2,...` with a name, or a CSV `name,<attributes...>`);
 a text bundle takes a description (`--description "WORDS"` with a name, or a CSV `name,description`);
@@ -21,11 +23,57 @@ from bsegn.app.bundle_semantics import fields_from_config, uses_attributes, uses
 from bsegn.core.errors import BundleError
 
 
+MAX_CLASS_NAME = 100  # characters: a name is shown on one line of predict's output and of the page
+MAX_DESCRIPTION = 10_000
+
+
+class NameTaken(BundleError):
+    """A new class's name is the model's already, or is given twice (names compared ignoring case)."""
+
+
 @dataclass(frozen=True)
 class NewClass:
     name: str
     attributes: list[float] | None = None
     description: str | None = None
+
+
+def class_name(name, where: str) -> str:
+    """The one rule for a new class's name, for the CLI, the page, the HTTP API and the Python API: text,
+    trimmed, 1 to MAX_CLASS_NAME characters, every one printable (no newline, tab, escape or other control
+    character: a name is printed on one line of predict's output and shown on the page). Returns it
+    trimmed; BundleError saying what is wrong."""
+    if not isinstance(name, str):
+        raise BundleError(f"{where}: a class name must be text, got {type(name).__name__}")
+    name = name.strip()
+    if not name:
+        raise BundleError(f"{where}: the class name is empty; give a name")
+    if len(name) > MAX_CLASS_NAME:
+        raise BundleError(f"{where}: the class name has {len(name)} characters; at most {MAX_CLASS_NAME} are allowed")
+    if not name.isprintable():
+        raise BundleError(f"{where}: the class name {name!r} holds a control or other non-printing character "
+                          "(newline, tab, escape...); use letters, digits, spaces and punctuation")
+    return name
+
+
+def new_class_names(names: list, existing=(), where: str = "new class", *, earlier=()) -> list[str]:
+    """`names` checked by class_name and unique ignoring case, among themselves, against `existing` (the
+    model's classes) and against `earlier` (names given before in the same input); NameTaken for a repeat."""
+    known = {n.casefold(): n for n in existing}
+    model = set(known)
+    known.update({n.casefold(): n for n in earlier})
+    out = []
+    for name in names:
+        name = class_name(name, where)
+        key = name.casefold()
+        if key in model:
+            raise NameTaken(f"{where}: class {name!r} is already in the model (as {known[key]!r}; names are compared "
+                            "ignoring case); choose another name")
+        if key in known:
+            raise NameTaken(f"{where}: class {name!r} is given twice ({known[key]!r}); names are compared ignoring case")
+        known[key] = name
+        out.append(name)
+    return out
 
 
 def _is_number(text: str) -> bool:
@@ -34,6 +82,16 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _float(value) -> float | None:
+    """A value given as text or a JSON number, as a float; None when it is neither (a bool is no number)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    try:
+        return float(value)
+    except (ValueError, OverflowError):
+        return None
 
 
 def _is_file_argument(value: str) -> bool:
@@ -49,50 +107,59 @@ def _csv_rows(path: Path, expected: str) -> list[tuple[int, list[str]]]:
     return read_csv_rows(path, expected)  # DataError naming the line of a non-UTF-8 byte
 
 
-def _unique(names: dict[str, str], class_name: str, where: str) -> None:
-    if not class_name:
-        raise BundleError(f"{where}: the class name is empty")
-    if class_name.casefold() in names:
-        raise BundleError(f"{where}: class {class_name!r} is given twice ({names[class_name.casefold()]!r}); names "
-                          "are compared ignoring case")
-    names[class_name.casefold()] = class_name
+def attribute_values(values: list, semantic_dim: int, where: str, name: str = "the class") -> list[float]:
+    """Attribute values given as text or numbers -> floats; BundleError unless there are semantic_dim
+    numbers, each finite and representable as float32 (the model's type: 1e39 is refused)."""
+    if len(values) != semantic_dim:
+        raise BundleError(f"{where}: {len(values)} attribute values for {name!r}; this model's classes "
+                          f"have {semantic_dim} (one per attribute, in the bundle's attribute order)")
+    numbers = [_float(v) for v in values]
+    if any(n is None for n in numbers):
+        raise BundleError(f"{where}: attribute values for {name!r} must be numbers")
+    vector = torch.tensor(numbers, dtype=torch.float32)  # the model's type: checked after
+    if not bool(torch.isfinite(vector).all()):
+        raise BundleError(f"{where}: attribute values for {name!r} contain NaN or infinity, or values too "
+                          f"large for float32 (|v| > {torch.finfo(torch.float32).max:.3g})")
+    return vector.tolist()
+
+
+def attribute_rows(lines: list[tuple[int, list[str]]], semantic_dim: int, source: str) -> list[tuple[str, list[float]]]:
+    """CSV rows `name,<attribute values...>` (read_csv_rows' (line, cells)) -> [(name, values)], names by
+    the one rule. The first row is a header when none of its attribute cells is a number, and a data row
+    otherwise (a typo in a value is then reported, not taken for a header), so no class is lost."""
+    if lines and len(lines[0][1]) > 1 and not any(_is_number(cell) for cell in lines[0][1][1:]):
+        lines = lines[1:]  # a header: `name,<attribute names...>` (a data row with a typo is no header)
+    if not lines:
+        raise BundleError(f"{source} holds no class rows; expected rows `name,<{semantic_dim} attribute values>` "
+                          "(a header row `name,<attribute names...>` is optional)")
+    out, names = [], []
+    for number, cells in lines:
+        where = f"{source}:{number}"
+        name = new_class_names([cells[0]], where=where, earlier=names)[0]
+        names.append(name)
+        out.append((name, attribute_values(cells[1:], semantic_dim, where, name)))
+    return out
 
 
 def parse_attributes(value: str, semantic_dim: int, name: str | None = None) -> list[tuple[str, list[float]]]:
-    """`v1,v2,...` (needs name) or a CSV file `name,<attribute columns...>` -> [(name, values)].
-
-    The CSV's first row is a header when none of its attribute cells is a number, and a data row
-    otherwise (a typo in a value is then reported, not taken for a header), so no class is lost. Raises
-    BundleError when there is no class, a row has the wrong number of values, a value is not a number
-    representable as float32 (the model's type: 1e39 is refused), or two names differ only in case."""
+    """`v1,v2,...` (needs name) or a CSV file `name,<attribute columns...>` (attribute_rows: header rule,
+    checks) -> [(name, values)]. BundleError when there is no class, a row has the wrong number of
+    values, a value is not a number representable as float32, or a name breaks the rule or repeats."""
     path = Path(value)
-    rows: list[tuple[str, list[str], str]] = []
     if path.suffix.lower() == ".csv" or path.is_file():
-        lines = _csv_rows(path, f"rows `name,<{semantic_dim} attribute values>`")
-        if lines and len(lines[0][1]) > 1 and not any(_is_number(cell) for cell in lines[0][1][1:]):
-            lines = lines[1:]  # a header: `name,<attribute names...>` (a data row with a typo is no header)
-        if not lines:
-            raise BundleError(f"{path} holds no class rows; expected rows `name,<{semantic_dim} attribute values>` "
-                              "(a header row `name,<attribute names...>` is optional)")
-        rows = [(row[0].strip(), row[1:], f"{path}:{number}") for number, row in lines]
-    else:
-        if not name:
-            raise BundleError("--name is needed when --attributes is a list of values")
-        rows.append((name.strip(), value.split(","), "--attributes"))
-    out, names = [], {}
-    for class_name, values, where in rows:
-        _unique(names, class_name, where)
-        if len(values) != semantic_dim:
-            raise BundleError(f"{where}: {len(values)} attribute values for {class_name!r}; this model's classes "
-                              f"have {semantic_dim} (one per attribute, in the bundle's attribute order)")
-        if not all(_is_number(v) for v in values):
-            raise BundleError(f"{where}: attribute values for {class_name!r} must be numbers")
-        vector = torch.tensor([float(v) for v in values], dtype=torch.float32)  # the model's type: checked after
-        if not bool(torch.isfinite(vector).all()):
-            raise BundleError(f"{where}: attribute values for {class_name!r} contain NaN or infinity, or values too "
-                              f"large for float32 (|v| > {torch.finfo(torch.float32).max:.3g})")
-        out.append((class_name, vector.tolist()))
-    return out
+        return attribute_rows(_csv_rows(path, f"rows `name,<{semantic_dim} attribute values>`"), semantic_dim,
+                              str(path))
+    if not name:
+        raise BundleError("--name is needed when --attributes is a list of values")
+    name = class_name(name, "--name")
+    return [(name, attribute_values(value.split(","), semantic_dim, "--attributes", name))]
+
+
+def parse_attributes_csv(text: str, semantic_dim: int, source: str = "the CSV") -> list[tuple[str, list[float]]]:
+    """parse_attributes for CSV text in memory (the page's upload): the same rows, header rule and checks."""
+    from bsegn.datasets.csv_rows import csv_text_rows
+
+    return attribute_rows(csv_text_rows(text), semantic_dim, source)
 
 
 def parse_descriptions(value: str, name: str | None = None) -> list[tuple[str, str]]:
@@ -118,13 +185,18 @@ def parse_descriptions(value: str, name: str | None = None) -> list[tuple[str, s
     else:
         if not name:
             raise BundleError("--name is needed when --description is the description itself (not a CSV file)")
-        rows = [(name.strip(), value, "--description")]
-    out, names = [], {}
-    for class_name, description, where in rows:
-        _unique(names, class_name, where)
-        if not description.strip():
-            raise BundleError(f"{where}: the description of {class_name!r} is empty; write what the class looks like")
-        out.append((class_name, " ".join(description.split())))
+        rows = [(name, value, "--description")]
+    out, names = [], []
+    for given, description, where in rows:
+        name = new_class_names([given], where=where, earlier=names)[0]
+        names.append(name)
+        description = " ".join(description.split())
+        if not description:
+            raise BundleError(f"{where}: the description of {name!r} is empty; write what the class looks like")
+        if len(description) > MAX_DESCRIPTION or not description.isprintable():
+            raise BundleError(f"{where}: the description of {name!r} must be at most {MAX_DESCRIPTION} printable "
+                              "characters (no control characters)")
+        out.append((name, description))
     return out
 
 

@@ -18,8 +18,6 @@ bsegn's own modules only; no accelerate, albumentations, scipy or matplotlib.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -325,15 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def gate_threshold(gate, threshold: float | None, gamma: float | None) -> float | None:
     """The threshold predict applies: --threshold T, or the deprecated --calibration G (-G, stacking gates
-    only), or None (the gate's own); ConfigError for a non-finite number or both given."""
+    only), or None (the gate's own); ConfigError for a number out of a threshold's range (bundle_gate:
+    finite, |T| <= 1e9) or both given."""
+    from bsegn.app.bundle_gate import threshold_problem
     from bsegn.core.errors import ConfigError
 
-    if threshold is not None and not math.isfinite(threshold):
-        raise ConfigError(f"the gate threshold (--threshold) must be a finite number, got {threshold}")
+    if threshold is not None and threshold_problem(threshold):
+        raise ConfigError(f"the gate threshold (--threshold) {threshold_problem(threshold)}")
     if gamma is None:
         return threshold
-    if not math.isfinite(gamma):
-        raise ConfigError(f"calibration gamma (--calibration) must be a finite number, got {gamma}")
+    if threshold_problem(gamma):
+        raise ConfigError(f"calibration gamma (--calibration) {threshold_problem(gamma)}")
     if threshold is not None:
         raise ConfigError("give --threshold or the deprecated --calibration, not both")
     if gate.kind != "stacking":
@@ -381,6 +381,16 @@ def default_model(runs: str | os.PathLike = "runs") -> Path:
     return newest
 
 
+def no_compile_cache() -> None:
+    """Point torch's compile cache at the existing temporary folder, unless the user chose one: importing
+    torchvision imports torch._dynamo, which creates `$TMPDIR/torchinductor_<user>/` on import, although
+    predict and serve never compile. Nothing is written there unless something compiles. For the CLI
+    commands only (a library user's process keeps torch's default)."""
+    import tempfile
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.gettempdir())
+
+
 def main(argv: list[str] | None = None) -> int:
     return run(build_parser().parse_args(argv))
 
@@ -388,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from bsegn.app.bundle import load_bundle
     from bsegn.core.errors import ConfigError
+    from bsegn.core.files import json_text
 
+    no_compile_cache()
     if args.top_k < 1 or args.batch_size < 1:
         raise ConfigError("--top-k and --batch-size must be >= 1")
     resolve_device(args.device)  # before the bundle is read (the other options: checked by Predictor)
@@ -408,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
     results = predictor.predict_paths(paths, top_k=args.top_k, explain=args.explain, on_error=on_error,
                                       progress=len(paths) > 50 and not args.no_progress and not args.json)
     for result in results:
-        print(json.dumps(result) if args.json else _format_text(result))
+        print(json_text(result) if args.json else _format_text(result))  # valid JSON: never a bare NaN
     if failures or problems:
         print(f"predict: {len(results)} image(s) predicted, {len(failures) + len(problems)} skipped", file=sys.stderr)
         return 1

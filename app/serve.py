@@ -56,22 +56,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from pathlib import Path
 
-    from bsegn.app.bundle import read_bundle_info
-    from bsegn.app.predict import default_model
+    from bsegn.app.predict import default_model, no_compile_cache
     from bsegn.app.serve_engine import Engine, Limits
-    from bsegn.core.errors import BundleError, ConfigError
+    from bsegn.core.errors import ConfigError
     from bsegn.core.logs import get_logger
 
     if min(args.max_bytes, args.max_pixels, args.max_batch, args.threads or 1) < 1 or not 0 <= args.port <= 65535:
         raise ConfigError("--max-bytes, --max-pixels, --max-batch and --threads must be >= 1, --port in 0..65535")
+    no_compile_cache()  # before torchvision is imported
     path = Path(args.model) if args.model else default_model()
-    if not read_bundle_info(path).get("backbone"):  # checked now: a missing or damaged bundle fails before listening
-        raise BundleError(f"{path}: this bundle classifies pre-extracted features, not images: it cannot be served")
-    if args.host not in LOOPBACK:
-        get_logger("bsegn.serve").warning(
-            "serve: listening on %s: anyone who can reach this machine can use the page and its routes "
-            "(no authentication); use the default 127.0.0.1 unless you mean it", args.host)
-    sock = bind(args.host, args.port)
     import os
 
     import torch
@@ -81,9 +74,18 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_batch=args.max_batch,
                     decoders=max(2, cores - torch.get_num_threads()))
     engine = Engine(path, mode=args.mode, device=args.device, save_dir=args.save_dir, limits=limits)
-    engine.start()
+    engine.load()  # before listening: a missing, damaged or feature-only bundle is one line and exit 2
+    if args.host not in LOOPBACK:
+        get_logger("bsegn.serve").warning(
+            "serve: listening on %s: anyone who can reach this machine can use the page and its routes "
+            "(no authentication); use the default 127.0.0.1 unless you mean it", args.host)
+    try:
+        sock = bind(args.host, args.port)
+    except ConfigError:
+        engine.stop()
+        raise
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"bsegn serve: http://{host}:{sock.getsockname()[1]}/ (model {path} loading; Ctrl+C stops)", flush=True)
+    print(f"bsegn serve: http://{host}:{sock.getsockname()[1]}/ (model {path}; Ctrl+C stops)", flush=True)
     app = create_app(engine, allowed_hosts=list(LOOPBACK) + ["[::1]"] if args.host in LOOPBACK else None)
     server = make_server(app, limits)
     server.run(sockets=[sock])

@@ -14,9 +14,7 @@ while more requests are still being decoded, waits up to `max_wait_ms` for them 
 from __future__ import annotations
 
 import collections
-import copy
 import dataclasses
-import math
 import queue
 import re
 import threading
@@ -30,8 +28,6 @@ from bsegn.core.logs import get_logger
 log = get_logger("bsegn.serve")
 
 SAFE_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-MAX_CLASS_NAME = 100
-FLOAT32_MAX = 3.4028234663852886e38  # the model's type
 
 
 class Busy(Exception):
@@ -74,27 +70,32 @@ class Engine:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def start(self, *, background: bool = True) -> None:
-        """Load the model (in a thread unless background=False), then start the batching worker."""
+        """Load the model (in a thread unless background=False), then start the batching worker; a model
+        that cannot be used leaves state "failed" and its error in `error` (routes answer 500 with it)."""
         if background:
-            threading.Thread(target=self._load, name="bsegn-serve-load", daemon=True).start()
+            threading.Thread(target=self._load_or_fail, name="bsegn-serve-load", daemon=True).start()
         else:
-            self._load()
+            self._load_or_fail()
 
-    def _load(self) -> None:
+    def load(self) -> None:
+        """Load and verify the model now (every hash, the schema, the backbone built), then start the
+        worker; BsegnError when it cannot be served (`bsegn serve` calls this before it listens)."""
         from bsegn.app.bundle import load_bundle
 
         started = time.perf_counter()
-        try:
-            bundle = load_bundle(self.model_path, device="cpu", with_train_features=True)  # add-class refits on them
-            self.predictor = served_predictor(bundle, self.mode, self.device)
-        except BsegnError as error:
-            self.state, self.error = "failed", str(error)
-            log.error("serve: the model did not load: %s", error)
-            return
+        bundle = load_bundle(self.model_path, device="cpu", with_train_features=True)  # add-class refits on them
+        self.predictor = served_predictor(bundle, self.mode, self.device)
         self.start_worker()
         self.state = "ready"
         log.info("serve: model %s ready in %.1f s (%d classes)", bundle.path, time.perf_counter() - started,
                  bundle.num_classes)
+
+    def _load_or_fail(self) -> None:
+        try:
+            self.load()
+        except (BsegnError, OSError) as error:
+            self.state, self.error = "failed", str(error)
+            log.error("serve: the model did not load: %s", error)
 
     def start_worker(self) -> None:
         if self._worker is None:
@@ -198,12 +199,14 @@ class Engine:
                 "added": list(self.added), "saving": self.save_dir is not None,
                 "limits": {"max_bytes": self.limits.max_bytes, "max_pixels": self.limits.max_pixels}}
 
-    def add_classes(self, new_classes: list[tuple[str, list[float]]]) -> list[str]:
-        """Append unseen classes to the served model, in memory; refits the classifiers and a learned gate as
-        add-class does (and warns, as it does, of an added class the gate hardly calls unseen)."""
-        from bsegn.app.add_class import changed_metrics, reachability, refit_classifiers, refit_gate
+    def add_classes(self, new_classes: list) -> list[str]:
+        """Append unseen classes (NewClass items or (name, values) pairs, parsed as add-class parses them) to
+        the served model, in memory: add_class.extended, the CLI's own path (the one name rule, refits of
+        the classifiers and a learned gate, the reachability warning). RequestError 409 for a name the model
+        has, 400 for any other refusal; the served model is then unchanged."""
+        from bsegn.app.add_class import extended
         from bsegn.app.bundle_semantics import uses_text
-        from bsegn.app.class_inputs import NewClass, class_vector_for
+        from bsegn.app.class_inputs import NameTaken
 
         with self._change_lock:
             old = self.ready_predictor().bundle
@@ -211,34 +214,25 @@ class Engine:
                 raise RequestError(400, f"this model's classes are described in words (semantics {old.semantic_kind}): "
                                         "the page adds classes from attribute values only; use `bsegn add-class "
                                         "--description`")
-            names = list(old.class_names)
-            for name, values in new_classes:
-                _check_new_class(name, values, names, int(old.trained.semantic_dim))
-                names.append(name)
             if old.train_features is None:
                 raise RequestError(409, "this model holds no training features: classes cannot be added to it")
-            trained = copy.deepcopy(old.trained)  # requests keep using the old model until the swap below
             try:
-                for name, values in new_classes:
-                    trained.add_class(class_vector_for(old, NewClass(name, attributes=list(values))))
-                gzsl, zsl = refit_classifiers(old, trained)
-                gate = refit_gate(old, trained, (gzsl, zsl))
+                bundle = extended(old, new_classes)  # requests keep using the old model until the swap below
+            except NameTaken as error:
+                raise RequestError(409, str(error)) from None
             except BundleError as error:
                 raise RequestError(400, f"{error}; the served model is unchanged") from None
-            reachability(trained, gzsl, zsl, gate, range(len(old.class_names), len(names)), names[len(old.class_names):],
-                         old.unseen_ranking)
-            metrics = changed_metrics(old.metrics)
-            bundle = dataclasses.replace(old, trained=trained.eval(), gzsl=gzsl.eval(), zsl=zsl.eval(), gate=gate,
-                                         class_names=names, metrics=metrics)
             self.predictor = served_predictor(bundle, self.mode, self.device)
-            self.added += [name for name, _ in new_classes]
-        log.info("serve: added %s as unseen class(es) (in memory)", ", ".join(n for n, _ in new_classes))
-        return [name for name, _ in new_classes]
+            added = bundle.class_names[len(old.class_names):]
+            self.added += added
+        log.info("serve: added %s as unseen class(es) (in memory)", ", ".join(added))
+        return added
 
     def save(self, folder_name: str) -> str:
         """Write the served model (with its added classes) to save_dir/folder_name, a new folder."""
         from bsegn.app.bundle import save_bundle
         from bsegn.core.files import existing_folder
+        from bsegn.core.locks import BundleLock
 
         if self.save_dir is None:
             raise RequestError(403, "saving is off: start `bsegn serve` with --save-dir DIR to allow it")
@@ -247,7 +241,7 @@ class Engine:
             raise RequestError(400, "the folder name must be one plain name: letters, digits, '.', '_' or '-', "
                                     "1 to 64 characters, starting with a letter or digit (no path)")
         target = self.save_dir / name
-        with self._change_lock:
+        with self._change_lock, BundleLock(target):  # another server saving into the same folder waits
             if target.exists() or existing_folder(target) is not None:
                 raise RequestError(409, f"{name!r} already exists in the save folder; choose a new name")
             save_bundle(self.ready_predictor().bundle, target)
@@ -260,41 +254,3 @@ def served_predictor(bundle, mode: str, device: str):
     from bsegn.app.predict import Predictor
 
     return Predictor(bundle, mode=mode, device=device)
-
-
-def parse_values(text: Any, semantic_dim: int, where: str) -> list[float]:
-    """Comma-separated numbers (or a JSON list of them) -> floats; RequestError unless finite and complete."""
-    items = text if isinstance(text, list) else str(text).split(",")
-    try:
-        values = [float(v) for v in items]
-    except (TypeError, ValueError):
-        raise RequestError(400, f"{where}: attribute values must be numbers") from None
-    if len(values) != semantic_dim:
-        raise RequestError(400, f"{where}: {len(values)} attribute values; this model's classes have {semantic_dim} "
-                                "(one per attribute, in the model's attribute order)")
-    if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in values):
-        raise RequestError(400, f"{where}: attribute values contain NaN or infinity, or values too large for float32")
-    return values
-
-
-def parse_csv(text: str, semantic_dim: int) -> list[tuple[str, list[float]]]:
-    """CSV text `name,<attributes...>` with a header row (as add-class reads) -> [(name, values)]."""
-    import csv
-    import io
-
-    rows = [row for row in csv.reader(io.StringIO(text)) if row]
-    if len(rows) < 2:
-        raise RequestError(400, "the CSV needs a header `name,<attribute columns...>` and at least one class row")
-    return [(row[0].strip(), parse_values(row[1:], semantic_dim, f"CSV line {line}"))
-            for line, row in enumerate(rows[1:], start=2)]
-
-
-def _check_new_class(name: Any, values: list[float], names: list[str], semantic_dim: int) -> None:
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_CLASS_NAME or not name.isprintable():
-        raise RequestError(400, f"a class name must be 1 to {MAX_CLASS_NAME} printable characters")
-    known = {n.casefold(): n for n in names}  # as add-class: names compared ignoring case
-    if name.casefold() in known:
-        raise RequestError(409, f"class {name!r} is already in the model (as {known[name.casefold()]!r}; names are "
-                                "compared ignoring case); choose another name")
-    if len(values) != semantic_dim:
-        raise RequestError(400, f"{name!r}: {len(values)} values; the model needs {semantic_dim}")

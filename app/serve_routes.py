@@ -8,13 +8,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from bsegn.app.serve_engine import Busy, RequestError, parse_csv, parse_values
+from bsegn.app.serve_engine import Busy, RequestError
+from bsegn.core.files import json_safe
 from bsegn.core.logs import get_logger
 
 log = get_logger("bsegn.serve")
 JSON_LIMIT = 4_000_000  # bytes of a JSON request (a CSV of many classes fits)
 MULTIPART_OVERHEAD = 64_000
+# classes one /classes call may add: each costs its synthetic features and the refits are redone for all at
+# once, and the served model takes no other change meanwhile (200 rows held it for 97 s on 2 cores)
+MAX_CLASSES_PER_CALL = 50
 TRUE = ("1", "true", "on", "yes")
 STATIC = {"serve.js": "text/javascript; charset=utf-8", "serve.css": "text/css; charset=utf-8"}
 PAGE_HEADERS = {
@@ -137,8 +142,47 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class HostCheck:
+    """ASGI middleware: a request whose Host header is not one of `allowed` gets a 400 JSON error (DNS
+    rebinding: a page elsewhere cannot reach a loopback server through its own name)."""
+
+    def __init__(self, app, allowed: list[str]):
+        self.app, self.allowed = app, {name.lower().strip("[]") for name in allowed}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and host_name(dict(scope.get("headers") or []).get(b"host", b"")) not in self.allowed:
+            response = _json({"error": "this server answers only requests addressed to "
+                                       f"{' or '.join(sorted(self.allowed))} (the Host header)"}, 400)
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def host_name(header: bytes) -> str:
+    """The host of a Host header, without its port: "127.0.0.1:80" -> "127.0.0.1", "[::1]:80" -> "::1"."""
+    host = header.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[1:host.index("]")] if "]" in host else ""
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+async def read_form(request: Request, spool_limit: int):
+    """The multipart form of `request`, its files held in memory up to `spool_limit` bytes (Starlette's
+    default spools every file over 1 MB to a disk file; the body limit keeps a file below `spool_limit`)."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
+        raise RequestError(400, "send the image as a multipart file field named `image`")
+    parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=8)
+    parser.spool_max_size = spool_limit
+    try:
+        return await parser.parse()
+    except MultiPartException as error:
+        raise RequestError(400, f"the multipart body cannot be read ({error})") from None
+
+
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(payload, status_code=status,
+    # json_safe: JSONResponse refuses NaN with a plain-text 500; a number that is not finite is sent as null
+    return JSONResponse(json_safe(payload), status_code=status,
                         headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store", **(headers or {})})
 
 
@@ -150,21 +194,54 @@ def _top_k(value) -> int:
     raise RequestError(400, "top_k must be a whole number from 1 to 1000")
 
 
+def classes_of(body: dict, dim: int) -> list[tuple[str, list[float]]]:
+    """The classes of a /classes body, read by add-class's own parsing (class_inputs): {"csv": TEXT} as
+    its CSV files (the header rule included), or {"name", "attributes": "v1,..." or [v1, ...]}; the name
+    rule is applied when they are added. RequestError 400 / 413 (over MAX_CLASSES_PER_CALL)."""
+    from bsegn.app.class_inputs import attribute_values, parse_attributes_csv
+    from bsegn.core.errors import BundleError
+
+    try:
+        if body.get("csv") is not None:
+            new = parse_attributes_csv(str(body["csv"]), dim, "uploaded CSV")
+        else:
+            values = body.get("attributes", "")
+            values = values if isinstance(values, list) else str(values).split(",")
+            name = body.get("name")
+            new = [(name, attribute_values(values, dim, "attributes", name if isinstance(name, str) else "the class"))]
+    except BundleError as error:
+        raise RequestError(400, str(error)) from None
+    if len(new) > MAX_CLASSES_PER_CALL:
+        raise RequestError(413, f"{len(new)} classes in one call; at most {MAX_CLASSES_PER_CALL} are added at once: "
+                                "split the CSV")
+    return new
+
+
 def build_app(engine, *, allowed_hosts: list[str] | None = None) -> FastAPI:
     app = FastAPI(title="bsegn serve", docs_url=None, redoc_url=None)
     folder = Path(__file__).resolve().parent / "static"  # package data beside this module (installed or editable)
     files = {name: (folder / name).read_bytes() for name in (*STATIC, "index.html")}
     state: dict[str, Any] = {}
 
-    app.add_middleware(BodyLimit, limit=max(engine.limits.max_bytes + MULTIPART_OVERHEAD, JSON_LIMIT))
-    if allowed_hosts:  # DNS rebinding: a page elsewhere cannot reach a loopback server through its own name
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    body_limit = max(engine.limits.max_bytes + MULTIPART_OVERHEAD, JSON_LIMIT)
+    app.add_middleware(BodyLimit, limit=body_limit)
+    if allowed_hosts:
+        app.add_middleware(HostCheck, allowed=allowed_hosts)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
         return _json({"error": str(error.detail)}, error.status_code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect):
+        # a closed tab or an aborted upload: nobody reads an answer, and a traceback each would flood the log
+        log.debug("serve: %s %s: the client disconnected before its request was read", request.method,
+                  request.url.path)
+        return _json({"error": "the client disconnected"}, 400)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, error: Exception):
+        return _json({"error": f"internal error ({type(error).__name__}); the server log has the details"}, 500)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError):
@@ -216,7 +293,7 @@ def build_app(engine, *, allowed_hosts: list[str] | None = None) -> FastAPI:
         except Busy as error:
             return _json({"error": str(error)}, 503, {"Retry-After": "1"})
         try:
-            form = await request.form(max_files=1, max_fields=8)
+            form = await read_form(request, body_limit)
             try:
                 upload = form.get("image")
                 if upload is None or isinstance(upload, str):
@@ -242,11 +319,7 @@ def build_app(engine, *, allowed_hosts: list[str] | None = None) -> FastAPI:
     async def add(request: Request):
         require_ready()
         body = await json_body(request)
-        dim = int(engine.ready_predictor().bundle.trained.semantic_dim)
-        if body.get("csv") is not None:
-            new = parse_csv(str(body["csv"]), dim)
-        else:
-            new = [(body.get("name"), parse_values(body.get("attributes", ""), dim, "attributes"))]
+        new = classes_of(body, int(engine.ready_predictor().bundle.trained.semantic_dim))
         import anyio.to_thread
 
         added = await anyio.to_thread.run_sync(engine.add_classes, new)

@@ -3,9 +3,10 @@ half a file, and the one place content is hashed.
 
     atomic_write_text(path, text)          temp file in the same folder, fsync'd, os.replace'd
     atomic_write_bytes(path, data)
-    atomic_write_json(path, value)
+    atomic_write_json(path, value)         valid JSON: a NaN or infinity is written null (json_text)
     with atomic_file(path) as temp: ...     for writers that want a file name (safetensors.save_file)
     with atomic_folder(path) as temp: ...   a whole folder, renamed into place when the block succeeds
+    remove_stale_temporaries(path)          atomic_folder's leftovers of a killed writer (under the folder's lock)
     digest_json(value), digest_arrays(*arrays), file_sha256(path)
 
 Files are created with the permissions the user's umask gives (0644 usually), never the 0600 of a
@@ -16,13 +17,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 DIGEST_LENGTH = 16
+OLD_SUFFIX = ".old"  # atomic_folder's name for the folder it is replacing, until the swap is done
 
 
 def _umask_mode(base: int = 0o666) -> int:
@@ -63,7 +67,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 1) -> Path:
-    return atomic_write_text(path, json.dumps(value, indent=indent, default=jsonable) + "\n")
+    """`value` as JSON (json_text: a NaN or infinity is written null), written atomically."""
+    return atomic_write_text(path, json_text(value, indent=indent) + "\n")
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with numpy/torch values, paths and tuples made JSON types (jsonable) and every float that
+    is NaN or infinite replaced by None: JSON has no such numbers (json.dumps would write bare `NaN`,
+    which strict readers refuse), and null says "no number" in every language."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(item) for item in value]
+    if value is None or isinstance(value, (str, int)):
+        return value
+    return json_safe(jsonable(value))
+
+
+def json_text(value: Any, *, indent: int | None = None) -> str:
+    """Valid JSON for `value` (json_safe'd; allow_nan=False guards the rule)."""
+    return json.dumps(json_safe(value), indent=indent, allow_nan=False)
 
 
 @contextlib.contextmanager
@@ -78,7 +103,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(temp, _umask_mode(0o777))
     try:
         yield temp
-        old = path.with_name(path.name + ".old")
+        old = path.with_name(path.name + OLD_SUFFIX)
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
@@ -89,12 +114,27 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(temp, ignore_errors=True)
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders atomic_folder left beside `path` when its process was killed
+    (`.<name>.XXXXXXXX.tmp`); the removed paths. Only for a writer that holds the folder's lock (a live
+    writer's temporary has the same name form)."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")  # mkdtemp's 8 random characters
+    removed = []
+    if path.parent.is_dir():
+        for entry in path.parent.iterdir():
+            if pattern.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
 def existing_folder(path: str | os.PathLike) -> Path | None:
     """`path` if it exists, else `<path>.old` left by a kill between atomic_folder's two renames."""
     path = Path(path)
     if path.is_dir():
         return path
-    old = path.with_name(path.name + ".old")
+    old = path.with_name(path.name + OLD_SUFFIX)
     return old if old.is_dir() else None
 
 

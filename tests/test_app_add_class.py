@@ -95,17 +95,29 @@ def test_an_out_folder_that_is_not_a_bundle_is_not_replaced(run_folder, saved, t
     (other / "thesis.tex").write_text("precious")
     code, err = _bsegn(capsys, "add-class", "--model", str(saved), "--name", "x", "--attributes", VALUES,
                        "--out", str(other))
-    assert code == 2 and "not a bsegn bundle" in err and (other / "thesis.tex").read_text() == "precious"
+    assert code == 2 and "not an empty folder" in err and (other / "thesis.tex").read_text() == "precious"
     code, err = _bsegn(capsys, "add-class", "--model", str(run_folder), "--name", "x", "--attributes", VALUES,
                        "--out", str(run_folder / "bundle" / "inner"))
     assert code == 2 and "inside the model" in err
-    # another bundle, or an empty folder, may be replaced
-    for target in (run_folder / "bundle", tmp_path / "empty"):
-        target.mkdir(exist_ok=True)
+    (tmp_path / "empty").mkdir()  # an empty folder may be filled
+    code, err = _bsegn(capsys, "add-class", "--model", str(saved), "--name", "x", "--attributes", VALUES,
+                       "--out", str(tmp_path / "empty"))
+    assert code == 0, err
+    assert load_bundle(tmp_path / "empty").class_names[-1] == "x"
+
+
+def test_an_out_naming_another_bundle_is_refused_and_that_bundle_kept(run_folder, saved, tmp_path, capsys):
+    """Issue 25: --out naming another existing bundle replaced it silently (its classes gone, exit 0)."""
+    before = _digests(run_folder / "bundle")
+    for out in (run_folder / "bundle", run_folder):
         code, err = _bsegn(capsys, "add-class", "--model", str(saved), "--name", "x", "--attributes", VALUES,
-                           "--out", str(target))
-        assert code == 0, err
-        assert load_bundle(target).class_names[-1] == "x"
+                           "--out", str(out))
+        assert code == 2 and "Traceback" not in err and "already holds a bundle" in err and "--in-place" in err, err
+    assert _digests(run_folder / "bundle") == before
+    (run_folder / "bundle").rename(run_folder / "bundle.old")  # the copy a killed write leaves is a bundle too
+    code, err = _bsegn(capsys, "add-class", "--model", str(saved), "--name", "x", "--attributes", VALUES,
+                       "--out", str(run_folder / "bundle"))
+    assert code == 2 and "already holds a bundle" in err
 
 
 def _csv(tmp_path, text) -> str:

@@ -54,12 +54,19 @@ def test_a_round_trip_keeps_the_gate(bundles, tmp_path, kind):
     assert info["gate"] == {"kind": kind, "threshold": 1.25, "temperature": 3.5}
 
 
-@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), "2", True])
-def test_a_temperature_that_is_not_a_positive_number_is_refused(bundles, tmp_path, temperature):
+@pytest.mark.parametrize("field, value", [("temperature", 0), ("temperature", -1.0), ("temperature", float("nan")),
+                                          ("temperature", "2"), ("temperature", True), ("temperature", 1e-300),
+                                          ("temperature", 1e300), ("threshold", 1e308), ("threshold", -1e10),
+                                          ("threshold", float("inf")), ("threshold", None)])
+def test_a_gate_number_out_of_range_is_refused(bundles, tmp_path, field, value):
+    """Issue 25: a gate threshold of 1e308 (hash recomputed) passed the schema, and serve then answered
+    /predict with a plain-text 500 (NaN in the answer); a temperature of 1e-300 gives 0 / 0."""
     folder = Path(shutil.copytree(bundles["gaussian"], tmp_path / "bundle"))
-    rewrite_config(folder, _set("gate/temperature", temperature))
-    with pytest.raises(BundleError, match="must be a finite number above 0"):
+    rewrite_config(folder, _set(f"gate/{field}", value))
+    with pytest.raises(BundleError, match=f"'gate' has a {field} that must be a finite number from"):
         load_bundle(folder)
+    rewrite_config(folder, _set(f"gate/{field}", 1e9 if field == "threshold" else 1e-9))  # the range's ends load
+    assert getattr(load_bundle(folder).gate, field) == (1e9 if field == "threshold" else 1e-9)
 
 
 def test_a_bundle_saved_before_the_temperature_loads_with_temperature_one(bundles, tmp_path):
@@ -170,7 +177,7 @@ def test_an_older_bundle_loads_as_stacking_and_says_so_once(bundles, tmp_path, m
         assert bundle.gate.kind == "stacking" and bundle.gate.threshold == -0.7
     said = [r.getMessage() for r in bsegn_log.records if "older bundle" in r.getMessage()]
     assert len(said) == 1 and "calibrated stacking" in said[0] and r"threshold -gamma" in said[0]
-    for bad in (float("nan"), "0.7"):
+    for bad in (float("nan"), "0.7", 1e39):
         rewrite_config(folder, _set("gamma", bad))
         with pytest.raises(BundleError, match="field 'gamma' must be a finite number"):
             load_bundle(folder)

@@ -252,21 +252,40 @@ def test_a_refit_that_is_not_finite_leaves_the_served_model_unchanged(bundle, mo
 @pytest.mark.parametrize("payload, status, words", [
     ({"name": "x", "attributes": "1,2,3"}, 400, "3 attribute values"),
     ({"name": "x", "attributes": "1,2,3,4,nan"}, 400, "NaN or infinity"),
-    ({"name": "x", "attributes": "/etc/passwd"}, 400, "must be numbers"),
+    ({"name": "x", "attributes": "/etc/passwd"}, 400, "1 attribute values"),  # values, never a path to read
     ({"name": "x", "attributes": [1, 2, 3, 4, [5]]}, 400, "must be numbers"),
+    ({"name": "x", "attributes": [1, 2, 3, 4, True]}, 400, "must be numbers"),
     ({"name": "class0", "attributes": "1,2,3,4,5"}, 409, "already in the model"),
     ({"name": "CLASS0", "attributes": "1,2,3,4,5"}, 409, "compared ignoring case"),
+    ({"name": "class0 ", "attributes": "1,2,3,4,5"}, 409, "already in the model"),  # trimmed, as the CLI does
     ({"name": "x", "attributes": "1,2,3,4,1e39"}, 400, "too large for float32"),
-    ({"name": "", "attributes": "1,2,3,4,5"}, 400, "printable characters"),
-    ({"name": "bad\nname", "attributes": "1,2,3,4,5"}, 400, "printable characters"),
-    ({"csv": "name,a0\n"}, 400, "at least one class row"),
-    ({"csv": "name,a0,a1,a2,a3,a4\nq,1,2,3,4,5\nq,1,2,3,4,5\n"}, 409, "already in the model"),
+    ({"name": "", "attributes": "1,2,3,4,5"}, 400, "class name is empty"),
+    ({"name": 7, "attributes": "1,2,3,4,5"}, 400, "must be text"),
+    ({"name": "bad\nname", "attributes": "1,2,3,4,5"}, 400, "non-printing character"),
+    ({"name": "bad\x1b[31mname", "attributes": "1,2,3,4,5"}, 400, "non-printing character"),
+    ({"name": "x" * 10_000, "attributes": "1,2,3,4,5"}, 400, "at most 100"),
+    ({"csv": "name,a0\n"}, 400, "holds no class rows"),
+    ({"csv": "name,a0,a1,a2,a3,a4\nq,1,2,3,4,5\nQ,1,2,3,4,5\n"}, 400, "CSV:3: class 'Q' is given twice"),
+    ({"csv": "q\tr,1,2,3,4,5\n"}, 400, "non-printing character"),
+    ({"csv": "".join(f"c{i},1,2,3,4,5\n" for i in range(51))}, 413, "at most 50 are added at once"),
 ])
 def test_a_bad_class_is_refused_and_the_model_is_unchanged(bundle, payload, status, words):
+    """The page and the HTTP API read classes with add-class's own parsing and name rule (issue 25: the API
+    took "blue_dotted_circle " beside the model's class; the CLI took newlines, escapes, 10,000 characters)."""
     with _serving(bundle) as api:
         answer = api.post("/classes", json=payload)
         assert answer.status_code == status and words in answer.json()["error"], answer.text
         assert [c["name"] for c in api.get("/model").json()["classes"]] == CLASSES
+
+
+def test_a_csv_upload_without_header_keeps_its_first_class(bundle):
+    """Issue 25: the page's CSV upload dropped a header-less first row ({"added": ["rowB"]} for rows A
+    and B), while add-class read the same file whole: both now read it with class_inputs."""
+    with _serving(bundle) as api:
+        answer = api.post("/classes", json={"csv": "rowA,0.1,0.2,0.3,0.4,0.5\nrowB,0.5,0.4,0.3,0.2,0.1\n"})
+        assert answer.status_code == 200 and answer.json()["added"] == ["rowA", "rowB"], answer.text
+        header = api.post("/classes", json={"csv": " name , a0,a1,a2,a3,a4\n  rowC ,0.1,0.2,0.3,0.4,0.6\n"})
+        assert header.json()["added"] == ["rowC"]  # a header row is skipped, names trimmed
 
 
 def test_saving_is_off_without_a_save_dir(client):
