@@ -46,7 +46,7 @@ from bsegn.datasets.image_dataset import ImageFolderDataset, collate_flagged, co
 from bsegn.datasets.splits import ZSLSplit
 from bsegn.datasets.transforms import build_eval_transform, build_train_transform
 
-__all__ = ["FinetuneConfig", "finetune_backbone", "read_history", "save_finetuned",
+__all__ = ["FinetuneConfig", "finetune_backbone", "save_finetuned",
            "allowed_training_indices", "check_training_indices"]
 
 log = get_logger(__name__)
@@ -232,12 +232,6 @@ def save_finetuned(backbone: FeatureBackbone, head: nn.Module, output_dir: Path,
             save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(temp))
     atomic_write_json(Path(output_dir) / "backbone.json",
                       {**backbone.describe(), "seen_classes": np.asarray(seen_classes).tolist()}, indent=2)
-
-
-def read_history(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-epoch records of a fine-tuning run (epoch 0 = before training)."""
-    path = Path(output_dir) / "history.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _write_history(accelerator, output_dir: Path, history: list[dict]) -> None:

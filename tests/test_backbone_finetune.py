@@ -1,5 +1,7 @@
 """Seen-class fine-tuning: learns, changes the weights, resumes exactly, never touches test/unseen images."""
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,10 +9,16 @@ import torch
 from PIL import Image
 
 from bsegn.backbone.factory import create_backbone
-from bsegn.backbone.finetune import FinetuneConfig, finetune_backbone, read_history
+from bsegn.backbone.finetune import FinetuneConfig, finetune_backbone
 from bsegn.backbone.seen_images import allowed_training_indices, check_training_indices
 from bsegn.core.errors import ConfigError, DataError
 from bsegn.datasets.splits import ZSLSplit
+
+
+def read_history(output_dir):
+    """history.jsonl, the per-epoch records a fine-tuning run writes (epoch 0 = before training)."""
+    path = Path(output_dir) / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _tiny_benchmark(root, per_class=10, size=24):
