@@ -143,7 +143,6 @@ def run_config_from_dict(values: dict[str, Any] | None) -> RunConfig:
     unknown = sorted(set(values) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown config section(s) {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
-    refuse_renamed_keys(values)
     sections = {}
     for name, cls in section_classes().items():
         given = values.get(name)
@@ -161,20 +160,6 @@ def check_across_sections(config: RunConfig) -> None:
     require(config.run.gate != "semantic" or config.generative.uses_decoder,
             "run.gate semantic reads the semantic decoder, which generative.lambda_cyc 0 removes; choose another "
             "run.gate or set generative.lambda_cyc > 0")
-
-
-# Keys of earlier versions whose meaning lives on under another name: refused with the translation.
-RENAMED_RUN_KEYS = {
-    "calibration": "run.calibration is now run.gate (the seen-or-unseen decision): calibration true -> "
-                   "`gate: stacking` with `threshold: null` (chosen on validation); false -> `threshold: 0`",
-    "gamma": "run.gamma is now run.threshold with gate stacking, and its sign flipped: gamma G -> threshold -G",
-}
-
-
-def refuse_renamed_keys(values: dict[str, Any]) -> None:
-    run = values.get("run")
-    for key in sorted(set(run or {}) & set(RENAMED_RUN_KEYS)) if isinstance(run, dict) else ():
-        raise ConfigError(RENAMED_RUN_KEYS[key])
 
 
 def parse_overrides(arguments: list[str]) -> dict[str, dict[str, Any]]:

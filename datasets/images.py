@@ -2,7 +2,7 @@
 
 Real benchmark folders hold grayscale, CMYK, palette, RGBA and 16-bit files next to ordinary
 JPEGs, and the occasional truncated or mislabelled file. Every reader in bsegn goes through
-`open_rgb` / `load_rgb`, so every model sees 8-bit RGB and every bad file is reported by name.
+`open_rgb`, so every model sees 8-bit RGB and every bad file is reported by name.
 It also applies the EXIF orientation (a phone photo stored sideways with Orientation=6 comes out
 upright, as every viewer shows it), in this one place for training, extraction and predict alike;
 `upright_rgb` does the same for an image already opened by the caller.
@@ -94,11 +94,6 @@ def upright_rgb(image: Image.Image) -> Image.Image:
     if image.getexif().get(ORIENTATION_TAG, 1) != 1:
         image = ImageOps.exif_transpose(image)  # a transposed copy, the tag removed
     return _to_rgb(image)
-
-
-def load_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """The image at `path` as an (H, W, 3) uint8 RGB array; errors as in `open_rgb`."""
-    return np.asarray(open_rgb(path, max_pixels=max_pixels))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -110,12 +110,6 @@ def read_class_table(path: str | Path) -> ClassTable:
                       descriptions)
 
 
-def read_attributes_csv(path: str | Path) -> tuple[list[str], list[str], list[str], np.ndarray]:
-    """-> (class names, splits "seen"/"unseen", attribute names, values (C, k) float64). DataError on any problem."""
-    table = read_class_table(path)
-    return table.names, table.splits, table.attribute_names, table.values
-
-
 def load_own_data(images_root: str | Path, attributes_csv: str | Path, *, seed: int = 0,
                   holdout_fraction: float = 0.2) -> ZSLSplit:
     """Your folder + CSV as a ZSLSplit with image_files and labels (see module doc). DataError when wrong."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bsegn.core.errors import DataError  # noqa: F401 - also re-exported here during the transition
+from bsegn.core.errors import DataError
 
 SPLIT_NAMES = ("trainval", "test_seen", "test_unseen", "train", "val")
 

@@ -14,7 +14,7 @@ no term needs is not built at all:
     mfim_levels      which levels the final classifier sees: a subset of ("x", "h_R", "a_hat", "s")
     fusion_weight>0  the FEM's log-probabilities, with this weight, are added to the final classifier's
 fem, the cycle and fusion off, mfim_levels ("x",) and the cls loss ON at its paper's weight is f-CLSWGAN
-(`BSeGNConfig.f_clswgan()`); `without(part)` is the ablation of one part.
+(`config.as_f_clswgan()`); `without(part)` is the ablation of one part.
 """
 from __future__ import annotations
 
@@ -125,15 +125,9 @@ class BSeGNConfig:
             raise ConfigError(f"{part!r} is not an ablation part; expected one of {', '.join(ABLATIONS)}")
         return self.replace(**ABLATIONS[part])
 
-    @classmethod
-    def f_clswgan(cls, **overrides) -> "BSeGNConfig":
-        """The f-CLSWGAN baseline as docs/method.md defines it: no FEM, no cycle, no fusion, mFIM = [x], the cls loss
-        at f-CLSWGAN's weight 0.01."""
-        return cls.from_dict({**F_CLSWGAN, **overrides})
-
     def as_f_clswgan(self) -> "BSeGNConfig":
-        """This config's sizes, rates and budget with every BSeGN part off and f-CLSWGAN's cls loss on
-        (the baseline)."""
+        """This config's sizes, rates and budget with every BSeGN part off and f-CLSWGAN's cls loss on: the
+        baseline as docs/method.md defines it (no FEM, no cycle, no fusion, mFIM = [x], cls loss at 0.01)."""
         return self.replace(**F_CLSWGAN)
 
 

@@ -1,7 +1,5 @@
 """Honest ZSL / GZSL evaluation (docs/protocol.md), in percent.
 
-    evaluate(trained, gzsl_classifier, seen_test, unseen_test, *, zsl_classifier=None, gamma=0.0,
-             unseen_ranking="gzsl") -> dict
     evaluate_scores(seen_scores, seen_labels, unseen_scores, unseen_labels, class_ids, seen_classes,
                     *, zsl_unseen_scores=None, zsl_class_ids=None, gamma=0.0) -> dict
     CALIBRATION_GRID   calibrated stacking's gamma candidates (gate_evaluation.choose_threshold uses them)
@@ -9,7 +7,8 @@
 Returned dict: T1 (unseen test among unseen classes only), U, S, H (per-class mean accuracies on
 test_unseen / test_seen among ALL classes; H = 2US/(U+S)), gamma, per_class_gzsl {class id: %},
 per_class_zsl {class id: %}. Any method that yields class scores (BSeGN's classifier, ESZSL) uses
-`evaluate_scores`, so all methods are measured by the same code.
+`evaluate_scores` (BSeGN's scores come from bsegn.generative.experiment.fit_and_score), so all methods
+are measured by the same code.
 """
 from __future__ import annotations
 
@@ -65,22 +64,3 @@ def evaluate_scores(seen_scores, seen_labels, unseen_scores, unseen_labels, clas
     return {"T1": 100 * t1, "U": 100 * u, "S": 100 * s, "H": 100 * harmonic_mean(u, s), "gamma": float(gamma),
             "per_class_gzsl": per_class,
             "per_class_zsl": {int(c): 100 * float(a) for c, a in zip(unseen_in_test.tolist(), t1_per)}}
-
-
-def evaluate(trained, gzsl_classifier, seen_test, unseen_test, *, zsl_classifier=None, gamma: float = 0.0,
-             unseen_ranking: str = "gzsl") -> dict:
-    """seen_test / unseen_test: (features (N, d), labels (N,)) pairs of real test features.
-    gzsl_classifier over all classes; zsl_classifier (over unseen classes) gives T1 when passed (and is
-    needed when unseen_ranking is "zsl")."""
-    from bsegn.generative.classifier import class_log_probs, gzsl_scores
-
-    zsl_scores = zsl_ids = None
-    if zsl_classifier is not None:
-        zsl_scores = class_log_probs(trained, zsl_classifier, unseen_test[0])
-        zsl_ids = zsl_classifier.class_ids
-    seen_scores = gzsl_scores(trained, gzsl_classifier, zsl_classifier, seen_test[0], unseen_ranking=unseen_ranking)
-    unseen_scores = gzsl_scores(trained, gzsl_classifier, zsl_classifier, unseen_test[0], unseen_ranking=unseen_ranking,
-                                zsl_scores=zsl_scores)
-    return evaluate_scores(seen_scores, seen_test[1], unseen_scores, unseen_test[1],
-                           gzsl_classifier.class_ids, trained.seen_classes,
-                           zsl_unseen_scores=zsl_scores, zsl_class_ids=zsl_ids, gamma=gamma)

@@ -1,9 +1,9 @@
 """BSeGN's losses (docs/method.md), vectorised: no Python loop over samples or classes.
 
-    gradient_penalty            WGAN-GP: E[(||grad_xhat D(xhat, a)||_2 - 1)^2]
-    critic_loss                 L_D = E[D(fake)] - E[D(real)] + lambda_gp * GP, ONE critic forward
-    bidirectional_contrastive   (L_f2s, L_s2f) of the FEM
-    balance_gap / balance_loss  m_S - m_U / (m_S - m_U)^2, max-response consistency between seen and unseen
+    critic_loss                 L_D = E[D(fake)] - E[D(real)] + lambda_gp * GP, ONE critic forward, with the
+                                WGAN-GP penalty GP = E[(||grad_xhat D(xhat, a)||_2 - 1)^2]
+    contrastive_from_logits     (L_f2s, L_s2f) of the FEM, from its scores s.p_c / tau
+    balance_gap                 m_S - m_U; the balance loss is its square (max-response consistency)
     cycle_loss                  mean over the batch of ||a_hat - a||_1
 """
 from __future__ import annotations
@@ -18,22 +18,13 @@ def _interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor | N
     return (alpha * real + (1 - alpha) * fake).detach().requires_grad_(True)
 
 
-def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, semantics: torch.Tensor,
-                     alpha: torch.Tensor | None = None) -> torch.Tensor:
-    """real, fake (B, d), semantics (B, k), alpha (B, 1) or None (uniform) -> scalar.
-
-    The gradient is taken with autograd.grad(create_graph=True) and the caller runs an ordinary
-    backward: the form that works under DDP (docs/method.md, "Under DDP")."""
-    mixed = _interpolate(real, fake, alpha)
-    values = critic(mixed, semantics)
-    (grad,) = torch.autograd.grad(values.sum(), mixed, create_graph=True)
-    return (grad.norm(2, dim=1) - 1).pow(2).mean()
-
-
 def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, semantics: torch.Tensor, lambda_gp: float,
                 alpha: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_D for real/fake (B, d) with semantics (B, k). One critic call on [real; fake; xhat] (one DDP
-    forward per backward, and one large matmul instead of three). Returns (loss, parts)."""
+    forward per backward, and one large matmul instead of three). Returns (loss, parts).
+
+    The penalty's gradient is taken with autograd.grad(create_graph=True) and the caller runs an ordinary
+    backward: the form that works under DDP (docs/method.md, "Under DDP")."""
     b = real.shape[0]
     mixed = _interpolate(real, fake.detach(), alpha)
     values = critic(torch.cat([real, fake.detach(), mixed]), semantics.repeat(3, 1))
@@ -44,21 +35,15 @@ def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, semantics: torch
     return loss, {"critic": loss.detach(), "wasserstein": wasserstein.detach(), "gp": gp.detach()}
 
 
-def bidirectional_contrastive(embedded: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor,
-                              tau: float, semantic_to_feature: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """embedded s (B, k') and prototypes p (C, k') (unit rows), labels (B,) in [0, C).
+def contrastive_from_logits(logits: torch.Tensor, labels: torch.Tensor,
+                            semantic_to_feature: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The FEM's bidirectional contrastive loss from its logits (B, C) = s.p_c / tau (what
+    SemanticEmbedder.forward returns), labels (B,) in [0, C).
 
     L_f2s = -mean_i log softmax_c(s_i.p_c / tau)[y_i]   (each feature against every class)
     L_s2f = -mean_{c in batch} mean_{i: y_i = c} log softmax_j(s_j.p_c / tau)[i]
             (each class present in the batch against every feature; its samples are the positives)
-    Returns (L_f2s, L_s2f); L_s2f is a zero tensor when semantic_to_feature is False.
-    """
-    return contrastive_from_logits(embedded @ prototypes.t() / tau, labels, semantic_to_feature)
-
-
-def contrastive_from_logits(logits: torch.Tensor, labels: torch.Tensor,
-                            semantic_to_feature: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same two losses from logits (B, C) = s.p_c / tau (what SemanticEmbedder.forward returns)."""
+    Returns (L_f2s, L_s2f); L_s2f is a zero tensor when semantic_to_feature is False."""
     f2s = F.cross_entropy(logits, labels)
     if not semantic_to_feature:
         return f2s, torch.zeros((), device=logits.device, dtype=f2s.dtype)
@@ -85,12 +70,6 @@ def balance_gap(probabilities: torch.Tensor, seen_class_mask: torch.Tensor,
     max_seen = probabilities.masked_fill(~seen_mask, neg).amax(1)
     max_unseen = probabilities.masked_fill(seen_mask, neg).amax(1)
     return max_seen[from_seen_domain].mean() - max_unseen[~from_seen_domain].mean()
-
-
-def balance_loss(probabilities: torch.Tensor, seen_class_mask: torch.Tensor,
-                 from_seen_domain: torch.Tensor) -> torch.Tensor:
-    """(m_S - m_U)^2 (see balance_gap for the arguments): max-response consistency between seen and unseen."""
-    return balance_gap(probabilities, seen_class_mask, from_seen_domain).pow(2)
 
 
 def cycle_loss(decoded: torch.Tensor, semantics: torch.Tensor) -> torch.Tensor:

@@ -49,8 +49,7 @@ def test_sections_are_frozen_typed_objects_built_once():
     (["--run.threshold", "maybe"], "run.threshold must be"),
     (["--run.gate", "coin"], "valid gates: stacking, max_softmax, energy, gaussian, learned, cosmo"),
     (["--run.threshold", "nan"], "run.threshold must be a number"),
-    (["--run.calibration", "true"], "run.calibration is now run.gate"),
-    (["--run.gamma", "2.0"], "gamma G -> threshold -G"),
+    (["--run.calibration", "true"], "run: unknown key.*calibration"),  # keys of before 0.1.0 are plain unknown keys
     (["--run.mixed_precision", "fp8"], "run.mixed_precision"),
     (["--run.unseen_ranking", "best"], "run.unseen_ranking"),
     (["--backbone.batch_size", "0"], "backbone.batch_size must be >= 1"),

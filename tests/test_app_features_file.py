@@ -12,7 +12,7 @@ import pytest
 
 from bsegn.app.config import load_run_config
 from bsegn.datasets.features import FeatureSet, write_res101_mat
-from bsegn.datasets.splits import DataError
+from bsegn.core.errors import DataError
 
 
 @pytest.fixture(scope="module")

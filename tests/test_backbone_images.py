@@ -11,9 +11,14 @@ from PIL import Image
 
 from bsegn.core.errors import DataError
 from bsegn.datasets.image_dataset import ImageFolderDataset, collate_flagged, collate_skip_bad
-from bsegn.datasets.images import ImageError, load_rgb
+from bsegn.datasets.images import ImageError, open_rgb
 from bsegn.datasets.transforms import build_eval_transform, build_train_transform
 
+
+
+def load_rgb(path, **options) -> np.ndarray:
+    """The image as every reader gets it (open_rgb), as an (H, W, 3) uint8 array to compare pixels."""
+    return np.asarray(open_rgb(path, **options))
 
 
 def _photo(h=40, w=60, seed=0):
@@ -206,7 +211,6 @@ def save_with_orientation(upright: np.ndarray, path, orientation: int) -> None:
 @pytest.mark.parametrize("orientation", sorted(_SIDEWAYS))
 def test_exif_orientation_is_applied(tmp_path, orientation):
     """Finding 8: a photo stored sideways with Orientation=6 (and 3, 8, 2) decodes upright."""
-    from bsegn.datasets.images import open_rgb
 
     upright = _photo(40, 60)
     Image.fromarray(upright).save(tmp_path / "upright.png")
