@@ -85,11 +85,10 @@ class Predictor:
 
     mode: "gzsl" (all classes: the gate decides seen or unseen, that domain's expert names the class),
     "zsl" (unseen classes only) or "seen" (seen classes only). threshold: the gate's threshold (default
-    the bundle's, chosen on validation); gamma: the older calibrated-stacking offset, threshold -gamma,
-    for a stacking gate only.
+    the bundle's, chosen on validation).
     """
 
-    def __init__(self, bundle, *, mode: str = "gzsl", threshold: float | None = None, gamma: float | None = None,
+    def __init__(self, bundle, *, mode: str = "gzsl", threshold: float | None = None,
                  device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None):
         from bsegn.datasets.images import DEFAULT_MAX_PIXELS
         from bsegn.core.errors import BundleError, ConfigError
@@ -97,7 +96,7 @@ class Predictor:
 
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
-        threshold = gate_threshold(bundle.gate, threshold, gamma)
+        threshold = gate_threshold(threshold)
         if max_pixels is not None and max_pixels < 1:
             raise ConfigError(f"max_pixels (--max-pixels) must be >= 1, got {max_pixels}")
         if bundle.backbone is None:
@@ -307,8 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=None,
                         help="the gate's threshold: an image is called unseen when the gate's domain score is above "
                              "it (default: the bundle's, chosen on validation)")
-    parser.add_argument("--calibration", type=float, default=None,
-                        help="deprecated: calibrated-stacking gamma G, the same as --threshold -G (stacking gate only)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="images with more pixels are skipped before decoding (default about 89.5 million)")
@@ -321,29 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def gate_threshold(gate, threshold: float | None, gamma: float | None) -> float | None:
-    """The threshold predict applies: --threshold T, or the deprecated --calibration G (-G, stacking gates
-    only), or None (the gate's own); ConfigError for a number out of a threshold's range (bundle_gate:
-    finite, |T| <= 1e9) or both given."""
+def gate_threshold(threshold: float | None) -> float | None:
+    """The threshold predict applies: --threshold T, or None (the gate's own); ConfigError for a number out of
+    a threshold's range (bundle_gate: finite, |T| <= 1e9)."""
     from bsegn.app.bundle_gate import threshold_problem
     from bsegn.core.errors import ConfigError
 
     if threshold is not None and threshold_problem(threshold):
         raise ConfigError(f"the gate threshold (--threshold) {threshold_problem(threshold)}")
-    if gamma is None:
-        return threshold
-    if threshold_problem(gamma):
-        raise ConfigError(f"calibration gamma (--calibration) {threshold_problem(gamma)}")
-    if threshold is not None:
-        raise ConfigError("give --threshold or the deprecated --calibration, not both")
-    if gate.kind != "stacking":
-        raise ConfigError(f"--calibration (calibrated stacking's gamma) does not apply: this model decides seen or unseen "
-                          f"with the {gate.kind} gate; use --threshold T (its threshold is {gate.threshold:.4g})")
-    from bsegn.core.logs import get_logger
-
-    get_logger("bsegn.predict").warning("--calibration G is deprecated: use --threshold -G (the stacking gate's "
-                                        "threshold)")
-    return -float(gamma)
+    return threshold
 
 
 def _format_text(result: dict[str, Any]) -> str:
@@ -409,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"predict: {problem}", file=sys.stderr)
     bundle = load_bundle(args.model or default_model(), device="cpu", with_train_features=False)
-    predictor = Predictor(bundle, mode=args.mode, threshold=args.threshold, gamma=args.calibration, device=args.device,
+    predictor = Predictor(bundle, mode=args.mode, threshold=args.threshold, device=args.device,
                           batch_size=args.batch_size, max_pixels=args.max_pixels)
     failures = []
 

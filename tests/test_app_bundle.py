@@ -221,7 +221,7 @@ def test_predict_without_model_uses_the_newest_run_then_bsegn_model(saved, tmp_p
 
 def test_predictor_applies_the_bundles_stacking_threshold(saved):
     """Calibrated stacking: the bundle's gamma (threshold -gamma, chosen on validation) is subtracted from
-    every seen class's score in GZSL mode, unless --threshold (or the deprecated --calibration) gives another."""
+    every seen class's score in GZSL mode, unless --threshold gives another."""
     from bsegn.app.predict import Predictor
 
     bundle = load_bundle(saved)
@@ -230,10 +230,9 @@ def test_predictor_applies_the_bundles_stacking_threshold(saved):
     _, plain, class_ids = Predictor(bundle, threshold=0.0).scores(images)
     _, default, _ = Predictor(bundle).scores(images)
     _, given, _ = Predictor(bundle, threshold=-1.0).scores(images)
-    _, deprecated, _ = Predictor(bundle, gamma=1.0).scores(images)
     seen = bundle.seen_mask[class_ids].float()
     assert torch.allclose(plain - default, 3.0 * seen.expand_as(plain))
-    assert torch.allclose(plain - given, 1.0 * seen.expand_as(plain)) and torch.equal(given, deprecated)
+    assert torch.allclose(plain - given, 1.0 * seen.expand_as(plain))
     assert Predictor(load_bundle(saved)).threshold == -0.5  # as saved by _tiny_bundle
 
 
@@ -253,13 +252,12 @@ def test_predict_refuses_a_missing_device_in_one_line(saved, tmp_path, capsys, m
         assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("option", ["--threshold", "--calibration"])
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_predict_refuses_a_threshold_that_is_not_finite(saved, tmp_path, capsys, option, value):
+def test_predict_refuses_a_threshold_that_is_not_finite(saved, tmp_path, capsys, value):
     from bsegn.app.cli import predict_main
 
-    assert predict_main([str(_one_image(tmp_path)), "--model", str(saved), f"{option}={value}"]) == 2
-    assert f"{option}) must be a finite number" in capsys.readouterr().err
+    assert predict_main([str(_one_image(tmp_path)), "--model", str(saved), f"--threshold={value}"]) == 2
+    assert "--threshold) must be a finite number" in capsys.readouterr().err
 
 
 def test_predict_max_pixels_is_an_option_and_the_message_names_it(saved, tmp_path, capsys):

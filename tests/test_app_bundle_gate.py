@@ -255,19 +255,6 @@ def test_threshold_moves_the_decisions(bundles, tmp_path, capsys):
     assert flags == {"-1e9": [True] * 4, "1e9": [False] * 4}
 
 
-def test_calibration_is_refused_for_a_gate_that_is_not_stacking(bundles, tmp_path, capsys):
-    from bsegn.app.cli import predict_main
-
-    image = tmp_path / "x.png"
-    _pil().save(image)
-    assert predict_main([str(image), "--model", str(bundles["gaussian"]), "--calibration", "1.0"]) == 2
-    err = capsys.readouterr().err
-    assert "with the gaussian gate; use --threshold" in err and len(err.strip().splitlines()) == 1
-    assert predict_main([str(image), "--model", str(bundles["stacking"]), "--calibration", "1.0",
-                         "--threshold", "0"]) == 2
-    assert "not both" in capsys.readouterr().err
-
-
 def test_the_card_names_the_gate_and_its_measurements(tmp_path):
     metrics = {"T1": 1.0, "U": 1.0, "S": 1.0, "H": 1.0, "protocol": "final", "domain_auroc": 0.8123, "oracle_H": 71.25}
     folder = _tiny_bundle(tmp_path / "b", gate="gaussian", threshold=2.5, metrics=metrics)
