@@ -20,8 +20,7 @@ executing code.
 The folder is written whole beside its place and renamed into it (core.files.atomic_folder). A
 truncated or edited file, a bundle of another format version, or one whose content is not a valid
 model (app.bundle_schema: fields, ranges, finite weights) raises BundleError with a message that says
-what is wrong; nothing is unpickled, nothing is executed. A format-2 bundle (before gates: "gamma") still
-loads, with the calibrated-stacking gate at threshold -gamma (app.bundle_gate).
+what is wrong; nothing is unpickled, nothing is executed.
 """
 from __future__ import annotations
 
@@ -49,7 +48,7 @@ log = get_logger("bsegn.app.bundle")
 
 BUNDLE_FORMAT = "bsegn-bundle"
 FORMAT_VERSION = 3  # 2: the lean BSeGNConfig, gamma and unseen_ranking beside it; 3: the gate replaces gamma
-READABLE_VERSIONS = (2, 3)
+READABLE_VERSIONS = (FORMAT_VERSION,)  # 0.1.0 is the first release: no older format to read
 CONFIG_NAME = "config.json"
 MODEL_NAME = "model.safetensors"
 FULL_DIGEST = 64  # hex digits: the whole sha256

@@ -9,9 +9,6 @@
     threshold_problem(value), temperature_problem(value)   the ranges (predict --threshold, run.threshold)
     gate_from_bundle(config, state, dim, folder) the DomainGate (BundleError when its tensors do not fit)
     gate_card_lines(config)                      the model card's lines about the decision
-
-A format-2 bundle (written before gates) has no "gate" but a calibrated-stacking "gamma": it loads as
-the stacking gate with threshold -gamma, saying so once per process.
 """
 from __future__ import annotations
 
@@ -20,10 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bsegn.core.errors import BundleError
-from bsegn.core.logs import get_logger
 
-log = get_logger("bsegn.app.bundle")
-_warned_old_bundle = False  # the older-bundle warning is said once per process
 
 
 def _fail(folder: Path, problem: str) -> BundleError:
@@ -60,16 +54,10 @@ def temperature_problem(value) -> str | None:
 
 
 def check_gate_config(config: dict[str, Any], folder: Path) -> None:
-    """A format-3 config's "gate": {"kind": one of GATES, "threshold": threshold_problem's range,
-    "temperature": temperature_problem's (optional: 1)}; a format-2 config's "gamma": a threshold's range."""
+    """The config's "gate": {"kind": one of GATES, "threshold": threshold_problem's range,
+    "temperature": temperature_problem's (optional: 1)}."""
     from bsegn.generative.gates import GATES
 
-    if config.get("format_version") == 2:
-        problem = threshold_problem(config.get("gamma"))
-        if problem:
-            raise BundleError(f"{folder}: config.json field 'gamma' {problem}; the bundle was edited or damaged: "
-                              "re-copy it or re-run train.py")
-        return
     gate = config.get("gate")
     if not isinstance(gate, dict):
         raise _fail(folder, f"must be a mapping {{'kind', 'threshold'}}, got {gate!r}")
@@ -113,12 +101,6 @@ def gate_from_bundle(config: dict[str, Any], state: dict, dim: int, folder: Path
     BundleError when the tensors do not fit."""
     from bsegn.generative.gates import gate_from_state
 
-    if config.get("format_version") == 2:
-        if state:
-            raise BundleError(f"{folder}: a format-2 bundle with gate tensors ({', '.join(sorted(state))}): edited or "
-                              "damaged; re-copy it")
-        _warn_old_bundle(folder)
-        return gate_from_state({"kind": "stacking", "threshold": -float(config["gamma"])}, {})
     kind = config["gate"]["kind"]
     if kind == "semantic" and not decoder:
         raise BundleError(f"{folder}: the semantic gate reads the model's semantic decoder and this model has no "
@@ -135,18 +117,10 @@ def gate_from_bundle(config: dict[str, Any], state: dict, dim: int, folder: Path
         raise BundleError(f"{folder}: the {kind} gate does not load ({str(error)[:300]})") from None
 
 
-def _warn_old_bundle(folder: Path) -> None:
-    global _warned_old_bundle
-    if not _warned_old_bundle:
-        _warned_old_bundle = True
-        log.warning("%s is an older bundle (format 2, written before gates): it decides seen or unseen by "
-                    "calibrated stacking (threshold -gamma); re-run train.py for the gate of run.gate", folder)
-
-
 def gate_card_lines(config: dict[str, Any]) -> list[str]:
     """The model card's description of the seen-or-unseen decision (with the domain AUROC and the
     oracle-domain H when the metrics have them)."""
-    gate = config.get("gate") or {"kind": "stacking", "threshold": -float(config.get("gamma") or 0.0)}
+    gate = config["gate"]
     metrics = config.get("metrics") or {}
     line = f"- seen-or-unseen decision: gate `{gate['kind']}`, threshold {float(gate['threshold']):.4g}"
     if gate["kind"] == "stacking":

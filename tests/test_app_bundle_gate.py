@@ -1,5 +1,5 @@
 """The seen-or-unseen gate in the app: stored in the bundle (kind + threshold in config.json, tensors in
-model.safetensors under the sha256), read back from older bundles as calibrated stacking, driving
+model.safetensors under the sha256), driving
 predict's flag and p_unseen, moved by --threshold, and kept reachable by add-class. Uses the tiny bundle
 of test_app_bundle.py; every test is fast."""
 import json
@@ -158,35 +158,15 @@ def test_an_unknown_gate_is_one_line_listing_the_valid_ones(bundles, tmp_path, c
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def _format_2(folder: Path, gamma: float) -> None:
-    """A stacking bundle as bsegn wrote it before gates: format 2, "gamma", no "gate"."""
+def test_a_bundle_of_before_the_first_release_is_refused_by_its_version(bundles, tmp_path):
+    # format 2 (a calibrated-stacking "gamma", no "gate") never shipped in a release: it is not read
+    folder = Path(shutil.copytree(bundles["stacking"], tmp_path / "bundle"))
+
     def edit(values):
-        values.update(format_version=2, gamma=gamma)
+        values.update(format_version=2, gamma=0.7)
         del values["gate"]
     rewrite_config(folder, edit)
-
-
-def test_an_older_bundle_loads_as_stacking_and_says_so_once(bundles, tmp_path, monkeypatch, bsegn_log):
-    import bsegn.app.bundle_gate as bundle_gate
-
-    monkeypatch.setattr(bundle_gate, "_warned_old_bundle", False)
-    folder = Path(shutil.copytree(bundles["stacking"], tmp_path / "bundle"))
-    _format_2(folder, 0.7)
-    first, second = load_bundle(folder), load_bundle(folder)
-    for bundle in (first, second):
-        assert bundle.gate.kind == "stacking" and bundle.gate.threshold == -0.7
-    said = [r.getMessage() for r in bsegn_log.records if "older bundle" in r.getMessage()]
-    assert len(said) == 1 and "calibrated stacking" in said[0] and r"threshold -gamma" in said[0]
-    for bad in (float("nan"), "0.7", 1e39):
-        rewrite_config(folder, _set("gamma", bad))
-        with pytest.raises(BundleError, match="field 'gamma' must be a finite number"):
-            load_bundle(folder)
-
-
-def test_an_older_bundle_with_gate_tensors_is_refused(bundles, tmp_path):
-    folder = Path(shutil.copytree(bundles["gaussian"], tmp_path / "bundle"))
-    _format_2(folder, 0.7)
-    with pytest.raises(BundleError, match="format-2 bundle with gate tensors"):
+    with pytest.raises(BundleError, match="bundle format version 2, but this bsegn reads versions 3"):
         load_bundle(folder)
 
 
