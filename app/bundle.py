@@ -376,11 +376,16 @@ def model_card(config: dict[str, Any]) -> str:
             + " |")
     else:
         lines.append("not evaluated")
+    # a model trained on pre-extracted features has no backbone: nothing here reads an image with it
+    use = ["predict IMAGE_OR_FOLDER --model THIS_FOLDER [--top-k 5] [--mode gzsl|zsl|seen] [--explain] [--json]"] \
+        if config.get("backbone") else []
     lines += [
         "",
         "## Use",
+        *([] if use else ["Trained on pre-extracted features, this bundle has no backbone: predict, bsegn serve and "
+                          "the Python API cannot read images with it. Train from images for a model that does."]),
         "```",
-        "predict IMAGE_OR_FOLDER --model THIS_FOLDER [--top-k 5] [--mode gzsl|zsl|seen] [--explain] [--json]",
+        *use,
         _add_class_line(config.get("semantic_kind")),
         "```",
         "",

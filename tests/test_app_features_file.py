@@ -61,6 +61,9 @@ def test_training_on_a_feature_file_skips_the_backbone(demo_features, tmp_path, 
     assert bundle.backbone is None
     with pytest.raises(BundleError, match="no backbone"):
         Predictor(bundle)
+    card = (tmp_path / "run" / "bundle" / "README.md").read_text()  # the card promises no image reading
+    assert "has no backbone: predict, bsegn serve and the Python API cannot read images" in card
+    assert "predict IMAGE_OR_FOLDER" not in card
 
 
 def test_a_feature_file_of_other_images_is_refused(demo_features, tmp_path, monkeypatch):
