@@ -84,6 +84,7 @@ def test_bundle_round_trip_keeps_everything_predict_needs(saved):
     card = (saved / "README.md").read_text()
     assert "| final | 12.3 | 1.0 | 2.0 | 1.3 |" in card
     assert "gate `stacking`, threshold -0.5 (calibrated stacking, gamma 0.5)" in card
+    assert "predict IMAGE_OR_FOLDER --model THIS_FOLDER" in card and "has no backbone" not in card  # reads images
 
 
 def test_bundle_files_take_the_umask_modes(saved):
