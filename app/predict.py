@@ -154,11 +154,6 @@ class Predictor:
             return Decision(features, scores, class_ids, scores.argmax(1), torch.full_like(unseen, self.mode == "zsl"),
                             p_unseen)
 
-    def scores(self, images):
-        """images (B, 3, H, W) normalised -> (features (B, d), scores (B, K), class_ids (K,))."""
-        decision = self.decide(images)
-        return decision.features, decision.scores, decision.class_ids
-
     def last_p_unseen(self) -> list[float]:
         """The gate's p(unseen) of each image of the last batch predict_tensors answered."""
         return [round(float(p), 6) for p in self._last.p_unseen]

@@ -172,15 +172,21 @@ def test_public_api_classifies_pil_images_and_tensors(saved):
     assert all(not a.seen for a in load_model(saved, mode="zsl").predict(_image()))
 
 
+
+def _scores(predictor, images):
+    """The class scores predict ranks: (features (B, d), scores (B, K), class_ids (K,)) of its decision."""
+    decision = predictor.decide(images)
+    return decision.features, decision.scores, decision.class_ids
+
 def test_predict_gzsl_uses_the_bundles_unseen_ranking(saved):
     from bsegn.app.predict import Predictor
 
     bundle = load_bundle(saved)
     images = torch.randn(6, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
-    _, plain, class_ids = Predictor(bundle, threshold=0.0).scores(images)
+    _, plain, class_ids = _scores(Predictor(bundle, threshold=0.0), images)
     bundle.unseen_ranking = "zsl"
-    _, ranked, same_ids = Predictor(bundle, threshold=0.0).scores(images)
-    _, zsl, zsl_ids = Predictor(bundle, mode="zsl").scores(images)
+    _, ranked, same_ids = _scores(Predictor(bundle, threshold=0.0), images)
+    _, zsl, zsl_ids = _scores(Predictor(bundle, mode="zsl"), images)
     assert torch.equal(class_ids, same_ids)
     unseen = ~bundle.seen_mask[class_ids]
     # seen against unseen as before; among the unseen classes, the ZSL classifier's choice
@@ -228,9 +234,9 @@ def test_predictor_applies_the_bundles_stacking_threshold(saved):
     bundle = load_bundle(saved)
     bundle.gate.threshold = -3.0
     images = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(2))
-    _, plain, class_ids = Predictor(bundle, threshold=0.0).scores(images)
-    _, default, _ = Predictor(bundle).scores(images)
-    _, given, _ = Predictor(bundle, threshold=-1.0).scores(images)
+    _, plain, class_ids = _scores(Predictor(bundle, threshold=0.0), images)
+    _, default, _ = _scores(Predictor(bundle), images)
+    _, given, _ = _scores(Predictor(bundle, threshold=-1.0), images)
     seen = bundle.seen_mask[class_ids].float()
     assert torch.allclose(plain - default, 3.0 * seen.expand_as(plain))
     assert torch.allclose(plain - given, 1.0 * seen.expand_as(plain))
