@@ -17,7 +17,7 @@ from bsegn.app.config import RunConfig
 from bsegn.core.files import atomic_write_json
 from bsegn.core.logs import get_logger
 
-log = get_logger("bsegn.app.pipeline")
+log = get_logger(__name__)
 
 
 def collect_metrics(config: RunConfig, outcome, validation,
