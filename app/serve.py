@@ -6,14 +6,16 @@
                    `predict --json` for that image, plus `p_unseen` (the gate's p(unseen): above 0.5 exactly when the
                    model's seen-or-unseen gate calls the image unseen, in every mode)
     POST /classes  JSON {"name": NAME, "attributes": "v1,v2,..." or [v1, ...]} or {"csv": "name,a1,...\\n..."}:
-                   unseen classes added to the served model, in memory
+                   unseen classes added to the served model, in memory, read and named as add-class reads
+                   them (bsegn.app.class_inputs); at most 50 per call (413 beyond)
     POST /save     JSON {"name": FOLDER}: the served model written to --save-dir/FOLDER (a new folder)
 
 FastAPI + uvicorn (the `serve` extra) rather than Gradio: the API is exactly ours, the page is one small
 static file set with no analytics and no CDN, and the install stays small. Every route answers JSON
 errors ({"error": message}) with a 4xx status for what the client got wrong; 503 while the model loads.
-The model loads once (bsegn.app.serve_engine.Engine); uploads are decoded by the same open_rgb as
-predict, from memory, under a byte and a pixel limit; no route reads or writes a client-given path.
+`bsegn serve` loads and verifies the model (bsegn.app.serve_engine.Engine) before it binds its port;
+uploads are held in memory (never spooled to disk) and decoded by the same open_rgb as predict, under a
+byte and a pixel limit; no route reads or writes a client-given path.
 """
 from __future__ import annotations
 

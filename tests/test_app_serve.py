@@ -302,6 +302,8 @@ def test_the_page_is_self_contained_and_only_known_files_are_served(client):
 
     for path in folder.iterdir():  # nothing is fetched from elsewhere: no absolute URL in the page's files
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", path.read_text()), path.name
+    script = (folder / "serve.js").read_text()  # a class name is shown as text, never parsed as HTML
+    assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", script)
     assert client.get("/static/serve.js").status_code == 200
     for name in ("index.html", "..%2Fserve.py", "serve_engine.py"):
         assert client.get(f"/static/{name}").status_code == 404
