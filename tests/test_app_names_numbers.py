@@ -103,3 +103,23 @@ def test_run_threshold_is_range_checked_as_the_bundle_is(value):
     with pytest.raises(ConfigError, match="run.threshold must be null or a number a bundle can hold"):
         load_run_config(None, ["--run.threshold", value])
     assert load_run_config(None, ["--run.threshold", "-1.0e+9"]).run.threshold == -1e9
+
+
+def test_a_saved_bundle_is_valid_json_and_never_one_that_would_not_load(saved, tmp_path):
+    """A metric that is not a number (an AUROC with one domain empty) is written null; a gate threshold out of
+    range is refused at save, as the load would refuse it, and nothing is written."""
+    bundle = load_bundle(saved)
+    bundle.metrics = {**bundle.metrics, "domain_auroc": float("nan"), "oracle_H": float("inf")}
+    from bsegn.app.bundle import CONFIG_NAME, save_bundle
+
+    save_bundle(bundle, tmp_path / "nan")
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    config = json.loads((tmp_path / "nan" / CONFIG_NAME).read_text(), parse_constant=refuse)
+    assert config["metrics"]["domain_auroc"] is None and load_bundle(tmp_path / "nan").metrics["oracle_H"] is None
+    bundle.gate.threshold = 1e39
+    with pytest.raises(BundleError, match="not written.*threshold that must be a finite number"):
+        save_bundle(bundle, tmp_path / "huge")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan"]
