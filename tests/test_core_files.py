@@ -8,9 +8,16 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from bsegn.core.files import (atomic_file, atomic_folder, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                              json_safe, json_text, remove_stale_temporaries)
+from bsegn.core.files import (
+    atomic_file,
+    atomic_folder,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    json_safe,
+    json_text,
+    remove_stale_temporaries,
+)
 
 
 def _strict_json(text: str):
@@ -45,10 +52,9 @@ def test_an_interrupted_atomic_write_leaves_the_old_file_whole_and_no_partial_fi
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(path, b"new content that never lands")
     assert path.read_bytes() == b"old content" and [p.name for p in tmp_path.iterdir()] == ["file"]
-    with pytest.raises(RuntimeError, match="writer failed"):
-        with atomic_file(path) as temp:
-            temp.write_bytes(b"half")
-            raise RuntimeError("writer failed")
+    with pytest.raises(RuntimeError, match="writer failed"), atomic_file(path) as temp:
+        temp.write_bytes(b"half")
+        raise RuntimeError("writer failed")
     assert path.read_bytes() == b"old content" and [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
@@ -57,10 +63,9 @@ def test_an_atomic_folder_replaces_the_folder_whole_or_not_at_all(tmp_path):
     folder.mkdir()
     (folder / "a").write_text("old")
     os.link(folder / "a", tmp_path / "link")
-    with pytest.raises(RuntimeError):
-        with atomic_folder(folder) as temp:
-            (temp / "a").write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_folder(folder) as temp:
+        (temp / "a").write_text("half")
+        raise RuntimeError("killed")
     assert (folder / "a").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "link"]
     with atomic_folder(folder) as temp:
         (temp / "b").write_text("new")
