@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from bsegn.app.bundle import Bundle, load_bundle, resolve_bundle_dir, save_bundle
-from bsegn.app.class_inputs import NewClass, class_vector_for, new_class_names, normalised_like_bundle, parse_attributes  # noqa: F401
+from bsegn.app.class_inputs import (NewClass, class_vector_for, new_class_names, normalised_like_bundle,  # noqa: F401
+                                    parse_attributes)
 from bsegn.core.errors import BundleError
 from bsegn.core.files import OLD_SUFFIX
 from bsegn.core.locks import BundleLock

@@ -70,7 +70,8 @@ def new_class_names(names: list, existing=(), where: str = "new class", *, earli
             raise NameTaken(f"{where}: class {name!r} is already in the model (as {known[key]!r}; names are compared "
                             "ignoring case); choose another name")
         if key in known:
-            raise NameTaken(f"{where}: class {name!r} is given twice ({known[key]!r}); names are compared ignoring case")
+            raise NameTaken(f"{where}: class {name!r} is given twice ({known[key]!r}); names are compared "
+                            "ignoring case")
         known[key] = name
         out.append(name)
     return out

@@ -150,7 +150,8 @@ class HostCheck:
         self.app, self.allowed = app, {name.lower().strip("[]") for name in allowed}
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and host_name(dict(scope.get("headers") or []).get(b"host", b"")) not in self.allowed:
+        host = host_name(dict(scope.get("headers") or []).get(b"host", b""))
+        if scope["type"] == "http" and host not in self.allowed:
             response = _json({"error": "this server answers only requests addressed to "
                                        f"{' or '.join(sorted(self.allowed))} (the Host header)"}, 400)
             return await response(scope, receive, send)

@@ -67,7 +67,8 @@ def test_serve_creates_no_compile_cache_folder(bundle, tmp_path):
         done = subprocess.run([sys.executable, "-c", "import sys; from bsegn.app.cli import main; sys.exit(main())",
                                "serve", "--model", str(bundle), "--port", str(taken.getsockname()[1])],
                               capture_output=True, text=True, timeout=300, check=False,
-                              env={**{k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"},  # torch sets it
+                              env={**{k: v for k, v in os.environ.items()
+                                      if k != "TORCHINDUCTOR_CACHE_DIR"},  # torch sets it in this process
                                    "TMPDIR": str(temp), "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 2 and "cannot listen on 127.0.0.1" in done.stderr, done.stderr[-2000:]
     assert sorted(p.name for p in temp.iterdir()) == []

@@ -77,7 +77,8 @@ def test_an_atomic_folder_replaces_the_folder_whole_or_not_at_all(tmp_path):
 def test_json_is_always_valid_json(tmp_path):
     """metrics.json is written by atomic_write_json: a NaN (an AUROC with one domain empty) or an infinity
     is null, never the bare NaN json.dumps writes by default; numpy and torch values become numbers."""
-    metrics = {"T1": np.float64(12.5), "domain_auroc": float("nan"), "U": np.float32("inf"), "per_class": {"a": -math.inf},
+    metrics = {"T1": np.float64(12.5), "domain_auroc": float("nan"), "U": np.float32("inf"),
+               "per_class": {"a": -math.inf},
                "curve": np.array([0.5, np.nan]), "seeds": (0,), "loss": torch.tensor(float("nan")), "ok": True}
     atomic_write_json(tmp_path / "metrics.json", metrics)
     read = _strict_json((tmp_path / "metrics.json").read_text())
