@@ -12,7 +12,7 @@ from bsegn.app.add_class import _normalised_like_bundle, add_classes, parse_attr
 from bsegn.app.bundle import CONFIG_NAME, MODEL_NAME, load_bundle
 from bsegn.core.errors import BundleError
 from bsegn.core.files import file_sha256
-from test_app_bundle import CLASSES, _tiny_bundle
+from test_app_bundle import CLASSES, _tiny_bundle, shared_tiny_bundle
 
 DIM = 5
 VALUES = "0.1,0.2,0.3,0.4,0.5"
@@ -20,7 +20,7 @@ VALUES = "0.1,0.2,0.3,0.4,0.5"
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
-    return _tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle")
+    return shared_tiny_bundle(tmp_path_factory)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from bsegn.app.bundle import load_bundle
 from bsegn.app.class_inputs import MAX_CLASS_NAME, class_name
 from bsegn.core.errors import BundleError, ConfigError
 from test_app_add_class import VALUES, _bsegn
-from test_app_bundle import CLASSES, _one_image, _tiny_bundle
+from test_app_bundle import CLASSES, _one_image, shared_tiny_bundle
 from test_app_bundle_checks import _set, rewrite_config
 
 BAD_NAMES = {  # name -> words of the refusal
@@ -23,7 +23,7 @@ BAD_NAMES = {  # name -> words of the refusal
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
-    return _tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle")
+    return shared_tiny_bundle(tmp_path_factory)
 
 
 @pytest.mark.parametrize("name", sorted(BAD_NAMES), ids=lambda name: repr(name[:12]))

@@ -19,7 +19,7 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (in the te
 
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
-from test_app_bundle import CLASSES, SEEN, _tiny_bundle  # noqa: E402
+from test_app_bundle import CLASSES, SEEN, shared_tiny_bundle  # noqa: E402
 
 from bsegn.app.serve import BackgroundServer, create_app  # noqa: E402
 from bsegn.app.serve_engine import Busy, Engine, Limits  # noqa: E402
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    return _tiny_bundle(tmp_path_factory.mktemp("serve") / "bundle")
+    return shared_tiny_bundle(tmp_path_factory)
 
 
 def _engine(bundle, save_dir=None, limits=Limits(), mode="gzsl") -> Engine:

@@ -21,14 +21,14 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (in the te
 from bsegn.app.bundle import MODEL_NAME
 from bsegn.app.serve import BackgroundServer, create_app
 from fastapi.testclient import TestClient
-from test_app_bundle import _tiny_bundle
+from test_app_bundle import shared_tiny_bundle
 from test_app_bundle_checks import _set, rewrite_config
 from test_app_serve import _engine, _multipart, _png, _post, _serving
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    return _tiny_bundle(tmp_path_factory.mktemp("serve") / "bundle")
+    return shared_tiny_bundle(tmp_path_factory)
 
 
 def _strict_json(text: str):
