@@ -95,9 +95,16 @@ def _float(value) -> float | None:
         return None
 
 
+def _is_existing_file(value: str) -> bool:
+    try:
+        return Path(value).is_file()
+    except OSError:  # e.g. 312 attribute values are one "name" longer than a file name may be
+        return False
+
+
 def _is_file_argument(value: str) -> bool:
     """A CSV path rather than values or words: an existing file, or a `.csv` name without spaces."""
-    return Path(value).is_file() or (value.lower().endswith(".csv") and not any(c.isspace() for c in value))
+    return _is_existing_file(value) or (value.lower().endswith(".csv") and not any(c.isspace() for c in value))
 
 
 def _csv_rows(path: Path, expected: str) -> list[tuple[int, list[str]]]:
@@ -147,7 +154,7 @@ def parse_attributes(value: str, semantic_dim: int, name: str | None = None) -> 
     checks) -> [(name, values)]. BundleError when there is no class, a row has the wrong number of
     values, a value is not a number representable as float32, or a name breaks the rule or repeats."""
     path = Path(value)
-    if path.suffix.lower() == ".csv" or path.is_file():
+    if path.suffix.lower() == ".csv" or _is_existing_file(value):
         return attribute_rows(_csv_rows(path, f"rows `name,<{semantic_dim} attribute values>`"), semantic_dim,
                               str(path))
     if not name:

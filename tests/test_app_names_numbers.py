@@ -122,3 +122,22 @@ def test_a_saved_bundle_is_valid_json_and_never_one_that_would_not_load(saved, t
     with pytest.raises(BundleError, match="not written.*threshold that must be a finite number"):
         save_bundle(bundle, tmp_path / "huge")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan"]
+
+
+@pytest.mark.parametrize("text, words", [("a red\x1b[31m star", "printable"), ("word " * 2001, "at most 10000"),
+                                         ("   ", "is empty")])
+def test_a_description_is_one_printable_line_of_bounded_length(text, words):
+    from bsegn.app.class_inputs import parse_descriptions
+
+    with pytest.raises(BundleError, match=words):
+        parse_descriptions(text, name="star")
+    assert parse_descriptions("a red\n\tstar ", name=" star ") == [("star", "a red star")]  # whitespace folded
+
+
+def test_values_or_words_longer_than_a_file_name_are_read_as_values_or_words():
+    """312 attribute values (CUB) are one argument longer than a file name may be: asking whether it names a
+    file raised OSError (File name too long) instead of reading the values."""
+    from bsegn.app.class_inputs import parse_attributes, parse_descriptions
+
+    assert len(parse_attributes(",".join(["0.0123"] * 312), 312, "bird")[0][1]) == 312
+    assert parse_descriptions("word " * 100, name="wordy")[0][1] == ("word " * 100).strip()
