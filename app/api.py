@@ -2,40 +2,30 @@
 
     from bsegn.app.api import load_model
     model = load_model("runs/demo-final")            # a run folder or its bundle/
-    model.predict(Image.open("x.jpg"))                 # [ClassScore("blue_dotted_cross", 0.99, seen=False), ...]
+    answer = model.predict(Image.open("x.jpg"))        # Prediction: answer.top, answer.unseen, answer.p_unseen
+    answer.top[0]                                      # ClassScore("blue_dotted_cross", 7, 0.99, seen=False)
 
 Images are PIL images, or tensors / arrays of RGB pixels (3, H, W) (floats in [0, 1] or uint8); a list
-or a (B, 3, H, W) batch gives one list per image. They go through the bundle's own eval transform, as
-`predict` does. Modes: "gzsl" (all classes, the default: the bundle's seen-or-unseen gate decides the
-domain and the first class is that domain's best), "zsl" (unseen classes only), "seen" (seen classes only).
+or a (B, 3, H, W) batch gives one Prediction per image. They go through the bundle's own eval transform, as
+`predict` does, and the answers are the inference engine's (bsegn.app.inference) as they are: the gate's
+seen-or-unseen decision and p_unseen with the classes, `to_json()` giving `predict --json`'s object. Modes:
+"gzsl" (all classes, the default: the bundle's seen-or-unseen gate decides the domain and the first class
+is that domain's best), "zsl" (unseen classes only), "seen" (seen classes only).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ClassScore", "Model", "load_model"]
+from bsegn.app.inference import ClassScore, Prediction, Predictor
 
-
-@dataclass(frozen=True)
-class ClassScore:
-    """One class of an image's answer: its name, probability and whether it was seen in training."""
-
-    name: str
-    probability: float
-    seen: bool
-
-    def __str__(self) -> str:
-        return f"{self.name} {self.probability:.3f}{'' if self.seen else ' (unseen)'}"
+__all__ = ["ClassScore", "Model", "Prediction", "load_model"]
 
 
 class Model:
     """A loaded bundle, ready to classify images (see load_model)."""
 
     def __init__(self, bundle, *, mode: str = "gzsl", device: str = "cpu"):
-        from bsegn.app.predict import Predictor
-
         self.bundle = bundle
         self.predictor = Predictor(bundle, mode=mode, device=device)
 
@@ -43,15 +33,15 @@ class Model:
     def classes(self) -> list[str]:
         return list(self.bundle.class_names)
 
-    def predict(self, images, *, top_k: int = 5) -> list[ClassScore] | list[list[ClassScore]]:
-        """One image -> its top_k classes, best first; a list or batch of images -> one such list each."""
+    def predict(self, images, *, top_k: int = 5) -> Prediction | list[Prediction]:
+        """One image -> its Prediction (top_k classes best first, the gate's decision, p_unseen); a list or
+        batch of images -> one Prediction each."""
         import torch
 
         single = not isinstance(images, (list, tuple)) and not (_is_array(images) and images.ndim == 4)
         batch = [images] if single else list(images)
         tensors = torch.stack([self.predictor.transform(_to_pil(image)) for image in batch])
-        answers = [[ClassScore(t["class"], t["probability"], t["seen"]) for t in answer["top"]]
-                   for answer in self.predictor.predict_tensors(tensors, top_k=top_k)]
+        answers = self.predictor.predict_tensors(tensors, top_k=top_k)
         return answers[0] if single else answers
 
 
@@ -59,7 +49,7 @@ def load_model(path: str | os.PathLike | None = None, *, mode: str = "gzsl", dev
     """A run folder or bundle folder (default: $BSEGN_MODEL, else the newest bundle under ./runs) -> Model.
     BundleError when it is missing, damaged or has no backbone (a bundle trained on pre-extracted features)."""
     from bsegn.app.bundle import load_bundle
-    from bsegn.app.predict import default_model
+    from bsegn.app.model_lookup import default_model
 
     bundle = load_bundle(path if path is not None else default_model(), device=device, with_train_features=False)
     return Model(bundle, mode=mode, device=device)

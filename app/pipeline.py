@@ -372,7 +372,7 @@ def _run_locked(config: RunConfig, run_dir: Path, data: PreparedData, accelerato
     log.info(f"run folder: {run_dir} (config.yaml, metrics.json, log.txt, plots, bundle/)")
     image_root = outcome.benchmark.image_root
     if accelerator.is_main_process and image_root is not None and outcome.backbone is not None:
-        from bsegn.app.predict import demo_prediction
+        from bsegn.app.run_outputs import demo_prediction
 
         shown = demo_prediction(run_dir, outcome.split, image_root)
         if shown:

@@ -1,4 +1,5 @@
-"""The end of a (possibly multi-process) run: tear down torch.distributed before the interpreter does.
+"""A command's process: set up before torch is imported (no_compile_cache), torn down at the end of a
+(possibly multi-process) run (end_process_group: torch.distributed before the interpreter does).
 
 `accelerate launch` starts one process per device and accelerate opens a process group in each
 (gloo on CPU, NCCL on GPU). If a process exits with that group still open, its backend's worker
@@ -29,3 +30,14 @@ def launch_rank() -> tuple[int, int]:
     import os
 
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def no_compile_cache() -> None:
+    """Point torch's compile cache at the existing temporary folder, unless the user chose one: importing
+    torchvision imports torch._dynamo, which creates `$TMPDIR/torchinductor_<user>/` on import, although
+    predict and serve never compile. Nothing is written there unless something compiles. For the CLI
+    commands only (a library user's process keeps torch's default)."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.gettempdir())

@@ -77,3 +77,18 @@ def write_outputs(config: RunConfig, outcome, metrics: dict, run_dir: Path) -> N
         write_plots(run_dir, metrics, outcome)
     except ImportError as error:
         log.warning(f"plots skipped: {error} (matplotlib is a dependency of bsegn: reinstall it)")
+
+
+def demo_prediction(run_dir: Path, outcome_split, image_root: Path) -> str | None:
+    """Predict one test image of an unseen class with the written bundle (what `predict` would print)."""
+    from bsegn.app.bundle import load_bundle
+    from bsegn.app.inference import Predictor
+
+    unseen = outcome_split.loc("test_unseen")
+    if not len(unseen):
+        return None
+    path = Path(image_root) / outcome_split.image_files[int(unseen[0])]
+    truth = outcome_split.class_names[int(outcome_split.labels[int(unseen[0])])]
+    for prediction in Predictor(load_bundle(run_dir)).predict_paths([path], top_k=3):
+        return f"{prediction.to_text()}\n    (true class: {truth}, an unseen class)"
+    return None

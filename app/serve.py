@@ -3,8 +3,8 @@
     GET  /         the page (static HTML/JS/CSS shipped in bsegn.app/static; nothing fetched from the internet)
     GET  /model    the model card (with its gate: kind and threshold) and classes
     POST /predict  multipart form, the image in field `image` (optional `top_k`, `explain`): the JSON of
-                   `predict --json` for that image, plus `p_unseen` (the gate's p(unseen): above 0.5 exactly when the
-                   model's seen-or-unseen gate calls the image unseen, in every mode)
+                   `predict --json` for that image (Prediction.to_json: the classes, the gate's `unseen` decision
+                   and `p_unseen`, above 0.5 exactly when it calls the image unseen, in every mode)
     POST /classes  JSON {"name": NAME, "attributes": "v1,v2,..." or [v1, ...]} or {"csv": "name,a1,...\\n..."}:
                    unseen classes added to the served model, in memory, read and named as add-class reads
                    them (bsegn.app.class_inputs); at most 50 per call (413 beyond)
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from pathlib import Path
 
-    from bsegn.app.predict import default_model, no_compile_cache
+    from bsegn.app.model_lookup import default_model
+    from bsegn.app.processes import no_compile_cache
     from bsegn.app.serve_engine import Engine, Limits
     from bsegn.core.errors import ConfigError
     from bsegn.core.logs import get_logger

@@ -4,7 +4,7 @@ folder under --save-dir only.
 
     engine = Engine("runs/demo-final", save_dir="served")
     engine.start()                              # loads in a thread; engine.state: loading -> ready | failed
-    future = engine.submit(tensor, top_k=5)     # concurrent.futures.Future -> predict_tensors' answer + p_unseen
+    future = engine.submit(tensor, top_k=5)     # concurrent.futures.Future -> the image's inference.Prediction
     engine.add_classes([("new", [0.1, ...])])   # the served model gains unseen classes (memory only)
     engine.save("my_model")                     # save_dir/my_model; the original bundle is never touched
 
@@ -122,7 +122,8 @@ class Engine:
             self._pending -= 1
 
     def submit(self, tensor, *, top_k: int = 5, explain: bool = False):
-        """One transformed image (3, H, W) -> a Future of predict_tensors' answer for it, with "p_unseen"."""
+        """One transformed image (3, H, W) -> a Future of its Prediction (bsegn.app.inference), `top_k` classes,
+        the explanation only when asked."""
         from concurrent.futures import Future
 
         future: Future = Future()
@@ -163,17 +164,14 @@ class Engine:
                 answers = predictor.predict_tensors(torch.stack([item[0] for item in items]),
                                                     top_k=max(item[1] for item in items),
                                                     explain=any(item[2] for item in items))
-                p_unseen = predictor.last_p_unseen()
             except Exception as error:  # noqa: BLE001 - every waiting request must hear of it
                 log.exception("serve: forward failed")
                 for item in items:
                     item[3].set_exception(error)
                 continue
-            for (_, top_k, explain, future), answer, p in zip(items, answers, p_unseen):
-                answer["top"] = answer["top"][:top_k]
-                if not explain:
-                    answer.pop("explain", None)
-                future.set_result({**answer, "p_unseen": p})
+            for (_, top_k, explain, future), answer in zip(items, answers):
+                future.set_result(dataclasses.replace(answer, top=answer.top[:top_k],
+                                                      explain=answer.explain if explain else None))
 
     # --- the served model --------------------------------------------------------------------------
 
@@ -250,7 +248,7 @@ class Engine:
 
 
 def served_predictor(bundle, mode: str, device: str):
-    """predict's Predictor; its last_p_unseen() is the gate's p(unseen) of each image of the last batch."""
-    from bsegn.app.predict import Predictor
+    """The inference engine's Predictor, as predict and the Python API use it."""
+    from bsegn.app.inference import Predictor
 
     return Predictor(bundle, mode=mode, device=device)

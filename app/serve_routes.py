@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -314,7 +315,7 @@ def build_app(engine, *, allowed_hosts: list[str] | None = None) -> FastAPI:
             answer = await asyncio.wrap_future(engine.submit(tensor, top_k=top_k, explain=explain))
         finally:
             engine.release()
-        return _json({"image": label, "mode": engine.mode, **answer})  # predict --json's object, + p_unseen
+        return _json(dataclasses.replace(answer, image=label).to_json())  # predict --json's object
 
     @app.post("/classes")
     async def add(request: Request):

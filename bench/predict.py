@@ -54,7 +54,8 @@ def main() -> int:
     from PIL import Image
 
     from bsegn.app.bundle import load_bundle
-    from bsegn.app.predict import Predictor, decode_threads
+    from bsegn.app.image_batches import decode_threads
+    from bsegn.app.inference import Predictor
     from bsegn.datasets.images import open_rgb
 
     bundle = load_bundle(args.model, with_train_features=False)

@@ -111,7 +111,7 @@ def load(port: int, bodies: list, clients: int, requests: int) -> dict:
 
 def predictor_rate(model: str, paths: list[Path], repeats: int) -> float:
     from bsegn.app.bundle import load_bundle
-    from bsegn.app.predict import Predictor
+    from bsegn.app.inference import Predictor
 
     predictor = Predictor(load_bundle(model, with_train_features=False))
     predictor.predict_paths(paths[:32])  # warm

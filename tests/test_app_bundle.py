@@ -1,6 +1,7 @@
 """The model bundle without the demo training: a tiny bundle (random test_resnet backbone + a small
 untrained TrainedBSeGN with fitted classifiers) is saved, loaded, tampered with and used through the
 public API and `predict`. Each test takes well under 5 s."""
+import dataclasses
 import json
 import os
 import shutil
@@ -164,21 +165,23 @@ def test_predict_refuses_a_damaged_bundle_in_one_line(bundle_copy, capsys):
 
 
 def test_public_api_classifies_pil_images_and_tensors(saved):
-    from bsegn.app.api import ClassScore, load_model
+    from bsegn.app.api import ClassScore, Prediction, load_model
 
     model = load_model(saved)
-    answer = model.predict(_image(), top_k=3)
+    prediction = model.predict(_image(), top_k=3)
+    assert isinstance(prediction, Prediction)
+    answer = list(prediction.top)
     assert len(answer) == 3 and all(isinstance(a, ClassScore) for a in answer)
     assert {a.name for a in answer} <= set(CLASSES)
     assert [a.probability for a in answer] == sorted((a.probability for a in answer), reverse=True)
     assert all(a.seen == (CLASSES.index(a.name) in SEEN) for a in answer)
-    assert model.predict(_image(), top_k=len(CLASSES))[0].probability <= 1.0
+    assert model.predict(_image(), top_k=len(CLASSES)).top[0].probability <= 1.0
     pixels = torch.from_numpy(np.array(_image())).permute(2, 0, 1)  # uint8 (3, H, W)
-    assert model.predict(pixels, top_k=3) == answer
-    assert model.predict(pixels.float() / 255, top_k=3)[0].name == answer[0].name
+    assert model.predict(pixels, top_k=3) == prediction
+    assert model.predict(pixels.float() / 255, top_k=3).top[0].name == answer[0].name
     batch = model.predict([_image(), _image((0, 0, 255))], top_k=2)
-    assert len(batch) == 2 and batch[0] == answer[:2]
-    assert all(not a.seen for a in load_model(saved, mode="zsl").predict(_image()))
+    assert len(batch) == 2 and list(batch[0].top) == answer[:2]
+    assert all(not a.seen for a in load_model(saved, mode="zsl").predict(_image()).top)
 
 
 
@@ -188,7 +191,7 @@ def _scores(predictor, images):
     return decision.features, decision.scores, decision.class_ids
 
 def test_predict_gzsl_uses_the_bundles_unseen_ranking(saved):
-    from bsegn.app.predict import Predictor
+    from bsegn.app.inference import Predictor
 
     bundle = load_bundle(saved)
     images = torch.randn(6, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
@@ -238,7 +241,7 @@ def test_predict_without_model_uses_the_newest_run_then_bsegn_model(saved, tmp_p
 def test_predictor_applies_the_bundles_stacking_threshold(saved):
     """Calibrated stacking: the bundle's gamma (threshold -gamma, chosen on validation) is subtracted from
     every seen class's score in GZSL mode, unless --threshold gives another."""
-    from bsegn.app.predict import Predictor
+    from bsegn.app.inference import Predictor
 
     bundle = load_bundle(saved)
     bundle.gate.threshold = -3.0
@@ -292,7 +295,7 @@ def test_decode_threads_only_use_cores_the_network_leaves_free(monkeypatch):
     """predict overlaps decoding with the forward only on cores the forward does not use: on the CPU the
     cores beyond torch's threads, on a GPU every core but the one feeding it (capped)."""
     import bsegn.datasets.image_dataset as image_dataset
-    from bsegn.app.predict import MAX_DECODE_THREADS, decode_threads
+    from bsegn.app.image_batches import MAX_DECODE_THREADS, decode_threads
 
     monkeypatch.setattr(image_dataset, "available_cores", lambda: 2)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
@@ -308,8 +311,8 @@ def test_predict_paths_is_the_same_decoded_inline_or_in_threads(saved, tmp_path,
     transformed one by one, for every image, in input order, bad files reported either way."""
     from PIL import Image
 
-    import bsegn.app.predict as predict
-    from bsegn.app.predict import Predictor
+    import bsegn.app.image_batches as image_batches
+    from bsegn.app.inference import Predictor
 
     rng = np.random.default_rng(0)
     paths = []
@@ -326,11 +329,11 @@ def test_predict_paths_is_the_same_decoded_inline_or_in_threads(saved, tmp_path,
                                                         for p in good]))
     outcomes = []
     for threads in (0, 2):
-        monkeypatch.setattr(predict, "decode_threads", lambda device_type, n=threads: n)
+        monkeypatch.setattr(image_batches, "decode_threads", lambda device_type, n=threads: n)
         errors = []
         results = predictor.predict_paths(paths, on_error=lambda path, message: errors.append(path.name))
         outcomes.append(results)
         assert errors == ["bad.jpg"]
-        assert [r["image"] for r in results] == [str(p) for p in paths if p.name != "bad.jpg"]
-        assert [{k: r[k] for k in ("top", "unseen", "p_unseen")} for r in results] == alone
+        assert [r.image for r in results] == [str(p) for p in paths if p.name != "bad.jpg"]
+        assert [dataclasses.replace(r, image=None) for r in results] == alone
     assert outcomes[0] == outcomes[1]

@@ -180,7 +180,7 @@ def _pil(colour=(200, 30, 30)):
 def test_predicts_flag_is_the_gates_decision(bundles, kind):
     """The flag is the gate's decision at its threshold; the class named is gate.predict's; p_unseen is
     above 0.5 exactly for the images called unseen; both decisions occur (threshold at the median)."""
-    from bsegn.app.predict import Predictor
+    from bsegn.app.inference import Predictor
 
     bundle = load_bundle(bundles[kind])
     images = _images()
@@ -191,31 +191,30 @@ def test_predicts_flag_is_the_gates_decision(bundles, kind):
     assert 0 < int(expected_unseen.sum()) < len(images)
     predictor = Predictor(bundle)
     answers = predictor.predict_tensors(images, top_k=3)
-    assert [a["unseen"] for a in answers] == expected_unseen.tolist()
-    assert [a["top"][0]["class_id"] for a in answers] == expected_class.tolist()
+    assert [a.unseen for a in answers] == expected_unseen.tolist()
+    assert [a.top[0].class_id for a in answers] == expected_class.tolist()
     for answer in answers:
-        assert answer["top"][0]["seen"] == (not answer["unseen"])  # an unseen flag comes with an unseen class
-        assert (answer["p_unseen"] > 0.5) == answer["unseen"]
-        probabilities = [t["probability"] for t in answer["top"]]
+        assert answer.top[0].seen == (not answer.unseen)  # an unseen flag comes with an unseen class
+        assert (answer.p_unseen > 0.5) == answer.unseen
+        probabilities = [t.probability for t in answer.top]
         assert probabilities == sorted(probabilities, reverse=True)
-    assert predictor.last_p_unseen() == [a["p_unseen"] for a in answers]
     zsl = Predictor(bundle, mode="zsl").predict_tensors(images)
-    assert [a["p_unseen"] for a in zsl] == [a["p_unseen"] for a in answers]  # the gate's, in every mode
-    assert all(a["unseen"] and not any(t["seen"] for t in a["top"]) for a in zsl)
+    assert [a.p_unseen for a in zsl] == [a.p_unseen for a in answers]  # the gate's, in every mode
+    assert all(a.unseen and not any(t.seen for t in a.top) for a in zsl)
 
 
 def test_the_class_named_is_the_gates_even_where_the_scores_rank_another_first(bundles, monkeypatch):
     """A tie at the threshold (forced here: the gate names each image's LAST-ranked column) still puts the
     gate's class first."""
-    from bsegn.app.predict import Predictor
+    from bsegn.app.inference import Predictor
 
     bundle = load_bundle(bundles["gaussian"])
     images = _images(4)
     worst = _gate_view(bundle, images).scores.argmin(1)
     monkeypatch.setattr(bundle.gate, "predict", lambda inputs, threshold=None, score=None: worst)
     answers = Predictor(bundle).predict_tensors(images, top_k=3)
-    assert [a["top"][0]["class_id"] for a in answers] == bundle.gzsl.class_ids[worst].tolist()
-    assert all(len(a["top"]) == 3 and len({t["class_id"] for t in a["top"]}) == 3 for a in answers)
+    assert [a.top[0].class_id for a in answers] == bundle.gzsl.class_ids[worst].tolist()
+    assert all(len(a.top) == 3 and len({t.class_id for t in a.top}) == 3 for a in answers)
 
 
 def test_threshold_moves_the_decisions(bundles, tmp_path, capsys):
@@ -259,7 +258,7 @@ def test_serve_answers_the_gates_p_unseen_and_refits_a_learned_gate_for_an_added
     engine.start(background=False)
     bundle, images = engine.ready_predictor().bundle, _images(3)
     expected = bundle.gate.p_unseen(_gate_view(bundle, images)).tolist()
-    served = [engine.submit(image).result(timeout=60)["p_unseen"] for image in images]
+    served = [engine.submit(image).result(timeout=60).p_unseen for image in images]
     assert served == pytest.approx(expected, abs=1e-6) and any(abs(p - 0.5) > 1e-3 for p in served)
     old = bundle.gate
     engine.add_classes([("zebra", [0.9, 0.1, 0.9, 0.1, 0.9])])

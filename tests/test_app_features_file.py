@@ -43,8 +43,8 @@ def _config(path, cache, tmp_path, *extra):
 
 def test_training_on_a_feature_file_skips_the_backbone(demo_features, tmp_path, monkeypatch, capsys):
     from bsegn.app.bundle import BundleError, load_bundle
+    from bsegn.app.inference import Predictor
     from bsegn.app.pipeline import run_pipeline
-    from bsegn.app.predict import Predictor
     from bsegn.core.logs import setup_logging
 
     path, cache = demo_features

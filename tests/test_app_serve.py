@@ -191,9 +191,8 @@ def test_waiting_requests_are_forwarded_as_one_batch_with_the_same_answers(bundl
     assert engine.batch_sizes == {3: 1}
     for image, answer in zip(images, answers):
         alone = predictor.predict_tensors(image[None], top_k=len(CLASSES))[0]
-        assert [t["class"] for t in answer["top"]] == [t["class"] for t in alone["top"]]
-        assert [t["probability"] for t in answer["top"]] == pytest.approx([t["probability"] for t in alone["top"]],
-                                                                          abs=1e-5)
+        assert [t.name for t in answer.top] == [t.name for t in alone.top]
+        assert [t.probability for t in answer.top] == pytest.approx([t.probability for t in alone.top], abs=1e-5)
     engine.stop()
 
 

@@ -343,20 +343,22 @@ def test_an_encoder_of_another_identity_is_refused(bundles, tmp_path, capsys, fa
 
 @pytest.mark.parametrize("kind", ["text", "attributes+text"])
 def test_explain_on_a_text_model_names_the_nearest_class_texts(bundles, kind):
-    from bsegn.app.predict import Predictor, _format_text
+    import dataclasses
+
+    from bsegn.app.inference import Predictor
 
     predictor = Predictor(load_bundle(bundles[kind]))
     answer = predictor.predict_tensors(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
                                        explain=True)[0]
-    explanation = answer["explain"]
-    assert explanation["class_text"] == TEXTS[answer["top"][0]["class_id"]]
+    explanation = answer.explain
+    assert explanation["class_text"] == TEXTS[answer.top[0].class_id]
     cosines = [t["cosine"] for t in explanation["nearest_texts"]]
     assert len(cosines) == 3 and cosines == sorted(cosines, reverse=True)
     assert all(t["text"] == TEXTS[CLASSES.index(t["class"])] for t in explanation["nearest_texts"])
     assert ("attributes_read" in explanation) == (kind != "text")
     if kind != "text":
         assert {a["attribute"] for a in explanation["attributes_read"]} <= {"a0", "a1", "a2"}
-    text = _format_text({"image": "x.png", **answer})
+    text = dataclasses.replace(answer, image="x.png").to_text()
     assert "class text: " in text and explanation["nearest_texts"][0]["text"] in text
 
 
