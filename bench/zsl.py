@@ -106,6 +106,8 @@ METHOD_UNSEEN_RANKING = {"f-clswgan": "gzsl"}
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="final-protocol seeds are FIRST..FIRST+SEEDS-1 (split one table's seeds over processes)")
     parser.add_argument("--json", type=Path, default=None, help="write the table as JSON here")
     parser.add_argument("--config", default="awa1-lampert", help="a shipped config's name or a run config YAML")
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated subset of " + ", ".join(ALL_METHODS))
@@ -237,7 +239,7 @@ def main(argv=None) -> int:
             write_json(table, oracle_table, chosen, epoch_seconds)
             continue
         results = {kind: [] for kind in gate_kinds}
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             run = run_bsegn(features, split, config, seed=seed, gates=thresholds, unseen_ranking=ranking,
                             show_progress=False).result
             epoch_seconds.append(run["seconds_per_epoch"])
