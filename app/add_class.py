@@ -50,7 +50,8 @@ def refit_classifiers(bundle: Bundle, trained=None):
     for fitted in (classifier, zsl_classifier):
         if not all(bool(torch.isfinite(v).all()) for v in fitted.state_dict().values()):
             raise BundleError("the refitted classifier is not finite: the new attribute values are far off the scale "
-                              f"of the model's classes (max |value| {trained.semantics.abs().max():.3g}); nothing written")
+                              f"of the model's classes (max |value| {trained.semantics.abs().max():.3g}); "
+                              "nothing written")
     return classifier, zsl_classifier
 
 

@@ -252,12 +252,13 @@ def read_bundle_config(folder: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f"{path}: damaged (not valid JSON: {error}); re-copy the bundle or re-run train.py") from None
     if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: not a bsegn bundle config (format {config.get('format') if isinstance(config, dict) else None!r})")
+        found = config.get("format") if isinstance(config, dict) else None
+        raise BundleError(f"{path}: not a bsegn bundle config (format {found!r})")
     version = config.get("format_version")
     if version not in READABLE_VERSIONS:
         raise BundleError(f"{folder}: bundle format version {version!r}, but this bsegn reads versions "
-                          f"{', '.join(map(str, READABLE_VERSIONS))}; use the bsegn version that wrote it ({config.get('versions', {}).get('bsegn')}) "
-                          "or re-run train.py")
+                          f"{', '.join(map(str, READABLE_VERSIONS))}; use the bsegn version that wrote it "
+                          f"({config.get('versions', {}).get('bsegn')}) or re-run train.py")
     if config_digest(config) != config.get("config_sha256"):
         raise BundleError(f"{path}: content does not match its integrity hash: the file was edited or "
                           "damaged; re-copy the bundle (bsegn add-class writes a new valid one)")
@@ -372,7 +373,8 @@ def model_card(config: dict[str, Any]) -> str:
         lines.append("| protocol | T1 | U | S | H |")
         lines.append("|---|---|---|---|---|")
         lines.append(f"| {metrics.get('protocol', '?')} | " + " | ".join(
-            f"{metrics[key]:.1f}" if isinstance(metrics.get(key), (int, float)) else "-" for key in ("T1", "U", "S", "H"))
+            f"{metrics[key]:.1f}" if isinstance(metrics.get(key), (int, float)) else "-"
+            for key in ("T1", "U", "S", "H"))
             + " |")
     else:
         lines.append("not evaluated")

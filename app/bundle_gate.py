@@ -77,7 +77,8 @@ def _expected_shapes(kind: str, state: dict, dim: int, decoder: bool = True) -> 
     has a semantic decoder (combined may then have its fourth, semantic part)."""
     if kind == "gaussian":
         means = state.get("means")
-        return {"means": (means.shape[0] if means is not None and means.ndim == 2 else -1, dim), "precision": (dim, dim)}
+        return {"means": (means.shape[0] if means is not None and means.ndim == 2 else -1, dim),
+                "precision": (dim, dim)}
     if kind in ("learned", "cosmo"):
         first = state.get("network.0.weight")
         hidden = first.shape[0] if first is not None and first.ndim == 2 else -1
@@ -134,8 +135,8 @@ def gate_card_lines(config: dict[str, Any]) -> list[str]:
     lines = [line + (f"; {', '.join(measured)}" if measured else "")]
     temperature = float(gate.get("temperature", 1.0))
     if temperature != 1.0:
-        calibration = f"- p(unseen) = sigmoid((score - threshold) / {temperature:.4g}), the temperature fitted on the " \
-                      "validation protocol"
+        calibration = (f"- p(unseen) = sigmoid((score - threshold) / {temperature:.4g}), the temperature fitted on "
+                       "the validation protocol")
         if isinstance(metrics.get("p_unseen_ece"), (int, float)):
             calibration += f" (test: calibration error {metrics['p_unseen_ece']:.3f})"
         lines.append(calibration)

@@ -2,8 +2,8 @@
 
 A bundle whose config.json was edited and its hash recomputed passes the integrity checks; these
 checks make sure it is still a model: class lists that agree, ids in range, sizes that are small
-positive integers, finite numbers, a known gate (app.bundle_gate), and weights without NaN or infinity. Each failure is a BundleError
-naming the field, never an IndexError or a 30 GB allocation.
+positive integers, finite numbers, a known gate (app.bundle_gate), and weights without NaN or infinity.
+Each failure is a BundleError naming the field, never an IndexError or a 30 GB allocation.
 
     check_bundle_config(config, folder)     after config.json's hash check (bsegn.app.bundle)
     check_finite_tensors(tensors, path)     after model.safetensors' sha256 check
@@ -42,8 +42,8 @@ def _number(folder, field, value, *, positive: bool = False) -> float:
 
 def _list(folder, field, value, length: int | None = None) -> list:
     if not isinstance(value, list) or (length is not None and len(value) != length):
-        raise _fail(folder, field, f"must be a list{'' if length is None else f' of {length}'}, got "
-                                   f"{type(value).__name__}{'' if not isinstance(value, list) else f' of {len(value)}'}")
+        found = type(value).__name__ + ("" if not isinstance(value, list) else f" of {len(value)}")
+        raise _fail(folder, field, f"must be a list{'' if length is None else f' of {length}'}, got {found}")
     return value
 
 
@@ -156,7 +156,8 @@ def _check_semantics(config: dict[str, Any], folder: Path, count: int, semantic_
     from bsegn.datasets.text_semantics import TEXT_POOLINGS
 
     if config.get("text_pooling") not in (None,) + TEXT_POOLINGS:  # absent: written before pooling existed
-        raise _fail(folder, "text_pooling", f"must be one of {', '.join(TEXT_POOLINGS)}, got {config['text_pooling']!r}")
+        raise _fail(folder, "text_pooling",
+                    f"must be one of {', '.join(TEXT_POOLINGS)}, got {config['text_pooling']!r}")
     for index, value in enumerate(_list(folder, "class_texts", config.get("class_texts"), count)):
         _text(folder, f"class_texts[{index}]", value)
 

@@ -42,7 +42,8 @@ def semantic_fields(split) -> dict[str, Any]:
 
         text_dim = int(encode_texts(list(split.class_texts[:1]), split.text_encoder).shape[1])
     return {"semantic_kind": kind, "text_encoder": split.text_encoder, "text_encoder_id": split.text_encoder_id,
-            "text_pooling": split.text_pooling or "sentence", "attribute_dim": dim - text_dim, "text_dim": text_dim, "class_texts": list(split.class_texts)}
+            "text_pooling": split.text_pooling or "sentence", "attribute_dim": dim - text_dim, "text_dim": text_dim,
+            "class_texts": list(split.class_texts)}
 
 
 def fields_from_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -241,7 +241,8 @@ def parse_new_classes(info: dict, *, attributes: str | None = None, description:
     missing = [n for n, _ in values if n.casefold() not in by_name]
     extra = sorted(set(by_name) - {n.casefold() for n, _ in values})
     if missing or extra:
-        raise BundleError(f"class {(missing or extra)[0]!r} has {'no description' if missing else 'no attribute values'}; "
+        lacking = "no description" if missing else "no attribute values"
+        raise BundleError(f"class {(missing or extra)[0]!r} has {lacking}; "
                           "give every new class both (the same names in --attributes and --description)")
     return [NewClass(n, attributes=v, description=by_name[n.casefold()]) for n, v in values]
 
@@ -279,7 +280,9 @@ def class_vector_for(bundle, new: NewClass, encoder: str | None = None) -> torch
     """The semantic vector of `new` for `bundle` (float32, the bundle's semantic dim)."""
     kind = bundle.semantic_kind
     check_given(kind, attributes=new.attributes is not None, description=new.description is not None)
-    attribute_dim = bundle.trained.semantic_dim - bundle.text_dim if bundle.attribute_dim is None else bundle.attribute_dim
+    attribute_dim = bundle.attribute_dim
+    if attribute_dim is None:
+        attribute_dim = bundle.trained.semantic_dim - bundle.text_dim
     if new.attributes is not None and len(new.attributes) != attribute_dim:
         raise BundleError(f"{new.name!r}: {len(new.attributes)} attribute values; the model needs {attribute_dim}")
     if not uses_text(kind):

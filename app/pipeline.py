@@ -275,7 +275,8 @@ def preflight(config: RunConfig) -> PreparedData:
     given = pre_extracted_features(config, benchmark)
     split = benchmark.split if given is None else given[1]
     if split.class_texts is not None:
-        log.info(next((n for n in reversed(split.notes) if n.startswith("semantics")), f"semantics {split.semantic_kind}"))
+        note = next((n for n in reversed(split.notes) if n.startswith("semantics")), f"semantics {split.semantic_kind}")
+        log.info(note)
     if split.seen_classes is None or split.labels is None:
         raise DataError(f"{split.benchmark}: training needs per-image labels and the seen/unseen class lists; "
                         "check the data with `bsegn data summary` / `bsegn data check`")

@@ -38,7 +38,8 @@ def write_plots(run_dir: Path, metrics: dict, outcome) -> list[Path]:
         figure, axis = plt.subplots(figsize=(5, 4))
         axis.plot([r["S"] for r in curve], [r["U"] for r in curve], marker=".")
         best = max(curve, key=lambda r: r["H"])
-        axis.scatter([best["S"]], [best["U"]], color="red", zorder=3, label=f"best H {best['H']:.1f} (gamma {best['gamma']:.1f})")
+        axis.scatter([best["S"]], [best["U"]], color="red", zorder=3,
+                     label=f"best H {best['H']:.1f} (gamma {best['gamma']:.1f})")
         axis.set_xlabel("seen accuracy S (%)")
         axis.set_ylabel("unseen accuracy U (%)")
         axis.set_title("GZSL trade-off over calibration gamma (validation)")
@@ -48,7 +49,8 @@ def write_plots(run_dir: Path, metrics: dict, outcome) -> list[Path]:
         figure.savefig(written[-1], dpi=110)
         plt.close(figure)
 
-    gates = metrics.get("validation_gates") or (metrics.get("gates") if metrics.get("protocol") == "validation" else None)
+    gates = metrics.get("validation_gates") or (
+        metrics.get("gates") if metrics.get("protocol") == "validation" else None)
     if gates and any(row.get("curve") for row in gates.values()):
         written.append(_gate_curves(plt, plots, gates))
     written.append(_real_vs_synthetic(plt, plots, outcome))

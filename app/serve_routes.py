@@ -280,7 +280,8 @@ def build_app(engine, *, allowed_hosts: list[str] | None = None) -> FastAPI:
     @app.get("/health")
     async def health():
         batches = dict(engine.batch_sizes)  # one C-level copy: the worker may be counting meanwhile
-        return _json({"state": engine.state, "error": engine.error, "batch_sizes": {str(k): v for k, v in batches.items()}})
+        return _json({"state": engine.state, "error": engine.error,
+                      "batch_sizes": {str(k): v for k, v in batches.items()}})
 
     @app.get("/model")
     async def model():

@@ -70,7 +70,8 @@ def extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, i
     features = np.zeros((n, backbone.num_features), dtype=np.float32)
     seen = np.zeros(n, dtype=bool)
     ok_rows = np.zeros(n, dtype=bool)
-    bar = tqdm(loader, desc=f"extract {backbone.model_name}", disable=not (progress and accelerator.is_local_main_process))
+    bar = tqdm(loader, desc=f"extract {backbone.model_name}",
+               disable=not (progress and accelerator.is_local_main_process))
     for images, _, indices, ok in bar:
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -108,7 +109,8 @@ def feature_cache_key(backbone: FeatureBackbone, image_files: Sequence[str], lab
     header = {
         "model_name": backbone.model_name,
         "weights_hash": weights_hash(backbone.model),
-        "transform": build_eval_transform(backbone.data_config_at(image_size), reduced_decode=reduced_decode).describe(),
+        "transform": build_eval_transform(backbone.data_config_at(image_size),
+                                          reduced_decode=reduced_decode).describe(),
         "flip_average": bool(flip_average),
         "dataset": {"id": dataset_id, "num_images": len(image_files), "files_sha256": files_digest,
                     "labels_sha256": labels_digest},

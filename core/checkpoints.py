@@ -85,7 +85,8 @@ class EpochCheckpoint:
         try:
             state = json.loads((found / STATE_FILE).read_text())
         except (OSError, ValueError) as error:
-            raise DataError(f"{found / STATE_FILE} is unreadable ({error}); delete {found} to start the stage over") from None
+            raise DataError(f"{found / STATE_FILE} is unreadable ({error}); delete {found} to start the stage "
+                            "over") from None
         if state.get("format") != FORMAT or state.get("kind") != self.kind:
             raise DataError(f"{found} is not a bsegn {self.kind} checkpoint of this version "
                             f"(format {state.get('format')!r}); delete it to start the stage over")
@@ -112,7 +113,8 @@ class EpochCheckpoint:
                             "delete it to start the stage over") from None
         for name, module in modules.items():
             prefix = f"{name}."
-            self._unwrap(module).load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            self._unwrap(module).load_state_dict(own)
         for name, obj in (optimizers or {}).items():
             if name not in saved:
                 raise DataError(f"the checkpoint in {found} has no state for {name!r}; delete it to start over")

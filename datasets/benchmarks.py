@@ -171,7 +171,8 @@ def _load_benchmark(name: str, *, splits_dir=None, images_root=None, attributes_
     report = check_images(name, images_root, splits_dir, split=split)
     if not report.ok:
         raise DataError(f"{name}: the image folder {report.images_root} does not match the split: "
-                        f"{report.problems[0]}. Run `bsegn data check --data.benchmark {name} --data.images_root {images_root}` "
+                        f"{report.problems[0]}. Run `bsegn data check --data.benchmark {name} "
+                        f"--data.images_root {images_root}` "
                         "for the full report.")
     image_root = resolve_image_root(images_root, name)
     files = list_images(image_root, name)

@@ -183,14 +183,15 @@ class BertSentenceEncoder:
 
         w, d = self.weights, self.dimension
         positions = torch.arange(tokens.shape[1])
-        x = (F.embedding(tokens, w["embeddings.word_embeddings.weight"]) + w["embeddings.position_embeddings.weight"][positions]
+        x = (F.embedding(tokens, w["embeddings.word_embeddings.weight"])
+             + w["embeddings.position_embeddings.weight"][positions]
              + w["embeddings.token_type_embeddings.weight"][0])
         x = self._norm(x, "embeddings.LayerNorm")
         keep = mask[:, None, None, :]  # (b, 1, 1, L): every query attends to the real tokens only
         for layer in range(self.layers):
             p = f"encoder.layer.{layer}."
-            heads = [self._linear(x, p + f"attention.self.{part}").unflatten(-1, (self.heads, d // self.heads)).transpose(1, 2)
-                     for part in ("query", "key", "value")]
+            heads = [self._linear(x, p + f"attention.self.{part}").unflatten(-1, (self.heads, d // self.heads))
+                     .transpose(1, 2) for part in ("query", "key", "value")]
             attended = F.scaled_dot_product_attention(*heads, attn_mask=keep, scale=1 / math.sqrt(d // self.heads))
             x = self._norm(x + self._linear(attended.transpose(1, 2).flatten(2), p + "attention.output.dense"),
                            p + "attention.output.LayerNorm")
@@ -208,7 +209,8 @@ class BertSentenceEncoder:
     def _norm(self, x, name):
         import torch.nn.functional as F
 
-        return F.layer_norm(x, (self.dimension,), self.weights[name + ".weight"], self.weights[name + ".bias"], self.eps)
+        return F.layer_norm(x, (self.dimension,), self.weights[name + ".weight"], self.weights[name + ".bias"],
+                            self.eps)
 
 
 def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:

@@ -97,7 +97,8 @@ def read_res101_mat(path: str | Path) -> FeatureSet:
 
 
 def write_res101_mat(path: str | Path, feature_set: FeatureSet) -> Path:
-    """Write `feature_set` as an xlsa17 res101.mat: features (D, N) float32, labels (N, 1) 1-based, image_files (N, 1)."""
+    """Write `feature_set` as an xlsa17 res101.mat: features (D, N) float32, labels (N, 1) 1-based,
+    image_files (N, 1)."""
     import scipy.io
 
     path = Path(path)

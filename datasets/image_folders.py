@@ -242,7 +242,8 @@ def check_images(benchmark: str, images_root: str | Path, splits_dir: str | Path
         if missing:
             report.problems.append(f"{len(missing)} expected images are missing (first: {missing[0]})")
         if unexpected:
-            report.problems.append(f"{len(unexpected)} images are not in the benchmark's list (first: {unexpected[0]}); "
+            report.problems.append(f"{len(unexpected)} images are not in the benchmark's list (first: "
+                                   f"{unexpected[0]}); "
                                    "they would shift every index after them")
     else:
         present = np.arange(expected_n) < len(found)

@@ -57,7 +57,8 @@ def open_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             except Image.DecompressionBombError as error:
                 raise ImageError(f"{path}: image too large to decode safely ({error}).") from None
             except UnidentifiedImageError:
-                raise ImageError(f"{path}: not an image file PIL can read (wrong extension or not an image at all).") from None
+                raise ImageError(f"{path}: not an image file PIL can read (wrong extension or not an image at "
+                                 "all).") from None
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageError(

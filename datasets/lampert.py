@@ -166,7 +166,8 @@ def load_awa1_lampert(features_dir: str | Path | None = None, splits_dir: str | 
                         "features are looked up in AWA1_Lampert2009/feat there or beside it; docs/data.md).")
     features_dir = Path(features_dir) if features_dir is not None else features_dir_beside(splits_dir)
     if not features_dir.is_dir():
-        raise DataError(f"{features_dir}: no such folder; expected the AwA1 v1 'feat' folder of <class>-{feature_type}.pic.bz2 files.")
+        raise DataError(f"{features_dir}: no such folder; expected the AwA1 v1 'feat' folder of "
+                        f"<class>-{feature_type}.pic.bz2 files.")
 
     split = load_xlsa17("AWA1", splits_dir)
     # The image order the AWA1 locs index: classes in alphabetical order of name, images in file order.

@@ -77,7 +77,8 @@ def read_class_table(path: str | Path) -> ClassTable:
                             "that contains a comma).")
         split = cells[1].lower()
         if split not in ("seen", "unseen"):
-            raise DataError(f"{path}, line {line_number} (class {name!r}): split must be 'seen' or 'unseen', got {cells[1]!r}.")
+            raise DataError(f"{path}, line {line_number} (class {name!r}): split must be 'seen' or 'unseen', "
+                            f"got {cells[1]!r}.")
         if name in names:
             raise DataError(f"{path}, line {line_number}: class {name!r} appears twice (first on line "
                             f"{rows[1 + names.index(name)][0]}); keep one row per class.")
@@ -86,14 +87,14 @@ def read_class_table(path: str | Path) -> ClassTable:
                             "every class needs its attribute row.")
         row_values = []
         for column, j in zip(attribute_names, attribute_columns):
+            where = f"{path}, line {line_number} (class {name!r}), column {column!r}"
             try:
                 value = float(cells[j])
             except ValueError:
-                raise DataError(f"{path}, line {line_number} (class {name!r}), column {column!r}: {cells[j]!r} is not a "
-                                "number.") from None
+                raise DataError(f"{where}: {cells[j]!r} is not a number.") from None
             if not math.isfinite(value):
-                raise DataError(f"{path}, line {line_number} (class {name!r}), column {column!r}: {cells[j]!r} is not a "
-                                "finite number (NaN or infinity); fill in every attribute value.")
+                raise DataError(f"{where}: {cells[j]!r} is not a finite number (NaN or infinity); fill in every "
+                                "attribute value.")
             row_values.append(value)
         if text_column is not None:
             if cells[text_column]:
@@ -139,7 +140,8 @@ def load_own_data(images_root: str | Path, attributes_csv: str | Path, *, seed: 
     norms = np.linalg.norm(values, axis=1) if attribute_names else np.ones(len(names))
     if (norms == 0).any():
         zero = names[int(np.flatnonzero(norms == 0)[0])]
-        raise DataError(f"{attributes_csv}: class {zero!r} has all attribute values 0; its semantic vector would be empty.")
+        raise DataError(f"{attributes_csv}: class {zero!r} has all attribute values 0; its semantic vector would be "
+                        "empty.")
 
     labels = np.array([index[path.split("/", 1)[0]] for path in files], dtype=np.int64)
     seen = np.array([i for i, s in enumerate(splits) if s == "seen"], dtype=np.int64)

@@ -262,7 +262,8 @@ def validate_split(split: ZSLSplit, labels: np.ndarray, source: str, image_files
         if bad.size:
             index = int(loc[bad[0]])
             raise DataError(
-                f"{source}: {name} holds image index {index}{file_of(index)} (0-based; position {int(bad[0])} in {name}) of class "
+                f"{source}: {name} holds image index {index}{file_of(index)} (0-based; position {int(bad[0])} in "
+                f"{name}) of class "
                 f"{split.class_names[labels[index]]!r}, which is not {what}; "
                 f"{bad.size} such images. The image list or labels do not match this split file."
             )

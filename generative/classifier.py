@@ -87,7 +87,10 @@ def class_log_probs(trained, classifier: FinalClassifier, features, *, fusion: b
     out = []
     for start in range(0, len(features), batch_size):
         chunk = features[start:start + batch_size].to(trained.device)
-        mfim = trained.integrate(chunk) if integrated is None else integrated[start:start + batch_size].to(trained.device)
+        if integrated is None:
+            mfim = trained.integrate(chunk)
+        else:
+            mfim = integrated[start:start + batch_size].to(trained.device)
         scores = torch.log_softmax(classifier(mfim), dim=1)
         if fusion:
             scores = scores + trained.config.fusion_weight * trained.fem_log_probs(chunk, classifier.class_ids)

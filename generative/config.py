@@ -50,7 +50,8 @@ class BSeGNConfig:
     lambda_cyc: float = option(0.1, "weight of the cycle loss; 0 removes the semantic decoder and the cycle")
     lambda_cls: float = option(0.0, "weight of f-CLSWGAN's seen-classification loss; > 0 pre-trains its classifier")
     tau: float = option(0.1, "temperature of the FEM's cosine scores")
-    mfim_levels: tuple[str, ...] = option(MFIM_LEVELS, "levels the final classifier sees: x, h_R, a_hat, s (x required)")
+    mfim_levels: tuple[str, ...] = option(MFIM_LEVELS,
+                                          "levels the final classifier sees: x, h_R, a_hat, s (x required)")
     fusion_weight: float = option(0.0, "weight of the FEM's log-probabilities added to the final classifier's; 0: none")
     epochs: int = option(120, "generator epochs")
     iterations_per_epoch: int | None = option(None, "generator iterations per epoch; null: ceil(N_train / batch_size)")
@@ -67,7 +68,8 @@ class BSeGNConfig:
             _at_least_one(name, getattr(self, name))
         if self.iterations_per_epoch is not None:
             _at_least_one("iterations_per_epoch", self.iterations_per_epoch)
-        for name in ("lambda_gp", "lambda_s2f", "lambda_bal", "lambda_emb", "lambda_cyc", "lambda_cls", "fusion_weight"):
+        for name in ("lambda_gp", "lambda_s2f", "lambda_bal", "lambda_emb", "lambda_cyc", "lambda_cls",
+                     "fusion_weight"):
             value = getattr(self, name)
             require(value >= 0, f"{SECTION}.{name} must be >= 0, got {value}")
         require(self.lr > 0, f"{SECTION}.lr must be > 0, got {self.lr}")

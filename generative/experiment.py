@@ -81,7 +81,8 @@ def refuse_choosing_on_final(split, what: str) -> None:
     (bsegn.datasets.protocol.validation_protocol, val classes as unseen) may be chosen on."""
     if getattr(split, "protocol", "final") != "validation":
         raise ConfigError(
-            f"{what} would be chosen on the test images of {getattr(split, 'benchmark', 'this split')!r}, a final-protocol split: "
+            f"{what} would be chosen on the test images of {getattr(split, 'benchmark', 'this split')!r}, a "
+            "final-protocol split: "
             "choose it on the validation protocol (bsegn.datasets.protocol.validation_protocol) and pass it "
             "here, or give it yourself (e.g. threshold 0: no correction)")
 

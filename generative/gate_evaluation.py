@@ -79,7 +79,8 @@ def p_unseen_calibration(logits: torch.Tensor, is_unseen: torch.Tensor, bins: in
 def oracle_domain(seen, unseen, class_ids, seen_classes) -> dict:
     """U, S, H (percent) when every image goes to its true domain's expert: {"oracle_U", "oracle_S", "oracle_H"}."""
     (seen_inputs, seen_labels), (unseen_inputs, unseen_labels) = _pair(seen), _pair(unseen)
-    columns = (routed_predictions(seen_inputs.scores, seen_inputs.seen_columns, torch.zeros(len(seen_labels), dtype=torch.bool)),
+    columns = (routed_predictions(seen_inputs.scores, seen_inputs.seen_columns,
+                                  torch.zeros(len(seen_labels), dtype=torch.bool)),
                routed_predictions(unseen_inputs.scores, unseen_inputs.seen_columns,
                                   torch.ones(len(unseen_labels), dtype=torch.bool)))
     r = evaluate_scores(seen_inputs.scores, seen_labels, unseen_inputs.scores, unseen_labels, class_ids,
@@ -130,7 +131,8 @@ def choose_threshold(gate, seen, unseen, class_ids, seen_classes, *, scores: tup
     curve = []
     seen_score, unseen_score = scores or domain_scores(gate, seen, unseen)
     for threshold in threshold_candidates(gate, seen_score, unseen_score):
-        columns = (gate.predict(seen_inputs, threshold, seen_score), gate.predict(unseen_inputs, threshold, unseen_score))
+        columns = (gate.predict(seen_inputs, threshold, seen_score),
+                   gate.predict(unseen_inputs, threshold, unseen_score))
         r = evaluate_scores(seen_inputs.scores, seen_labels, unseen_inputs.scores, unseen_labels, class_ids,
                             seen_classes, columns=columns)
         curve.append({"threshold": float(threshold), "U": r["U"], "S": r["S"], "H": r["H"]})

@@ -341,7 +341,8 @@ def cross_fitted_log_distances(integrated: torch.Tensor, labels: torch.Tensor, *
         rows = order[fold::folds]
         rest = torch.ones(len(integrated), dtype=torch.bool)
         rest[rows] = False
-        gaussian = GaussianGate(integrated.shape[1], len(torch.unique(labels[rest]))).fit(integrated[rest], labels[rest])
+        gaussian = GaussianGate(integrated.shape[1], len(torch.unique(labels[rest])))
+        gaussian.fit(integrated[rest], labels[rest])
         held_out[rows] = gaussian.domain_score(SimpleNamespace(integrated=integrated[rows])).clamp_min(1e-6).log()
     return held_out
 
