@@ -26,7 +26,7 @@ from bsegn.core.files import OLD_SUFFIX
 from bsegn.core.locks import BundleLock
 from bsegn.core.logs import get_logger
 
-log = get_logger("bsegn.add_class")
+log = get_logger(__name__)
 REACHABLE = 0.5  # below this share of its synthetic features called unseen, an added class gets a warning
 # gates fitted on synthetic unseen features (combined: and standardised on the classifier's scores): refitted
 # when classes change

@@ -44,7 +44,7 @@ from bsegn.core.files import (atomic_file, atomic_folder, digest_json, existing_
 from bsegn.core.locks import BundleLock
 from bsegn.core.logs import get_logger
 
-log = get_logger("bsegn.app.bundle")
+log = get_logger(__name__)
 
 BUNDLE_FORMAT = "bsegn-bundle"
 FORMAT_VERSION = 3  # 2: the lean BSeGNConfig, gamma and unseen_ranking beside it; 3: the gate replaces gamma

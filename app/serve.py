@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(path, mode=args.mode, device=args.device, save_dir=args.save_dir, limits=limits)
     engine.load()  # before listening: a missing, damaged or feature-only bundle is one line and exit 2
     if args.host not in LOOPBACK:
-        get_logger("bsegn.serve").warning(
+        get_logger(__name__).warning(
             "serve: listening on %s: anyone who can reach this machine can use the page and its routes "
             "(no authentication); use the default 127.0.0.1 unless you mean it", args.host)
     try:

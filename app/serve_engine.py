@@ -25,7 +25,7 @@ from typing import Any
 from bsegn.core.errors import BsegnError, BundleError
 from bsegn.core.logs import get_logger
 
-log = get_logger("bsegn.serve")
+log = get_logger(__name__)
 
 SAFE_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

@@ -15,7 +15,7 @@ from bsegn.app.serve_engine import Busy, RequestError
 from bsegn.core.files import json_safe
 from bsegn.core.logs import get_logger
 
-log = get_logger("bsegn.serve")
+log = get_logger(__name__)
 JSON_LIMIT = 4_000_000  # bytes of a JSON request (a CSV of many classes fits)
 MULTIPART_OVERHEAD = 64_000
 # classes one /classes call may add: each costs its synthetic features and the refits are redone for all at

@@ -229,10 +229,11 @@ def test_add_class_reports_reachability_and_warns_of_an_unreachable_class(tmp_pa
     shares = reachability(reachable.trained, reachable.gzsl, reachable.zsl, reachable.gate, [6], ["zebra"])
     assert shares["zebra"] > 0.5
     assert "reachability" in bsegn_log.text and "zebra 100%" in bsegn_log.text
-    assert not [r for r in bsegn_log.records if r.levelname == "WARNING" and r.name == "bsegn.add_class"]
+    assert not [r for r in bsegn_log.records if r.levelname == "WARNING" and r.name == "bsegn.app.add_class"]
     add_classes(_tiny_bundle(tmp_path / "b", gate="learned", threshold=1e9), [("okapi", [0.9, 0.1, 0.9, 0.1, 0.9])],
                 tmp_path / "b-out")
-    warnings = [r.getMessage() for r in bsegn_log.records if r.levelname == "WARNING" and r.name == "bsegn.add_class"]
+    warnings = [r.getMessage() for r in bsegn_log.records
+                if r.levelname == "WARNING" and r.name == "bsegn.app.add_class"]
     assert len(warnings) == 1 and "'okapi' is hard to reach" in warnings[0] and "0%" in warnings[0]
     assert "\n" not in warnings[0]
 

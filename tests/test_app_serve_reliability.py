@@ -93,7 +93,7 @@ def test_a_client_that_disconnects_mid_upload_is_one_debug_line(bundle, bsegn_lo
     handler = logging.Handler()
     handler.emit = records.append
     uvicorn_log = logging.getLogger("uvicorn.error")
-    bsegn_log.set_level(logging.DEBUG, logger="bsegn.serve")
+    bsegn_log.set_level(logging.DEBUG, logger="bsegn.app")  # serve_engine and serve_routes log as their modules
     engine = _engine(bundle)
     body, boundary = _multipart(_png((200, 200), noise=True))
     server = BackgroundServer(create_app(engine))  # uvicorn sets its loggers up here: the handler goes after

@@ -31,3 +31,21 @@ def test_the_lint_rules_are_configured_where_ruff_reads_them():
 
     ruff = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["ruff"]
     assert ruff["line-length"] == 120 and {"E", "F", "W"} <= set(ruff["lint"]["select"])
+
+
+def test_every_module_logs_under_its_own_name():
+    # one logger per module, named by the module (get_logger(__name__)): a record says where it came from,
+    # and a test selects a module's records by that name
+    import ast
+
+    ad_hoc = []
+    for folder in LIBRARY[:-1]:
+        for path in sorted((REPO_ROOT / folder).glob("*.py")):
+            if path.name == "logs.py" and folder == "core":
+                continue  # the logging set-up itself
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                        "get_logger", "getLogger"):
+                    if not (len(node.args) == 1 and getattr(node.args[0], "id", None) == "__name__"):
+                        ad_hoc.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not ad_hoc, f"log with get_logger(__name__): {ad_hoc}"
