@@ -1,6 +1,8 @@
-"""Markdown table of one or more bench/awa1_lampert.py --json files (or gpu_session.sh's awa1_runs.json).
+"""Markdown table of one or more bench/zsl.py --json files (or gpu_session.sh's awa1_runs.json).
 
     python bench/table.py bench/results/awa1_lampert_lss_cpu_part1.json bench/results/awa1_lampert_lss_cpu_part2.json
+    python bench/table.py --merge-seeds seed0.json seed1.json seed2.json [--out merged.json]
+                                        # one table's final seeds run as separate processes (zsl.py --first-seed)
 
 One row per method, in the order given: T1, U, S, H as mean ± std over seeds (percent), then what the
 validation protocol chose (the seen-or-unseen gate's threshold, generator epochs), the decision measured
@@ -20,6 +22,32 @@ def bench_payloads(path: Path) -> list[dict]:
     """The bench payloads in a file: one (a --json file) or several (gpu_session.sh's merged file)."""
     data = json.loads(path.read_text())
     return [data] if "methods" in data else list(data.values())
+
+
+def merge_seeds(payloads: list[dict]) -> dict:
+    """One payload from several runs of the same methods on different final seeds (each file's rows are means
+    over its own seeds): every method's T1/U/S/H become the mean and sample std over all the seeds, weighted
+    by each file's seed count; the other numbers (AUROC, oracle H) their weighted mean. The first file's
+    validation choices are kept; every file must have made the same ones (same thresholds)."""
+    import numpy as np
+
+    merged = {**payloads[0], "methods": {}, "merged_from": len(payloads)}
+    names = [name for name in payloads[0]["methods"] if all(name in p["methods"] for p in payloads)]
+    for name in names:
+        rows_ = [p["methods"][name] for p in payloads]
+        if any(r.get("threshold") != rows_[0].get("threshold") for r in rows_):
+            raise SystemExit(f"{name}: the files chose different thresholds; not one protocol's seeds")
+        if any(r["seeds"] != 1 for r in rows_):
+            raise SystemExit(f"{name}: merge files of one seed each (zsl.py --seeds 1 --first-seed S)")
+        out = dict(rows_[0], seeds=len(rows_))
+        for key in ("T1", "U", "S", "H"):
+            values = np.array([r[key] for r in rows_])
+            out[key], out[f"{key}_std"] = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        for key in ("domain_auroc", "domain_accuracy", "oracle_U", "oracle_S", "oracle_H"):
+            if all(key in r for r in rows_):
+                out[key] = float(np.mean([r[key] for r in rows_]))
+        merged["methods"][name] = out
+    return merged
 
 
 def rows(payloads: list[dict]) -> list[str]:
@@ -49,8 +77,14 @@ def rows(payloads: list[dict]) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--merge-seeds", action="store_true", help="the files are one table's seeds: merge them")
+    parser.add_argument("--out", type=Path, default=None, help="with --merge-seeds: write the merged payload here")
     args = parser.parse_args(argv)
     payloads = [p for path in args.files for p in bench_payloads(path)]
+    if args.merge_seeds:
+        payloads = [merge_seeds(payloads)]
+        if args.out:
+            args.out.write_text(json.dumps(payloads[0], indent=1) + "\n")
     print("\n".join(rows(payloads)))
     return 0
 

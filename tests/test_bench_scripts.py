@@ -244,3 +244,24 @@ def test_images_bench_reads_real_photos_spread_over_their_classes(tmp_path):
     assert labels.max() == 9 and labels[files.index(next(f for f in files if f.startswith("class10")))] == 0
     with pytest.raises(SystemExit, match="no <class>/<image> files"):
         images.real_photos(tmp_path / "class00", 3)
+
+
+def test_seed_files_merge_into_one_table_row_per_method():
+    """bench/table.py --merge-seeds: per-seed files (zsl.py --seeds 1 --first-seed S) become mean and
+    sample std over the seeds; files that chose other thresholds are not one protocol's seeds."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import table
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def payload(h, t1, threshold=-3.0):
+        return {"methods": {"bsegn [stacking]": {"T1": t1, "U": 40.0, "S": 80.0, "H": h, "T1_std": 0.0, "U_std": 0.0,
+                                                 "S_std": 0.0, "H_std": 0.0, "seeds": 1, "gate": "stacking",
+                                                 "threshold": threshold, "domain_auroc": 0.9}}}
+    merged = table.merge_seeds([payload(47.0, 57.0), payload(49.0, 59.0), payload(51.0, 61.0)])
+    row = merged["methods"]["bsegn [stacking]"]
+    assert row["seeds"] == 3 and row["H"] == pytest.approx(49.0) and row["H_std"] == pytest.approx(2.0)
+    assert row["T1"] == pytest.approx(59.0) and row["domain_auroc"] == pytest.approx(0.9)
+    with pytest.raises(SystemExit, match="different thresholds"):
+        table.merge_seeds([payload(47.0, 57.0), payload(49.0, 59.0, threshold=-2.0)])
