@@ -228,7 +228,7 @@ def test_divergence_guard_stops_a_finite_but_exploding_loss():
 
 
 DDP_SCRIPT = r'''
-import json, sys, torch
+import json, os, sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[2])
 from test_generative_training import gaussian_benchmark, TINY
@@ -252,6 +252,8 @@ out["moved"] = (flat - initial).abs().max().item()
 with open(f"{sys.argv[1]}/rank{accelerator.process_index}-of{accelerator.num_processes}.json", "w") as f:
     json.dump(out, f)
 accelerator.end_training()  # destroys the gloo group: without it a rank could abort at exit (SIGABRT)
+sys.stdout.flush()
+os._exit(0)  # torch's C++ teardown at exit can still abort a rank on a loaded machine after the result is written
 '''
 
 
