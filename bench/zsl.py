@@ -62,8 +62,8 @@ def load_features(config_name: str, overrides: list[str]):
     if config.data.splits_dir is None and canonical_name(config.data.benchmark) not in ("demo", "own"):
         shared = shared_data_dir()
         folder = shared / canonical_name(config.data.benchmark).split("-")[0] if shared else None
-        if folder is not None and folder.is_dir():
-            config.data.splits_dir = str(folder)
+        if folder is not None and folder.is_dir():  # the config is frozen: rebuilt with the folder given
+            config = load_run_config(config_name, [*overrides, "--data.splits_dir", str(folder)])
     data = preflight(config)
     if data.given is None:
         raise SystemExit(f"{config.data.benchmark}: the bench compares methods on pre-extracted features; extract "

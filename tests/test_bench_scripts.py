@@ -265,3 +265,28 @@ def test_seed_files_merge_into_one_table_row_per_method():
     assert row["T1"] == pytest.approx(59.0) and row["domain_auroc"] == pytest.approx(0.9)
     with pytest.raises(SystemExit, match="different thresholds"):
         table.merge_seeds([payload(47.0, 57.0), payload(49.0, 59.0, threshold=-2.0)])
+
+
+def test_zsl_bench_finds_a_benchmarks_split_folder_in_the_shared_data(tmp_path, monkeypatch):
+    """A benchmark config that leaves data.splits_dir empty gets the shared data folder's (the bench's own
+    look-up; the library never guesses one), and a given one is kept."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import zsl
+    finally:
+        sys.path.remove(str(BENCH))
+    from bsegn.app import pipeline
+
+    (tmp_path / "AWA1").mkdir()
+    monkeypatch.setenv("BSEGN_SHARED_DATA", str(tmp_path))
+    seen = []
+
+    def preflight(config):
+        seen.append(config.data.splits_dir)
+        raise SystemExit("stop before loading")
+
+    monkeypatch.setattr(pipeline, "preflight", preflight)
+    for overrides, expected in (([], str(tmp_path / "AWA1")), (["--data.splits_dir", "/elsewhere"], "/elsewhere")):
+        with pytest.raises(SystemExit, match="stop before loading"):
+            zsl.load_features("awa1-lampert", overrides)
+        assert seen[-1] == expected
