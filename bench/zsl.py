@@ -57,6 +57,7 @@ def load_features(config_name: str, overrides: list[str]):
     from bsegn.app.config import load_run_config
     from bsegn.app.pipeline import drop_images, preflight
     from bsegn.datasets.benchmarks import canonical_name
+    from bsegn.datasets.paths import shared_data_dir
 
     config = load_run_config(config_name, overrides)
     if config.data.splits_dir is None and canonical_name(config.data.benchmark) not in ("demo", "own"):
@@ -70,13 +71,6 @@ def load_features(config_name: str, overrides: list[str]):
                          "them once with `bsegn extract ... --out DIR` and give --data.features_file DIR/features_*.safetensors")
     features, split = data.given
     return config, features, drop_images(split, features.meta.get("bad_indices", []))
-
-
-def shared_data_dir() -> Path | None:
-    """The shared benchmark folder benches read: $BSEGN_SHARED_DATA, else ../shared/data beside the checkout."""
-    env = os.environ.get("BSEGN_SHARED_DATA")
-    folder = Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-    return folder if folder.is_dir() else None
 
 
 def summarise(results: list[dict]) -> dict:
