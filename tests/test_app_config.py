@@ -67,6 +67,18 @@ def test_config_errors_are_user_errors():
     assert issubclass(ConfigError, BsegnError)
 
 
+
+def test_exponent_numbers_are_numbers_in_flags_and_yaml(tmp_path):
+    # PyYAML reads 1e-3 (no dot) as a string: the config takes it as the number every user means
+    config = load_run_config(None, ["--generative.lr", "1e-3", "--finetune.lr_backbone", "5E-4"])
+    assert config.generative.lr == 1e-3 and config.finetune.lr_backbone == 5e-4
+    path = tmp_path / "exp.yaml"
+    path.write_text("generative: {lr: 2e-4}\n")
+    assert load_run_config(path).generative.lr == 2e-4
+    for text in ("1e", "e-3", "1e-3x", "ten"):
+        with pytest.raises(ConfigError, match="generative.lr must be a number"):
+            load_run_config(None, ["--generative.lr", text])
+
 def test_unknown_yaml_section_refused(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("data: {benchmark: demo}\nmodel: {x: 1}\n")
