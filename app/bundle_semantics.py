@@ -17,10 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-SEMANTIC_KEYS = ("semantic_kind", "text_encoder", "text_encoder_id", "text_pooling", "attribute_dim", "text_dim",
-                 "class_texts")
-
-
 def uses_text(kind: str | None) -> bool:
     return kind == "text" or str(kind).endswith("+text")
 
