@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bsegn.app.bundle_semantics import fields_from_config, uses_attributes, uses_text
+from bsegn.app.bundle.semantics import fields_from_config, uses_attributes, uses_text
 from bsegn.core.errors import BundleError
 
 

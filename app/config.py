@@ -93,7 +93,7 @@ class RunSection:
         from bsegn.generative.gates import GATES
 
         require(self.gate in GATES, f"run.gate {self.gate!r} is not a gate; valid gates: {', '.join(GATES)}")
-        from bsegn.app.bundle_gate import threshold_problem
+        from bsegn.app.bundle.gate import threshold_problem
 
         require(self.threshold is None or not threshold_problem(self.threshold),
                 f"run.threshold must be null or a number a bundle can hold: {threshold_problem(self.threshold)}")

@@ -123,8 +123,8 @@ def resolve_device(name: str):
 
 def gate_threshold(threshold: float | None) -> float | None:
     """The threshold predict applies: --threshold T, or None (the gate's own); ConfigError for a number out of
-    a threshold's range (bundle_gate: finite, |T| <= 1e9)."""
-    from bsegn.app.bundle_gate import threshold_problem
+    a threshold's range (app.bundle.gate: finite, |T| <= 1e9)."""
+    from bsegn.app.bundle.gate import threshold_problem
     from bsegn.core.errors import ConfigError
 
     if threshold is not None and threshold_problem(threshold):

@@ -57,20 +57,21 @@ def data_config_of(config: RunConfig, backbone) -> dict:
 
 
 def write_outputs(config: RunConfig, outcome, metrics: dict, run_dir: Path) -> None:
-    from bsegn.app.bundle import save_bundle, semantic_fields
+    from bsegn.app.bundle import Bundle, save_bundle
+    from bsegn.app.bundle.semantics import semantic_fields
 
     atomic_write_json(run_dir / "metrics.json", metrics)
     split, features = outcome.split, outcome.features
     trainval = np.asarray(split.loc("trainval"))
-    save_bundle(run_dir / "bundle", backbone=outcome.backbone, trained=outcome.run.trained,
-                classifier=outcome.run.gzsl_classifier, zsl_classifier=outcome.run.zsl_classifier,
-                class_names=split.class_names, attribute_names=split.attribute_names,
-                data_config=data_config_of(config, outcome.backbone), gate=outcome.run.gates[config.run.gate],
-                unseen_ranking=config.run.unseen_ranking,
-                metrics={k: metrics[k] for k in ("T1", "U", "S", "H", "protocol", "split_evaluated", "gate",
-                                                 "domain_auroc", "oracle_H", "p_unseen_ece")},
-                train_features=features.features[trainval], train_labels=features.labels[trainval],
-                benchmark=config.data.benchmark, run_config=config.to_dict(), semantic=semantic_fields(split))
+    save_bundle(Bundle(backbone=outcome.backbone, trained=outcome.run.trained, gzsl=outcome.run.gzsl_classifier,
+                       zsl=outcome.run.zsl_classifier, class_names=split.class_names,
+                       attribute_names=split.attribute_names, data_config=data_config_of(config, outcome.backbone),
+                       gate=outcome.run.gates[config.run.gate], unseen_ranking=config.run.unseen_ranking,
+                       metrics={k: metrics[k] for k in ("T1", "U", "S", "H", "protocol", "split_evaluated", "gate",
+                                                        "domain_auroc", "oracle_H", "p_unseen_ece")},
+                       train_features=features.features[trainval], train_labels=features.labels[trainval],
+                       benchmark=config.data.benchmark, run_config=config.to_dict(), **semantic_fields(split)),
+                run_dir / "bundle")
     try:
         from bsegn.app.plots import write_plots
 

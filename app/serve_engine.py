@@ -203,7 +203,7 @@ class Engine:
         the classifiers and a learned gate, the reachability warning). RequestError 409 for a name the model
         has, 400 for any other refusal; the served model is then unchanged."""
         from bsegn.app.add_class import extended
-        from bsegn.app.bundle_semantics import uses_text
+        from bsegn.app.bundle.semantics import uses_text
         from bsegn.app.class_inputs import NameTaken
 
         with self._change_lock:

@@ -83,7 +83,8 @@ def client(port: int, bodies: list, count: int, offset: int, latencies: list, er
 
 
 def default_images() -> Path:
-    from shared_data import shared_data_dir  # bench/ is the script's folder: on sys.path
+    sys.path.insert(0, str(REPO))
+    from bsegn.datasets.paths import shared_data_dir
 
     shared = shared_data_dir()
     if shared is None or not (shared / "demo_images").is_dir():

@@ -8,9 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bsegn.app.add_class import add_classes, parse_attributes
+from bsegn.app.add_class import _normalised_like_bundle, add_classes, parse_attributes
 from bsegn.app.bundle import CONFIG_NAME, MODEL_NAME, load_bundle
-from bsegn.app.class_inputs import normalised_like_bundle
 from bsegn.core.errors import BundleError
 from bsegn.core.files import file_sha256
 from test_app_bundle import CLASSES, _tiny_bundle, shared_tiny_bundle
@@ -70,7 +69,7 @@ def test_in_place_replaces_the_bundle_whole(run_folder, capsys):
 
 
 def test_a_failed_in_place_write_leaves_the_model_whole(run_folder, monkeypatch):
-    import bsegn.app.bundle as bundle_module
+    import bsegn.app.bundle.save as bundle_save
 
     before = _digests(run_folder / "bundle")
 
@@ -78,7 +77,7 @@ def test_a_failed_in_place_write_leaves_the_model_whole(run_folder, monkeypatch)
         (folder / MODEL_NAME).write_bytes(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(bundle_module, "_write_bundle", half_written)
+    monkeypatch.setattr(bundle_save, "_write_bundle", half_written)
     with pytest.raises(OSError, match="disk full"):
         add_classes(run_folder, [("new", [0.1] * DIM)], None, in_place=True)
     assert _digests(run_folder / "bundle") == before
@@ -160,10 +159,10 @@ def test_normalisation_of_huge_or_tiny_vectors_does_not_overflow():
     unit = torch.nn.functional.normalize(torch.rand(4, DIM), dim=1)
     bundle = SimpleNamespace(trained=SimpleNamespace(semantics=unit))
     for scale in (1e30, 1e-30):
-        out = normalised_like_bundle(bundle, torch.full((DIM,), scale), "x")
+        out = _normalised_like_bundle(bundle, torch.full((DIM,), scale), "x")
         assert torch.isfinite(out).all() and out.norm().item() == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(BundleError, match="all-zero"):
-        normalised_like_bundle(bundle, torch.zeros(DIM), "zero")
+        _normalised_like_bundle(bundle, torch.zeros(DIM), "zero")
 
 
 def test_a_refit_that_is_not_finite_writes_nothing(saved, tmp_path, monkeypatch):
@@ -244,13 +243,13 @@ def test_add_class_writes_the_backbone_back_as_it_read_it_without_building_it(sa
     classifiers), and the bundle it writes still loads a working backbone with the same weights."""
     from safetensors.torch import load_file
 
-    import bsegn.app.bundle as bundle_module
+    import bsegn.app.bundle.load as bundle_load
 
     def no_build(*_, **__):
         raise AssertionError("add-class built the backbone")
 
     with monkeypatch.context() as patch:
-        patch.setattr(bundle_module, "build_backbone", no_build)
+        patch.setattr(bundle_load, "build_backbone", no_build)
         out = add_classes(saved, [("new", [0.1, 0.2, 0.3, 0.4, 0.5])], tmp_path / "out")
     before, after = load_file(str(saved / MODEL_NAME)), load_file(str(Path(out) / MODEL_NAME))
     backbone = sorted(k for k in before if k.startswith("backbone."))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from bsegn.app.bundle import CONFIG_NAME, MODEL_NAME, load_bundle, save_bundle
+from bsegn.app.bundle import CONFIG_NAME, MODEL_NAME, Bundle, load_bundle, save_bundle
 from bsegn.core.errors import BundleError
 
 CLASSES = [f"class{c}" for c in range(6)]
@@ -25,7 +25,7 @@ def _tiny_bundle(folder: Path, *, unseen_ranking: str = "gzsl", gate: str = "sta
                  semantics=None, class_names=None, attribute_names=None, bsegn_options=None, **save_options) -> Path:
     """A tiny bundle; `semantics` (C, k) default to random 5-d vectors of CLASSES, `gate`: the kind of its
     seen-or-unseen gate (fitted on the tiny training features) at `threshold` (stacking at -0.5: gamma
-    0.5), `save_options` go to save_bundle (e.g. `semantic=` for a text bundle, `metrics=`)."""
+    0.5), `save_options`: other Bundle fields (e.g. the semantic fields of a text bundle, `metrics=`)."""
     from bsegn.backbone.factory import create_backbone
     from bsegn.generative.classifier import fit_final_classifier
     from bsegn.generative.config import BSeGNConfig
@@ -48,12 +48,13 @@ def _tiny_bundle(folder: Path, *, unseen_ranking: str = "gzsl", gate: str = "sta
     zsl = fit_final_classifier(trained, None, None, UNSEEN)
     fitted = fit_gate(gate, trained, features, labels, list(range(len(semantics))), seed=0, classifiers=(gzsl, zsl))
     fitted.threshold = threshold
-    return save_bundle(folder, backbone=backbone, trained=trained, classifier=gzsl, zsl_classifier=zsl,
-                       class_names=class_names or CLASSES, attribute_names=attribute_names,
-                       data_config=backbone.data_config_at(IMAGE_SIZE), gate=fitted, unseen_ranking=unseen_ranking,
-                       train_features=features, train_labels=labels, benchmark="tiny", run_config={"run": {}},
-                       **{"metrics": {"T1": 12.345, "U": 1.0, "S": 2.0, "H": 1.33333, "protocol": "final"},
-                          **save_options})
+    return save_bundle(Bundle(backbone=backbone, trained=trained, gzsl=gzsl, zsl=zsl,
+                              class_names=class_names or CLASSES, attribute_names=attribute_names,
+                              data_config=backbone.data_config_at(IMAGE_SIZE), gate=fitted,
+                              unseen_ranking=unseen_ranking, train_features=features, train_labels=labels,
+                              benchmark="tiny", run_config={"run": {}},
+                              **{"metrics": {"T1": 12.345, "U": 1.0, "S": 2.0, "H": 1.33333, "protocol": "final"},
+                                 **save_options}), folder)
 
 
 def shared_tiny_bundle(tmp_path_factory) -> Path:
@@ -97,6 +98,43 @@ def test_bundle_round_trip_keeps_everything_predict_needs(saved):
     assert "predict IMAGE_OR_FOLDER --model THIS_FOLDER" in card and "has no backbone" not in card  # reads images
 
 
+def _same_part(before, after) -> bool:
+    """Two values of one Bundle field: modules and the backbone by their tensors (and metadata), the rest by ==."""
+    if hasattr(before, "model_name"):  # the backbone: its identity and weights
+        return (before.model_name, before.weights_id, before.num_features) == \
+            (after.model_name, after.weights_id, after.num_features) and \
+            _same_part(before.model.state_dict(), after.model.state_dict())
+    if hasattr(before, "state_dict"):
+        same_metadata = not hasattr(before, "metadata") or before.metadata() == after.metadata()
+        return type(before) is type(after) and same_metadata and _same_part(before.state_dict(), after.state_dict())
+    if isinstance(before, dict) and before and all(torch.is_tensor(v) for v in before.values()):
+        return before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    if torch.is_tensor(before):
+        return torch.equal(before, after)
+    return before == after
+
+
+def test_every_bundle_field_survives_save_and_load(saved, tmp_path):
+    """save_bundle takes a Bundle and load_bundle gives every field of it back (but where it was read from):
+    a field the writer drops, or one added to Bundle and never written, fails here by name."""
+    bundle = load_bundle(saved, with_backbone="tensors")
+    bundle.gate.threshold, bundle.gate.temperature = 0.75, 2.5
+    changed = dataclasses.replace(
+        bundle, unseen_ranking="zsl", attribute_names=[f"b{j}" for j in range(5)], metrics={"T1": 1.5, "note": "x"},
+        run_config={"run": {"seed": 3}}, benchmark="other", data_config={**bundle.data_config, "crop_pct": 0.9},
+        train_features=bundle.train_features[:10].half().float(), train_labels=bundle.train_labels[:10],
+        semantic_kind="attributes+text", text_encoder="minilm", text_encoder_id="org/model@1", text_pooling="words",
+        attribute_dim=3, text_dim=2, class_texts=[f"text of {name}" for name in bundle.class_names],
+        class_names=[name.upper() for name in bundle.class_names])
+    again = load_bundle(save_bundle(changed, tmp_path / "again"), with_backbone="tensors")
+    kept_aside = {"path", "info"}  # where it was loaded from, not content
+    differ = [f.name for f in dataclasses.fields(Bundle)
+              if f.name not in kept_aside and not _same_part(getattr(changed, f.name), getattr(again, f.name))]
+    assert not differ, f"fields not saved and loaded back as they were: {differ}"
+    assert {f.name for f in dataclasses.fields(Bundle)} - kept_aside - {"backbone", "trained", "gzsl", "zsl", "gate"} \
+        <= {name for name, value in vars(changed).items() if not _same_part(value, getattr(bundle, name))}  # all changed
+
+
 def test_bundle_files_take_the_umask_modes(saved):
     mask = os.umask(0)
     os.umask(mask)
@@ -105,7 +143,7 @@ def test_bundle_files_take_the_umask_modes(saved):
 
 
 def test_a_failed_save_leaves_the_old_bundle_whole(bundle_copy, monkeypatch):
-    import bsegn.app.bundle as bundle_module
+    import bsegn.app.bundle.save as bundle_save
 
     bundle = load_bundle(bundle_copy)
 
@@ -113,7 +151,7 @@ def test_a_failed_save_leaves_the_old_bundle_whole(bundle_copy, monkeypatch):
         (folder / MODEL_NAME).write_bytes(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(bundle_module, "_write_bundle", half_written)
+    monkeypatch.setattr(bundle_save, "_write_bundle", half_written)
     with pytest.raises(OSError, match="disk full"):
         save_bundle(bundle, bundle_copy)
     load_bundle(bundle_copy)  # the old one, intact

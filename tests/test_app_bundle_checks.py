@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bsegn.app.bundle import CONFIG_NAME, MODEL_NAME, config_digest, load_bundle, read_bundle_info
+from bsegn.app.bundle import CONFIG_NAME, MODEL_NAME, load_bundle, read_bundle_info
+from bsegn.app.bundle.layout import config_digest
 from bsegn.core.errors import BundleError
 from bsegn.core.files import file_sha256
 from test_app_bundle import bundle_copy, saved  # noqa: F401 (the tiny bundle's fixtures)
@@ -70,8 +71,8 @@ EDITS = [
     (_set("data_config/input_size", ["3", "32", "32"]), "'data_config.input_size'"),
     (_set("data_config/input_size", [3, 32]), "'data_config.input_size'"),
     (_set("data_config/std", [0.2, 0.0, 0.2]), "'data_config.std'"),
-    (_set("gate/threshold", float("nan")), "'gate'"),
-    (_set("gate/threshold", "0.5"), "'gate'"),
+    (_set("gate/threshold", float("nan")), "'gate.threshold'"),
+    (_set("gate/threshold", "0.5"), "'gate.threshold'"),
     (_set("gate/kind", "oracle"), "'gate' names an unknown gate 'oracle'"),
     (_set("gate", _DELETE), "'gate'"),
     (_set("gate", "stacking"), "'gate'"),
@@ -97,9 +98,9 @@ def test_the_unedited_bundle_passes_every_check(saved):
 def test_a_huge_input_size_is_refused_before_anything_is_allocated(bundle_copy, monkeypatch):
     """The check runs before the backbone or the transform exist: nothing reaches torch.zeros."""
     rewrite_config(bundle_copy, _set("data_config/input_size", [3, 100000, 100000]))
-    import bsegn.app.bundle as bundle_module
+    import bsegn.app.bundle.load as bundle_load
 
-    monkeypatch.setattr(bundle_module, "build_backbone", lambda *a: pytest.fail("backbone built"))
+    monkeypatch.setattr(bundle_load, "build_backbone", lambda *a: pytest.fail("backbone built"))
     with pytest.raises(BundleError, match="must be an integer in \\[8, 4096\\]"):
         load_bundle(bundle_copy)
 
@@ -145,7 +146,7 @@ def test_predict_reports_a_schema_error_in_one_line(bundle_copy, tmp_path, capsy
 
 def test_finite_weights_of_every_dtype_pass(tmp_path):
     """Integer tensors (replay labels) are not checked for finiteness; float16 replay features are."""
-    from bsegn.app.bundle_schema import check_finite_tensors
+    from bsegn.app.bundle.schema import check_finite_tensors
 
     check_finite_tensors({"a": torch.arange(3), "b": torch.ones(2, dtype=torch.float16)}, tmp_path)
     with pytest.raises(BundleError, match="'b'"):

@@ -63,7 +63,7 @@ def test_a_gate_number_out_of_range_is_refused(bundles, tmp_path, field, value):
     /predict with a plain-text 500 (NaN in the answer); a temperature of 1e-300 gives 0 / 0."""
     folder = Path(shutil.copytree(bundles["gaussian"], tmp_path / "bundle"))
     rewrite_config(folder, _set(f"gate/{field}", value))
-    with pytest.raises(BundleError, match=f"'gate' has a {field} that must be a finite number from"):
+    with pytest.raises(BundleError, match=f"'gate.{field}' must be a finite number from"):
         load_bundle(folder)
     rewrite_config(folder, _set(f"gate/{field}", 1e9 if field == "threshold" else 1e-9))  # the range's ends load
     assert getattr(load_bundle(folder).gate, field) == (1e9 if field == "threshold" else 1e-9)
@@ -241,7 +241,7 @@ def test_the_card_names_the_gate_and_its_measurements(tmp_path):
     assert "gate `gaussian`, threshold 2.5; domain AUROC 0.812, oracle-domain H 71.2" in card
     assert "domain AUROC" not in (_tiny_bundle(tmp_path / "c") / "README.md").read_text()
     assert "p(unseen) =" not in card  # temperature 1: p_unseen in the score's own units, nothing to say
-    from bsegn.app.bundle import model_card
+    from bsegn.app.bundle.card import model_card
 
     config = json.loads((folder / CONFIG_NAME).read_text())
     config["gate"]["temperature"], config["metrics"]["p_unseen_ece"] = 3.25, 0.0412

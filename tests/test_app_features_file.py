@@ -42,7 +42,8 @@ def _config(path, cache, tmp_path, *extra):
 
 
 def test_training_on_a_feature_file_skips_the_backbone(demo_features, tmp_path, monkeypatch, capsys):
-    from bsegn.app.bundle import BundleError, load_bundle
+    from bsegn.app.bundle import load_bundle
+    from bsegn.core.errors import BundleError
     from bsegn.app.inference import Predictor
     from bsegn.app.pipeline import run_pipeline
     from bsegn.core.logs import setup_logging

@@ -119,7 +119,7 @@ def test_a_saved_bundle_is_valid_json_and_never_one_that_would_not_load(saved, t
     config = json.loads((tmp_path / "nan" / CONFIG_NAME).read_text(), parse_constant=refuse)
     assert config["metrics"]["domain_auroc"] is None and load_bundle(tmp_path / "nan").metrics["oracle_H"] is None
     bundle.gate.threshold = 1e39
-    with pytest.raises(BundleError, match="not written.*threshold that must be a finite number"):
+    with pytest.raises(BundleError, match="not written.*'gate.threshold' must be a finite number"):
         save_bundle(bundle, tmp_path / "huge")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan"]
 

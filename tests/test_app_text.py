@@ -76,7 +76,7 @@ def _bundle(folder: Path, kind: str) -> Path:
         semantic = {"semantic_kind": kind}
     names = ([f"a{j}" for j in range(ATTRIBUTE_DIM)] + [f"text:{j}" for j in range(TEXT_DIM)])[:semantics.shape[1]]
     return _tiny_bundle(folder, semantics=semantics, class_names=CLASSES,
-                        attribute_names=None if kind == "text" else names, metrics={"T1": 1.0}, semantic=semantic)
+                        attribute_names=None if kind == "text" else names, metrics={"T1": 1.0}, **semantic)
 
 
 @pytest.fixture(scope="module")

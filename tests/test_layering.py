@@ -41,9 +41,16 @@ def layering_violations(layer_of_file: str, source: str) -> list[str]:
 
 
 def library_files():
+    """(layer, path) of every module of the library, subpackages (app/bundle/) included."""
     for layer in LAYERS:
-        for path in sorted((REPO_ROOT / layer).glob("*.py")):
+        for path in sorted((REPO_ROOT / layer).rglob("*.py")):
             yield layer, path
+
+
+def module_name(path: Path) -> str:
+    """app/bundle/load.py -> bsegn.app.bundle.load; app/bundle/__init__.py -> bsegn.app.bundle."""
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(("bsegn",) + (parts[:-1] if parts[-1] == "__init__" else parts))
 
 
 def test_no_layer_imports_upward():
@@ -55,7 +62,7 @@ def test_no_layer_imports_upward():
 def test_no_import_cycles_between_modules():
     graph = {}
     for layer, path in library_files():
-        graph[f"bsegn.{layer}.{path.stem}"] = {m for _, m in bsegn_imports(path.read_text())}
+        graph[module_name(path)] = {m for _, m in bsegn_imports(path.read_text())}
     cycles = []
     state: dict[str, int] = {}  # 1 on the current path, 2 finished
 
@@ -74,6 +81,7 @@ def test_no_import_cycles_between_modules():
         if node not in state:
             visit(node, [node])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+    assert "bsegn.app.bundle.load" in graph and "bsegn.app.bundle" in graph  # the subpackage is scanned too
 
 
 @pytest.mark.parametrize("layer, source, expected", [

@@ -6,24 +6,17 @@
                                 model's sha256 like every other tensor
 
     check_gate_config(config, folder)           schema: a known kind, threshold and temperature in range
-    threshold_problem(value), temperature_problem(value)   the ranges (predict --threshold, run.threshold)
+    threshold_problem(value)                    the threshold's range (predict --threshold, run.threshold)
     gate_from_bundle(config, state, dim, folder) the DomainGate (BundleError when its tensors do not fit)
     gate_card_lines(config)                      the model card's lines about the decision
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
+from bsegn.app.bundle.checks import invalid, number_problem, require_number
 from bsegn.core.errors import BundleError
-
-
-
-def _fail(folder: Path, problem: str) -> BundleError:
-    return BundleError(f"{folder}: config.json field 'gate' {problem}; the bundle was edited or damaged: "
-                       "re-copy it or re-run train.py")
-
 
 # Gate scores are float32 numbers of order 1e-3 (max_softmax's probability) to 1e4 (a Gaussian's squared
 # distance; 2,000 on AwA1 features). A threshold beyond THRESHOLD_LIMIT decides nothing more than "every image
@@ -34,41 +27,24 @@ THRESHOLD_LIMIT = 1e9
 TEMPERATURE_LIMITS = (1e-9, 1e9)
 
 
-def _is_number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def threshold_problem(value) -> str | None:
     """Why `value` cannot be a gate threshold (or a stacking gamma), or None when it can."""
-    if not _is_number(value) or abs(value) > THRESHOLD_LIMIT:
-        return f"must be a finite number from -{THRESHOLD_LIMIT:.0e} to {THRESHOLD_LIMIT:.0e}, got {value!r}"
-    return None
-
-
-def temperature_problem(value) -> str | None:
-    """Why `value` cannot be p_unseen's temperature, or None when it can."""
-    low, high = TEMPERATURE_LIMITS
-    if not _is_number(value) or not low <= value <= high:
-        return f"must be a finite number from {low:.0e} to {high:.0e}, got {value!r}"
-    return None
+    return number_problem(value, -THRESHOLD_LIMIT, THRESHOLD_LIMIT)
 
 
 def check_gate_config(config: dict[str, Any], folder: Path) -> None:
-    """The config's "gate": {"kind": one of GATES, "threshold": threshold_problem's range,
-    "temperature": temperature_problem's (optional: 1)}."""
+    """The config's "gate": {"kind": one of GATES, "threshold": in threshold_problem's range,
+    "temperature": in TEMPERATURE_LIMITS (optional: 1)}."""
     from bsegn.generative.gates import GATES
 
     gate = config.get("gate")
     if not isinstance(gate, dict):
-        raise _fail(folder, f"must be a mapping {{'kind', 'threshold'}}, got {gate!r}")
+        raise invalid(folder, "gate", f"must be a mapping {{'kind', 'threshold'}}, got {gate!r}")
     if gate.get("kind") not in GATES:
-        raise _fail(folder, f"names an unknown gate {gate.get('kind')!r} (valid gates: {', '.join(GATES)})")
-    problem = threshold_problem(gate.get("threshold"))
-    if problem:
-        raise _fail(folder, f"has a threshold that {problem}")
-    problem = temperature_problem(gate.get("temperature", 1.0))  # absent in bundles before p_unseen was calibrated
-    if problem:
-        raise _fail(folder, f"has a temperature that {problem}")
+        raise invalid(folder, "gate", f"names an unknown gate {gate.get('kind')!r} (valid gates: {', '.join(GATES)})")
+    require_number(folder, "gate.threshold", gate.get("threshold"), -THRESHOLD_LIMIT, THRESHOLD_LIMIT)
+    # absent in bundles before p_unseen was calibrated
+    require_number(folder, "gate.temperature", gate.get("temperature", 1.0), *TEMPERATURE_LIMITS)
 
 
 def _expected_shapes(kind: str, state: dict, dim: int, decoder: bool = True) -> dict[str, tuple]:
