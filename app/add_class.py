@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 
 from bsegn.app.bundle import Bundle, load_bundle, resolve_bundle_dir, save_bundle
-from bsegn.app.class_inputs import (NewClass, class_vector_for, new_class_names, normalised_like_bundle,  # noqa: F401
-                                    parse_attributes)
+from bsegn.app.class_inputs import NewClass, class_vector_for, new_class_names, parse_attributes  # noqa: F401
 from bsegn.core.errors import BundleError
 from bsegn.core.files import OLD_SUFFIX
 from bsegn.core.locks import BundleLock
@@ -31,8 +30,6 @@ REACHABLE = 0.5  # below this share of its synthetic features called unseen, an 
 # gates fitted on synthetic unseen features (combined: and standardised on the classifier's scores): refitted
 # when classes change
 LEARNED_GATES = ("learned", "cosmo", "combined")
-
-_normalised_like_bundle = normalised_like_bundle  # the name serve and older callers use
 
 
 def refit_classifiers(bundle: Bundle, trained=None):

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-SUMMARY_KEYS = ("benchmark", "num_classes", "num_seen", "num_unseen", "semantic_dim",
-                "trainval", "test_seen", "test_unseen", "train", "val")
-
 
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="inspect and check benchmark data",

@@ -1,14 +1,13 @@
-"""The research harness of the benches: what only they use, on top of bsegn.generative.experiment.
+"""The research harness of the benches, on top of bsegn.generative.experiment: epochs and thresholds chosen on
+validation, the labelled oracle, the --semantics options. What else only the benches use lives beside it in
+bench/: ESZSL (eszsl.py), the ablation and f-CLSWGAN configs (method_configs.py), the checkout's real-data
+folder (shared_data.py).
 
     score_epochs(feature_set, split, config, run_dir, epochs, *, thresholds=None, seed=0, unseen_ranking="gzsl")
     select_on_validation(feature_set, validation_split, config, run_dir, epochs, *, seeds=(0,),
                          thresholds=None, unseen_ranking="gzsl") -> {"epochs", "thresholds", "validation", "rows"}
     run_bsegn_oracle(feature_set, split, config, run_dir, *, seed=0, unseen_ranking="gzsl") -> result
                                               # best epoch ON TEST, labelled; for comparison with papers only
-    run_eszsl(feature_set, split, gamma_reg, lam) -> result
-    choose_eszsl(feature_set, validation_split, grid) -> (gamma_reg, lam, validation result)
-    eszsl_grid(feature_set, split, gammas, lambdas) -> {(gamma, lambda): V}   # fit_eszsl's V, shared work
-    method_config(name, base) -> BSeGNConfig   # "bsegn", "f-clswgan", "bsegn-no-<part>"
     add_semantics_arguments(parser); with_semantics(split, args) -> split   # --semantics, --descriptions, --encoder
 
 Every choice is made on a VALIDATION split (bsegn.datasets.protocol.validation_protocol); the oracle
@@ -22,15 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from bsegn.generative.config import BSeGNConfig
-from bsegn.generative.eszsl import eszsl_scores, fit_eszsl
-from bsegn.generative.evaluation import evaluate_scores
 from bsegn.generative.experiment import fit_and_score, measure_gates, split_tensors
 from bsegn.generative.gate_evaluation import best_threshold
 from bsegn.generative.model import train_bsegn
 
 ORACLE_LABEL = "ORACLE: best epoch picked on TEST (as TF-VAEGAN's and CE-GZSL's code do); for comparison with papers only"
-ABLATIONS = ("fem", "fem_s2f", "balance", "fem_boosts_g", "cycle", "mfim_levels")
-METHODS = ("eszsl", "f-clswgan", "bsegn") + tuple(f"bsegn-no-{part}" for part in ABLATIONS)
 
 
 def add_semantics_arguments(parser) -> None:
@@ -51,15 +46,6 @@ def with_semantics(split, args):
     if args.semantics == "attributes" and args.descriptions is not None:
         raise SystemExit("--descriptions needs --semantics text or attributes+text")
     return apply_semantics(split, args.semantics, args.descriptions, args.encoder)
-
-
-def method_config(name: str, base: BSeGNConfig) -> BSeGNConfig:
-    """The config of a bench method: bsegn (the base), f-clswgan, or bsegn-no-<part> (base.without(part))."""
-    if name == "bsegn":
-        return base
-    if name == "f-clswgan":
-        return base.as_f_clswgan()
-    return base.without(name[len("bsegn-no-"):])
 
 
 def score_epochs(feature_set, split, config: BSeGNConfig, run_dir, epochs, *, thresholds=None, seed: int = 0,
@@ -152,53 +138,3 @@ def run_bsegn_oracle(feature_set, split, config: BSeGNConfig, run_dir, *, seed: 
     best_h = max(rows, key=lambda r: r["H"])
     return {"T1": best_t1["T1"], "U": best_h["U"], "S": best_h["S"], "H": best_h["H"], "T1_epoch": best_t1["epoch"],
             "H_epoch": best_h["epoch"], "oracle": ORACLE_LABEL}
-
-
-def run_eszsl(feature_set, split, gamma_reg: float, lam: float) -> dict:
-    """ESZSL on split's trainval with the given (gamma, lambda), evaluated like BSeGN (uncalibrated)."""
-    data = split_tensors(feature_set, split)
-    seen, semantics, all_classes = data["seen"], data["semantics"], data["all_classes"]
-    projection = fit_eszsl(*data["trainval"], semantics, seen, gamma_reg, lam)
-    (seen_x, seen_y), (unseen_x, unseen_y) = data["test_seen"], data["test_unseen"]
-    return evaluate_scores(eszsl_scores(projection, seen_x, semantics, all_classes), seen_y,
-                           eszsl_scores(projection, unseen_x, semantics, all_classes), unseen_y, all_classes, seen)
-
-
-def eszsl_grid(feature_set, split, gammas, lambdas):
-    """{(gamma, lambda): projection V} for every pair, as fit_eszsl makes each, sharing the work: X X^T and
-    X Y A^T are formed once and the (d, d) solve is done once per gamma (not once per pair)."""
-    import torch
-
-    data = split_tensors(feature_set, split)
-    features, labels = data["trainval"]
-    seen = torch.as_tensor(data["seen"], dtype=torch.long)
-    x = torch.as_tensor(features, dtype=torch.float64).t()
-    labels = torch.as_tensor(labels, dtype=torch.long)
-    column = torch.full((int(max(seen.max(), labels.max())) + 1,), -1, dtype=torch.long)
-    column[seen] = torch.arange(len(seen))
-    y = -torch.ones(x.shape[1], len(seen), dtype=torch.float64)
-    y[torch.arange(x.shape[1]), column[labels]] = 1.0
-    a = torch.as_tensor(data["semantics"], dtype=torch.float64)[seen].t()
-    d, k = x.shape[0], a.shape[0]
-    gram, target = x @ x.t(), x @ y @ a.t()
-    out = {}
-    for gamma_reg in gammas:
-        left = torch.linalg.solve(gram + gamma_reg * torch.eye(d, dtype=torch.float64), target)
-        for lam in lambdas:
-            right = (a @ a.t() + lam * torch.eye(k, dtype=torch.float64)).t()
-            out[(gamma_reg, lam)] = torch.linalg.solve(right, left.t()).t().float()
-    return out
-
-
-def choose_eszsl(feature_set, validation, grid) -> tuple[float, float, dict]:
-    """ESZSL's (gamma, lambda) over grid x grid with the best validation T1 + H (the first on ties)."""
-    data = split_tensors(feature_set, validation)
-    semantics, all_classes, seen = data["semantics"], data["all_classes"], data["seen"]
-    (seen_x, seen_y), (unseen_x, unseen_y) = data["test_seen"], data["test_unseen"]
-    best = None
-    for (gamma_reg, lam), projection in eszsl_grid(feature_set, validation, grid, grid).items():
-        result = evaluate_scores(eszsl_scores(projection, seen_x, semantics, all_classes), seen_y,
-                                 eszsl_scores(projection, unseen_x, semantics, all_classes), unseen_y, all_classes, seen)
-        if best is None or result["T1"] + result["H"] > best[2]["T1"] + best[2]["H"]:
-            best = (gamma_reg, lam, result)
-    return best

@@ -83,8 +83,7 @@ def client(port: int, bodies: list, count: int, offset: int, latencies: list, er
 
 
 def default_images() -> Path:
-    sys.path.insert(0, str(REPO))
-    from bsegn.datasets.paths import shared_data_dir
+    from shared_data import shared_data_dir  # bench/ is the script's folder: on sys.path
 
     shared = shared_data_dir()
     if shared is None or not (shared / "demo_images").is_dir():

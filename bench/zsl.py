@@ -15,7 +15,7 @@ one GZSL softmax). A benchmark's split files default to the shared data folder (
 ../shared/data beside the checkout) when the config leaves data.splits_dir empty.
 
 Methods: eszsl, f-clswgan (every BSeGN part off, its classification loss on), bsegn, bsegn-no-<part> for
-fem, fem_s2f, balance, fem_boosts_g, cycle, mfim_levels (BSeGNConfig.without(part)). `--gates
+fem, fem_s2f, balance, fem_boosts_g, cycle, mfim_levels (bench/method_configs.py). `--gates
 stacking,learned,...` compares seen-or-unseen gates on the same trained models, each with its own
 validation-chosen threshold (table rows "method [gate]", with the domain AUROC and the oracle-domain
 U/S/H: every image sent to its true domain). Every choice is made on the VALIDATION protocol
@@ -40,7 +40,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from harness import METHODS as ALL_METHODS  # noqa: E402  (bench/ is the script's folder: on sys.path)
+from method_configs import METHODS as ALL_METHODS  # noqa: E402  (bench/ is the script's folder: on sys.path)
+from shared_data import shared_data_dir  # noqa: E402
 
 # 1e3 and 1e4 since the flowers' Lite0 features chose 100, the old grid's edge (then 1000 on validation)
 ESZSL_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
@@ -57,7 +58,6 @@ def load_features(config_name: str, overrides: list[str]):
     from bsegn.app.config import load_run_config
     from bsegn.app.pipeline import drop_images, preflight
     from bsegn.datasets.benchmarks import canonical_name
-    from bsegn.datasets.paths import shared_data_dir
 
     config = load_run_config(config_name, overrides)
     if config.data.splits_dir is None and canonical_name(config.data.benchmark) not in ("demo", "own"):
@@ -142,7 +142,9 @@ def main(argv=None) -> int:
     from bsegn.core.files import atomic_write_json
     from bsegn.datasets.protocol import validation_protocol
     from bsegn.generative.experiment import run_bsegn
-    from harness import ORACLE_LABEL, choose_eszsl, method_config, run_bsegn_oracle, run_eszsl, select_on_validation
+    from eszsl import choose_eszsl, run_eszsl
+    from harness import ORACLE_LABEL, run_bsegn_oracle, select_on_validation
+    from method_configs import method_config
 
     if args.threads:
         torch.set_num_threads(args.threads)

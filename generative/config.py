@@ -13,8 +13,8 @@ no term needs is not built at all:
     lambda_cls>0     f-CLSWGAN's classification loss with a pre-trained, frozen seen classifier
     mfim_levels      which levels the final classifier sees: a subset of ("x", "h_R", "a_hat", "s")
     fusion_weight>0  the FEM's log-probabilities, with this weight, are added to the final classifier's
-fem, the cycle and fusion off, mfim_levels ("x",) and the cls loss ON at its paper's weight is f-CLSWGAN
-(`config.as_f_clswgan()`); `without(part)` is the ablation of one part.
+fem, the cycle and fusion off, mfim_levels ("x",) and the cls loss ON at its paper's weight is f-CLSWGAN; the
+benches build it and the ablation of each part from these options (bench/method_configs.py).
 """
 from __future__ import annotations
 
@@ -27,15 +27,6 @@ from bsegn.core.sections import build_section, option, require, to_dict
 
 SECTION = "generative"
 MFIM_LEVELS = ("x", "h_R", "a_hat", "s")
-# without(part): the change that removes each ablation part
-ABLATIONS = {"fem": {"fem": False}, "fem_s2f": {"lambda_s2f": 0.0}, "balance": {"lambda_bal": 0.0},
-             "fem_boosts_g": {"lambda_emb": 0.0}, "cycle": {"lambda_cyc": 0.0}, "mfim_levels": {"mfim_levels": ("x",)}}
-# f-CLSWGAN (Xian et al., CVPR 2018): a conditional WGAN-GP + the classification loss of a pre-trained seen
-# classifier at its paper's weight beta = 0.01 (docs/method.md: with lambda_cls 0 it is a plain conditional WGAN-GP)
-F_CLSWGAN_CLS_WEIGHT = 0.01
-F_CLSWGAN = {"fem": False, "lambda_cyc": 0.0, "lambda_cls": F_CLSWGAN_CLS_WEIGHT, "fusion_weight": 0.0,
-             "mfim_levels": ("x",)}
-
 
 @dataclass(frozen=True)
 class BSeGNConfig:
@@ -119,18 +110,6 @@ class BSeGNConfig:
     def replace(self, **changes) -> "BSeGNConfig":
         """A copy with `changes` applied (type- and range-checked; unknown keys refused)."""
         return BSeGNConfig.from_dict({**dataclasses.asdict(self), **changes})
-
-    def without(self, part: str) -> "BSeGNConfig":
-        """This config with one ablation part removed: one of fem, fem_s2f, balance, fem_boosts_g, cycle,
-        mfim_levels (mfim_levels -> ("x",))."""
-        if part not in ABLATIONS:
-            raise ConfigError(f"{part!r} is not an ablation part; expected one of {', '.join(ABLATIONS)}")
-        return self.replace(**ABLATIONS[part])
-
-    def as_f_clswgan(self) -> "BSeGNConfig":
-        """This config's sizes, rates and budget with every BSeGN part off and f-CLSWGAN's cls loss on: the
-        baseline as docs/method.md defines it (no FEM, no cycle, no fusion, mFIM = [x], cls loss at 0.01)."""
-        return self.replace(**F_CLSWGAN)
 
 
 def _at_least_one(name: str, value: int) -> None:

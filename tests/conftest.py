@@ -5,9 +5,16 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
-from bsegn.datasets.paths import shared_data_dir  # noqa: E402
+# bench/'s modules (what only the benches use, the checkout's real-data folder) import by their names, as in
+# the bench scripts; appended, so that no installed package is ever shadowed by a bench module's name
+sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
+
+from shared_data import shared_data_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")

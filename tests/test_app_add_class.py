@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bsegn.app.add_class import _normalised_like_bundle, add_classes, parse_attributes
+from bsegn.app.add_class import add_classes, parse_attributes
 from bsegn.app.bundle import CONFIG_NAME, MODEL_NAME, load_bundle
+from bsegn.app.class_inputs import normalised_like_bundle
 from bsegn.core.errors import BundleError
 from bsegn.core.files import file_sha256
 from test_app_bundle import CLASSES, _tiny_bundle, shared_tiny_bundle
@@ -159,10 +160,10 @@ def test_normalisation_of_huge_or_tiny_vectors_does_not_overflow():
     unit = torch.nn.functional.normalize(torch.rand(4, DIM), dim=1)
     bundle = SimpleNamespace(trained=SimpleNamespace(semantics=unit))
     for scale in (1e30, 1e-30):
-        out = _normalised_like_bundle(bundle, torch.full((DIM,), scale), "x")
+        out = normalised_like_bundle(bundle, torch.full((DIM,), scale), "x")
         assert torch.isfinite(out).all() and out.norm().item() == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(BundleError, match="all-zero"):
-        _normalised_like_bundle(bundle, torch.zeros(DIM), "zero")
+        normalised_like_bundle(bundle, torch.zeros(DIM), "zero")
 
 
 def test_a_refit_that_is_not_finite_writes_nothing(saved, tmp_path, monkeypatch):

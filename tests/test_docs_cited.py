@@ -5,9 +5,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = ("app", "backbone", "core", "datasets", "generative", "configs", "bsegn")
-# datasets/paths.shared_data_dir finds the checkout's real-data folder for the tests and benches only (the
-# library never calls it: tests/test_dead_code.py); it moves to the bench helpers with the rest of bench's code
-ALLOWED_OUTSIDE = {"datasets/paths.py"}
+# the checkout's real-data folder is found by bench/shared_data.py, for the tests and benches only
+ALLOWED_OUTSIDE: set[str] = set()
 
 
 def _library_files():

@@ -18,7 +18,7 @@ SEEN, UNSEEN, PHOTOS = 6, 2, 5
 def flowers(tmp_path_factory):
     """A small own-data folder of real flower photos (links to the shared folder's files) and its class table:
     the first SEEN seen and UNSEEN unseen species of classes.csv, PHOTOS photos each."""
-    from bsegn.datasets.paths import shared_data_dir
+    from shared_data import shared_data_dir  # bench/shared_data.py (tests/conftest.py)
 
     shared = shared_data_dir()
     source = shared / "flowers" if shared else None

@@ -100,7 +100,9 @@ PART_CASES = {
 
 def ablated(config, part):
     """The config without `part`: an ablation part, or "cls" (lambda_cls 0)."""
-    return config.replace(lambda_cls=0.0) if part == "cls" else config.without(part)
+    from method_configs import without  # bench/ (tests/conftest.py)
+
+    return config.replace(lambda_cls=0.0) if part == "cls" else without(config, part)
 
 
 @pytest.mark.parametrize("part", ["fem", "cycle", "fem_boosts_g", "cls", "balance", "fem_s2f"])
