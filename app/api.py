@@ -11,6 +11,10 @@ or a (B, 3, H, W) batch gives one Prediction per image. They go through the bund
 seen-or-unseen decision and p_unseen with the classes, `to_json()` giving `predict --json`'s object. Modes:
 "gzsl" (all classes, the default: the bundle's seen-or-unseen gate decides the domain and the first class
 is that domain's best), "zsl" (unseen classes only), "seen" (seen classes only).
+
+`model.predict_features(rows)` answers features instead: rows (N, D) or one row (D,) of the kind the model
+was trained on (its backbone's output, e.g. a `bsegn extract` cache's rows). It is the only input of a model
+trained on pre-extracted features, which has no backbone to read images with.
 """
 from __future__ import annotations
 
@@ -23,11 +27,12 @@ __all__ = ["ClassScore", "Model", "Prediction", "load_model"]
 
 
 class Model:
-    """A loaded bundle, ready to classify images (see load_model)."""
+    """A loaded bundle, ready to classify images, or features (see load_model)."""
 
     def __init__(self, bundle, *, mode: str = "gzsl", device: str = "cpu"):
         self.bundle = bundle
-        self.predictor = Predictor(bundle, mode=mode, device=device)
+        # a bundle without a backbone loads too: predict_features answers, predict says it cannot read images
+        self.predictor = Predictor(bundle, mode=mode, device=device, images=False)
 
     @property
     def classes(self) -> list[str]:
@@ -38,16 +43,25 @@ class Model:
         batch of images -> one Prediction each."""
         import torch
 
+        self.predictor.require_images()
         single = not isinstance(images, (list, tuple)) and not (_is_array(images) and images.ndim == 4)
         batch = [images] if single else list(images)
         tensors = torch.stack([self.predictor.transform(_to_pil(image)) for image in batch])
         answers = self.predictor.predict_tensors(tensors, top_k=top_k)
         return answers[0] if single else answers
 
+    def predict_features(self, features, *, top_k: int = 5) -> Prediction | list[Prediction]:
+        """One row (D,) -> its Prediction; rows (N, D) (array or tensor) -> one Prediction each. DataError for
+        another dimension than the model's or a row holding NaN or Inf."""
+        single = _is_array(features) and features.ndim == 1
+        answers = self.predictor.predict_features(features[None] if single else features, top_k=top_k)
+        return answers[0] if single else answers
+
 
 def load_model(path: str | os.PathLike | None = None, *, mode: str = "gzsl", device: str = "cpu") -> Model:
     """A run folder or bundle folder (default: $BSEGN_MODEL, else the newest bundle under ./runs) -> Model.
-    BundleError when it is missing, damaged or has no backbone (a bundle trained on pre-extracted features)."""
+    BundleError when it is missing or damaged. A bundle trained on pre-extracted features loads too, for
+    Model.predict_features (it has no backbone to read images with)."""
     from bsegn.app.bundle import load_bundle
     from bsegn.app.model_lookup import default_model
 

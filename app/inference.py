@@ -5,6 +5,10 @@
     results[0].unseen, results[0].p_unseen, results[0].top[0].name
     results[0].to_json()   # predict --json's object: {"image", "mode", "top": [{"class", "class_id",
                            #   "probability", "seen"}, ...], "unseen", "p_unseen"} (+ "explain")
+    predictor.predict_features(rows)   # rows (N, D) features of the bundle's kind -> [Prediction, ...]
+
+A bundle trained on pre-extracted features has no backbone: Predictor(bundle, images=False) answers features
+only (predict --features, the API's predict_features); asked for images, it says so in one line.
 
 The seen-or-unseen decision is the bundle's gate (bsegn.generative.gates): in gzsl mode `unseen` is the
 gate's decision and the first class of `top` is the class gate.predict names (an unseen class exactly
@@ -141,8 +145,8 @@ class Predictor:
     """
 
     def __init__(self, bundle, *, mode: str = "gzsl", threshold: float | None = None,
-                 device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None):
-        from bsegn.core.errors import BundleError, ConfigError
+                 device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None, images: bool = True):
+        from bsegn.core.errors import ConfigError
         from bsegn.datasets.images import DEFAULT_MAX_PIXELS
         from bsegn.datasets.transforms import build_eval_transform
 
@@ -151,21 +155,38 @@ class Predictor:
         threshold = gate_threshold(threshold)
         if max_pixels is not None and max_pixels < 1:
             raise ConfigError(f"max_pixels (--max-pixels) must be >= 1, got {max_pixels}")
-        if bundle.backbone is None:
-            raise BundleError("this bundle has no backbone (trained on pre-extracted features): it cannot read images")
         self.bundle, self.mode, self.device, self.batch_size = bundle, mode, resolve_device(device), batch_size
+        if images:  # refused where it is built (predict IMAGE, serve at start), not at its first image
+            self.require_images()
         self.gate = bundle.gate
         self.threshold = float(bundle.gate.threshold if threshold is None else threshold)
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)  # None: the reader's limit
-        self.transform = build_eval_transform(bundle.data_config)
-        bundle.backbone.to(self.device).eval()
+        self.transform = None if bundle.backbone is None else build_eval_transform(bundle.data_config)
+        if bundle.backbone is not None:
+            bundle.backbone.to(self.device).eval()
         bundle.trained.to(self.device)
         bundle.gzsl.to(self.device)
         if bundle.zsl is not None:
             bundle.zsl.to(self.device)
 
+    def require_images(self) -> None:
+        """BundleError, saying what to use instead, when the bundle cannot read images (no backbone)."""
+        from bsegn.core.errors import BundleError
+
+        if self.bundle.backbone is None:
+            raise BundleError("this bundle has no backbone (trained on pre-extracted features): it cannot read images; "
+                              "give it features of the same kind (predict --features FILE, Model.predict_features)")
+
     def decide(self, images) -> Decision:
         """images (B, 3, H, W) normalised -> the Decision (the gate reads the GZSL scores in every mode)."""
+        import torch
+
+        self.require_images()
+        with torch.no_grad():
+            return self.decide_features(self.bundle.backbone(images.to(self.device)).float())
+
+    def decide_features(self, features) -> Decision:
+        """features (B, D) float, on the Predictor's device, as the bundle's backbone gives them -> the Decision."""
         import torch
 
         from bsegn.generative.classifier import class_log_probs, gzsl_scores
@@ -173,8 +194,6 @@ class Predictor:
 
         bundle, gate, trained = self.bundle, self.gate, self.bundle.trained
         with torch.no_grad():
-            images = images.to(self.device)
-            features = bundle.backbone(images).float()
             integrated = trained.integrate(features)  # once: every classifier and the gate read it
             zsl_scores = None
             if bundle.zsl is not None and (self.mode == "zsl" or bundle.unseen_ranking == "zsl"):
@@ -214,9 +233,32 @@ class Predictor:
     def predict_tensors(self, images, *, top_k: int = 5, explain: bool = False) -> list[Prediction]:
         """images (B, 3, H, W), the bundle's eval transform applied -> one Prediction per image (no `image`
         name), the class the decision names first."""
+        return self._answers(self.decide(images), top_k, explain)
+
+    def predict_features(self, features, *, top_k: int = 5, explain: bool = False,
+                         names: list[str] | None = None) -> list[Prediction]:
+        """features (N, D): rows of the kind the bundle was trained on (its backbone's output, or the feature
+        file it was trained from) -> one Prediction per row, named names[i] where given. DataError for another
+        dimension or a row holding NaN or Inf (predict --features skips such rows before it gets here)."""
         import torch
 
-        decision = self.decide(images)
+        from bsegn.core.errors import DataError
+
+        rows = torch.as_tensor(features, dtype=torch.float32)
+        expected = self.bundle.trained.feature_dim
+        if rows.ndim != 2 or rows.shape[1] != expected:
+            raise DataError(f"features of shape {tuple(rows.shape)}: this model reads rows (N, {expected}), the "
+                            "dimension of the features it was trained on")
+        bad = (~torch.isfinite(rows).all(1)).nonzero().flatten().tolist()
+        if bad:
+            raise DataError(f"feature rows {bad[:5]}{' ...' if len(bad) > 5 else ''} hold NaN or Inf; drop or fix them")
+        answers = self._answers(self.decide_features(rows.to(self.device)), top_k, explain)
+        return answers if names is None else [dataclasses.replace(a, image=n) for a, n in zip(answers, names)]
+
+    def _answers(self, decision: Decision, top_k: int, explain: bool) -> list[Prediction]:
+        """A batch's Decision put in words: one Prediction per row, the decision's class first."""
+        import torch
+
         features, class_ids = decision.features, decision.class_ids
         probabilities = torch.softmax(decision.scores, dim=1)
         values, columns = probabilities.topk(min(top_k, decision.scores.shape[1]), dim=1)
@@ -240,6 +282,7 @@ class Predictor:
         for the others."""
         from bsegn.app.image_batches import read_batches
 
+        self.require_images()
         results = []
         bar = None
         if progress:

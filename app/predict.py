@@ -1,4 +1,6 @@
-"""`predict IMAGE [IMAGE|DIR ...] [--model RUN_OR_BUNDLE]`: name the class of images with a bundle.
+"""`predict IMAGE [IMAGE|DIR ...] [--model RUN_OR_BUNDLE]`: name the class of images with a bundle;
+`predict --features FILE`: of the rows of a feature cache (bsegn.app.feature_inputs; a bundle trained on
+pre-extracted features answers only these).
 
 The command line only: images and folders gathered, the options checked, each image's Prediction from the
 inference engine (bsegn.app.inference, where the gate's decision and p_unseen are explained) printed as text
@@ -37,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="predict", description="Name the class of images with a bsegn model, "
                                      "including classes never seen in training.")
-    parser.add_argument("images", nargs="+", help="image files and/or folders (recursed)")
+    parser.add_argument("images", nargs="*", help="image files and/or folders (recursed)")
+    parser.add_argument("--features", default=None, metavar="FILE",
+                        help="instead of images: a feature cache written by `bsegn extract` (.safetensors), one "
+                             "answer per row, named by its image; for a bundle trained on pre-extracted features")
     parser.add_argument("--model", default=None,
                         help="run folder written by train.py, or its bundle/ folder (default: $BSEGN_MODEL, else "
                              "the most recently written bundle under ./runs)")
@@ -72,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise ConfigError("--top-k and --batch-size must be >= 1")
     resolve_device(args.device)  # before the bundle is read (the other options: checked by Predictor)
+    if bool(args.images) == (args.features is not None):
+        raise ConfigError("give image files or folders, or --features FILE (a feature cache), not both"
+                          if args.images else "give image files or folders, or --features FILE (a feature cache)")
+    if args.features is not None:
+        return _predict_features(args, default_model)
 
     paths, problems = collect_images(args.images)
     for problem in problems:
@@ -91,5 +101,27 @@ def run(args: argparse.Namespace) -> int:
         print(json_text(result.to_json()) if args.json else result.to_text())  # valid JSON: never a bare NaN
     if failures or problems:
         print(f"predict: {len(results)} image(s) predicted, {len(failures) + len(problems)} skipped", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _predict_features(args: argparse.Namespace, default_model) -> int:
+    """predict --features: every answerable row of the cache printed as an image's answer is; skipped rows
+    reported on stderr (exit 1), the others answered."""
+    from bsegn.app.bundle import load_bundle
+    from bsegn.app.feature_inputs import predict_feature_rows, read_feature_rows
+    from bsegn.app.inference import Predictor
+    from bsegn.core.files import json_text
+
+    bundle = load_bundle(args.model or default_model(), device="cpu", with_train_features=False)
+    predictor = Predictor(bundle, mode=args.mode, threshold=args.threshold, device=args.device,
+                          batch_size=args.batch_size, images=False)
+    rows, skipped = read_feature_rows(args.features, bundle)
+    for row, image, reason in skipped:
+        print(f"predict: skipped row {row} ({image}): {reason}", file=sys.stderr)
+    for result in predict_feature_rows(predictor, rows, top_k=args.top_k, explain=args.explain):
+        print(json_text(result.to_json()) if args.json else result.to_text())
+    if skipped:
+        print(f"predict: {len(rows)} row(s) predicted, {len(skipped)} skipped", file=sys.stderr)
         return 1
     return 0

@@ -5,8 +5,9 @@
   into allclasses_names, `image_files` N x 1 cell), so published features can be used here and our
   features can feed other people's code.
 * `save_feature_cache` / `load_feature_cache`: safetensors (features, labels) with a JSON header
-  (backbone, weights hash, transform, dataset, image ids) in the safetensors metadata. Loading never
-  executes code from the file, and writes are atomic (bsegn.core.files.atomic_file).
+  (backbone, weights hash, transform, dataset, image ids) in the safetensors metadata, and a sha256 over all
+  of it (content_sha256) that loading checks: an edited or damaged cache is refused, never read as features.
+  Loading never executes code from the file, and writes are atomic (bsegn.core.files.atomic_file).
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from bsegn.core.errors import DataError
-from bsegn.core.files import atomic_file
+from bsegn.core.files import atomic_file, digest_arrays, digest_json
 
 CACHE_FORMAT = "bsegn-feature-cache-v1"
+FULL_DIGEST = 64  # hex digits: the whole sha256
 
 
 @dataclass
@@ -133,6 +135,7 @@ def save_feature_cache(path: str | Path, feature_set: FeatureSet, header: dict[s
         "image_ids": json.dumps(feature_set.image_ids),
         "meta": json.dumps(feature_set.meta, sort_keys=True, default=str),
     }
+    metadata["content_sha256"] = _content_digest(feature_set.features, feature_set.labels, metadata)
     with atomic_file(path) as temp:
         save_file({"features": feature_set.features, "labels": feature_set.labels}, str(temp), metadata=metadata)
     return path
@@ -168,6 +171,21 @@ def load_feature_cache(path: str | Path) -> FeatureSet:
             labels = handle.get_tensor("labels")
     except Exception as error:
         raise DataError(f"{path}: not a readable feature cache ({error}); delete it to rebuild.") from error
-    meta = json.loads(metadata.get("meta", "{}"))
-    meta["header"] = json.loads(metadata["header"])
-    return FeatureSet(features, labels, json.loads(metadata["image_ids"]), meta)
+    stored = metadata.get("content_sha256")
+    # caches written before the digest existed carry none and load as they are; one that carries it must match
+    if stored is not None and stored != _content_digest(features, labels, metadata):
+        raise DataError(f"{path}: its content does not match the sha256 it was written with (edited or damaged); "
+                        "extract the features again (bsegn extract).")
+    try:
+        meta = json.loads(metadata.get("meta", "{}"))
+        meta["header"] = json.loads(metadata["header"])
+        return FeatureSet(features, labels, json.loads(metadata["image_ids"]), meta)
+    except (ValueError, KeyError, TypeError) as error:  # JSON, or rows / labels / image ids that disagree
+        raise DataError(f"{path}: not a consistent feature cache ({error}); extract the features again.") from None
+
+
+def _content_digest(features: np.ndarray, labels: np.ndarray, metadata: dict[str, str]) -> str:
+    """sha256 over the tensors (dtype, shape, bytes) and every metadata entry but the digest itself."""
+    text = {key: value for key, value in metadata.items() if key != "content_sha256"}
+    return digest_json({"arrays": digest_arrays(features, labels, length=FULL_DIGEST), "metadata": text},
+                       length=FULL_DIGEST)

@@ -1,5 +1,6 @@
 """train.py on pre-extracted features (xlsa17 res101.mat): the backbone stages are skipped, the model is
-trained and evaluated on the features, its bundle has no backbone and says so when asked to read an image,
+trained and evaluated on the features, its bundle has no backbone and says so when asked to read an image
+(it answers features: tests/test_app_predict_features.py),
 and a feature file that does not match the split is refused by name."""
 import json
 import os
@@ -62,9 +63,9 @@ def test_training_on_a_feature_file_skips_the_backbone(demo_features, tmp_path, 
     assert bundle.backbone is None
     with pytest.raises(BundleError, match="no backbone"):
         Predictor(bundle)
-    card = (tmp_path / "run" / "bundle" / "README.md").read_text()  # the card promises no image reading
-    assert "has no backbone: predict, bsegn serve and the Python API cannot read images" in card
-    assert "predict IMAGE_OR_FOLDER" not in card
+    card = (tmp_path / "run" / "bundle" / "README.md").read_text()  # the card promises features, no images
+    assert "has no backbone: it classifies features of that kind (48 per image), never images" in card
+    assert "predict IMAGE_OR_FOLDER" not in card and "predict --features FEATURES.safetensors" in card
 
 
 def test_a_feature_file_of_other_images_is_refused(demo_features, tmp_path, monkeypatch):

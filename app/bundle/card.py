@@ -50,14 +50,22 @@ def model_card(config: dict[str, Any]) -> str:
             + " |")
     else:
         lines.append("not evaluated")
-    # a model trained on pre-extracted features has no backbone: nothing here reads an image with it
-    use = ["predict IMAGE_OR_FOLDER --model THIS_FOLDER [--top-k 5] [--mode gzsl|zsl|seen] [--explain] [--json]"] \
-        if config.get("backbone") else []
+    # a model trained on pre-extracted features has no backbone: it answers features of that kind, never images
+    options = "--model THIS_FOLDER [--top-k 5] [--mode gzsl|zsl|seen] [--explain] [--json]"
+    backbone = config.get("backbone")
+    use = [f"predict IMAGE_OR_FOLDER {options}", f"predict --features FEATURES.safetensors {options}"] if backbone \
+        else [f"predict --features FEATURES.safetensors {options}"]
+    dim = config["bsegn"].get("feature_dim")
     lines += [
         "",
         "## Use",
-        *([] if use else ["Trained on pre-extracted features, this bundle has no backbone: predict, bsegn serve and "
-                          "the Python API cannot read images with it. Train from images for a model that does."]),
+        ("`--features` takes a feature cache of this backbone's (the run's features/ folder, or `bsegn extract` "
+         "with the same weights), one answer per row; in Python `bsegn.load_model(THIS_FOLDER).predict(image)` or "
+         "`.predict_features(rows)`." if backbone else
+         f"Trained on pre-extracted features, this bundle has no backbone: it classifies features of that kind "
+         f"({dim} per image), never images. `predict --features` takes a feature cache (`bsegn extract`), one answer "
+         "per row; in Python `bsegn.load_model(THIS_FOLDER).predict_features(rows)`. bsegn serve needs a bundle "
+         "trained from images."),
         "```",
         *use,
         _add_class_line(config.get("semantic_kind")),
