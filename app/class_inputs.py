@@ -22,7 +22,6 @@ import torch
 from bsegn.app.bundle.semantics import fields_from_config, uses_attributes, uses_text
 from bsegn.core.errors import BundleError
 
-
 MAX_CLASS_NAME = 100  # characters: a name is shown on one line of predict's output and of the page
 MAX_DESCRIPTION = 10_000
 

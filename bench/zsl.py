@@ -137,14 +137,14 @@ def main(argv=None) -> int:
         parser.error("--select-epochs: every epoch count must be >= 1")
 
     import torch
+    from eszsl import choose_eszsl, run_eszsl
+    from harness import ORACLE_LABEL, run_bsegn_oracle, select_on_validation
+    from method_configs import method_config
 
     from bsegn.core.errors import BsegnError
     from bsegn.core.files import atomic_write_json
     from bsegn.datasets.protocol import validation_protocol
     from bsegn.generative.experiment import run_bsegn
-    from eszsl import choose_eszsl, run_eszsl
-    from harness import ORACLE_LABEL, run_bsegn_oracle, select_on_validation
-    from method_configs import method_config
 
     if args.threads:
         torch.set_num_threads(args.threads)

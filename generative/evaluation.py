@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from bsegn.generative.metrics import (calibrated_predictions, harmonic_mean, mean_per_class_accuracy,
-                                      per_class_accuracy)
+from bsegn.generative.metrics import calibrated_predictions, harmonic_mean, mean_per_class_accuracy, per_class_accuracy
 
 # Calibrated stacking's gamma candidates. gamma is subtracted from seen-class LOG-probabilities, so the
 # grid spans several nats. Steps of 0.5 nat up to 15: on AwA1-Lampert validation, H rose from 9.5 to 14.8

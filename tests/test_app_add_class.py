@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_app_bundle import CLASSES, _tiny_bundle, shared_tiny_bundle
 
 from bsegn.app.add_class import add_classes, parse_attributes
 from bsegn.app.bundle import CONFIG_NAME, MODEL_NAME, load_bundle
 from bsegn.app.class_inputs import normalised_like_bundle
 from bsegn.core.errors import BundleError
 from bsegn.core.files import file_sha256
-from test_app_bundle import CLASSES, _tiny_bundle, shared_tiny_bundle
 
 DIM = 5
 VALUES = "0.1,0.2,0.3,0.4,0.5"
@@ -195,9 +195,9 @@ def test_names_are_unique_ignoring_case(saved, tmp_path):
 def test_add_class_refits_a_learned_gate_with_the_new_class_keeping_its_threshold(tmp_path):
     """The learned gate is trained on synthetic unseen features: after add-class it is the gate fitted on
     the new class list (the new class among the unseen ones), at the bundle's threshold."""
-    from bsegn.generative.gates import fit_gate
-
     from test_app_bundle_checks import _set, rewrite_config
+
+    from bsegn.generative.gates import fit_gate
 
     source = _tiny_bundle(tmp_path / "learned", gate="learned", threshold=0.25)
     rewrite_config(source, _set("gate/temperature", 2.5))  # p_unseen's temperature, as validation fitted it

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_app_bundle import bundle_copy, saved  # noqa: F401 (the tiny bundle's fixtures)
 
 from bsegn.app.bundle import CONFIG_NAME, MODEL_NAME, load_bundle, read_bundle_info
 from bsegn.app.bundle.layout import config_digest
 from bsegn.core.errors import BundleError
 from bsegn.core.files import file_sha256
-from test_app_bundle import bundle_copy, saved  # noqa: F401 (the tiny bundle's fixtures)
 
 
 def rewrite_config(folder: Path, edit) -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_app_bundle import CLASSES, IMAGE_SIZE, _tiny_bundle
+from test_app_bundle_checks import _DELETE, _set, rewrite_config
 
 from bsegn.app.bundle import CONFIG_NAME, MODEL_NAME, load_bundle, save_bundle
 from bsegn.core.errors import BundleError
 from bsegn.generative.gates import GATES, fit_gate, gate_inputs
-from test_app_bundle import CLASSES, IMAGE_SIZE, _tiny_bundle
-from test_app_bundle_checks import _DELETE, _set, rewrite_config
 
 KINDS = ("stacking", "gaussian", "learned", "semantic", "combined")
 

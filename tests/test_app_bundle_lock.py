@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_app_add_class import VALUES, _bsegn, _digests
+from test_app_bundle import CLASSES, bundle_copy, saved  # noqa: F401 (the tiny bundle's fixtures)
+
 from bsegn.app.add_class import add_classes
 from bsegn.app.bundle import load_bundle, save_bundle
 from bsegn.core.locks import BundleBusy
-from test_app_add_class import VALUES, _bsegn, _digests
-from test_app_bundle import CLASSES, bundle_copy, saved  # noqa: F401 (the tiny bundle's fixtures)
 
 
 def _hold(folder: Path, pid: int | None = None) -> Path:

@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bsegn.app.config import (RunConfig, config_help, load_run_config, parse_overrides, section_classes,
-                              shipped_configs_dir, write_run_config)
+from bsegn.app.config import (
+    RunConfig,
+    config_help,
+    load_run_config,
+    parse_overrides,
+    section_classes,
+    shipped_configs_dir,
+    write_run_config,
+)
 from bsegn.core.errors import BsegnError, ConfigError
 from bsegn.core.sections import describe
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from bsegn.app.config import load_run_config
-from bsegn.datasets.features import FeatureSet, write_res101_mat
 from bsegn.core.errors import DataError
+from bsegn.datasets.features import FeatureSet, write_res101_mat
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,9 @@ def _config(path, cache, tmp_path, *extra):
 
 def test_training_on_a_feature_file_skips_the_backbone(demo_features, tmp_path, monkeypatch, capsys):
     from bsegn.app.bundle import load_bundle
-    from bsegn.core.errors import BundleError
     from bsegn.app.inference import Predictor
     from bsegn.app.pipeline import run_pipeline
+    from bsegn.core.errors import BundleError
     from bsegn.core.logs import setup_logging
 
     path, cache = demo_features

@@ -6,13 +6,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_app_add_class import VALUES, _bsegn
+from test_app_bundle import CLASSES, _one_image, shared_tiny_bundle
+from test_app_bundle_checks import _set, rewrite_config
+
 from bsegn.app.add_class import add_classes
 from bsegn.app.bundle import load_bundle
 from bsegn.app.class_inputs import MAX_CLASS_NAME, class_name
 from bsegn.core.errors import BundleError, ConfigError
-from test_app_add_class import VALUES, _bsegn
-from test_app_bundle import CLASSES, _one_image, shared_tiny_bundle
-from test_app_bundle_checks import _set, rewrite_config
 
 BAD_NAMES = {  # name -> words of the refusal
     "two\nlines": "non-printing character", "red\x1b[31mbird": "non-printing character",

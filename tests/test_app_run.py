@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import SCRATCH_BACKBONE
 
 from bsegn.core.errors import DataError
 from bsegn.core.locks import LOCK_NAME, RunFolderBusy, RunLock
-from conftest import SCRATCH_BACKBONE
 
 REPO = Path(__file__).resolve().parent.parent
 # a demo small enough for the checks that run before any compute (generated once per session)

@@ -18,12 +18,13 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e \".[serve]\"")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (in the test extra)")
 
-from bsegn.app.bundle import MODEL_NAME
-from bsegn.app.serve import BackgroundServer, create_app
 from fastapi.testclient import TestClient
 from test_app_bundle import shared_tiny_bundle
 from test_app_bundle_checks import _set, rewrite_config
 from test_app_serve import _engine, _multipart, _png, _post, _serving
+
+from bsegn.app.bundle import MODEL_NAME
+from bsegn.app.serve import BackgroundServer, create_app
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
-from bsegn.app.bundle import CONFIG_NAME, load_bundle
-from bsegn.core.errors import BundleError, ConfigError
 from conftest import SCRATCH_BACKBONE
 from test_app_bundle import _tiny_bundle
 from test_app_bundle_checks import _DELETE, _set, rewrite_config
+
+from bsegn.app.bundle import CONFIG_NAME, load_bundle
+from bsegn.core.errors import BundleError, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["red square", "blue circle", "green star", "red circle", "blue star", "green square"]

@@ -8,7 +8,6 @@ from bsegn.app.cli import main
 from bsegn.backbone.factory import create_backbone
 
 
-
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
     from safetensors.torch import save_file

@@ -17,7 +17,6 @@ from bsegn.backbone.extract import cached_extract_features, extract_features
 from bsegn.backbone.factory import create_backbone
 
 
-
 def _image_tree(root, count=11, size=20):
     rng = np.random.default_rng(0)
     files = []

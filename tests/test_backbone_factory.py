@@ -14,7 +14,6 @@ from bsegn.backbone.factory import FeatureBackbone, create_backbone, weights_has
 from bsegn.core.errors import DataError, WeightsError
 
 
-
 @pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_vit"])
 def test_tiny_architectures_give_their_own_feature_dims(name, bsegn_log):
     backbone = create_backbone(name, "none")

@@ -15,7 +15,6 @@ from bsegn.datasets.images import ImageError, open_rgb
 from bsegn.datasets.transforms import build_eval_transform, build_train_transform
 
 
-
 def load_rgb(path, **options) -> np.ndarray:
     """The image as every reader gets it (open_rgb), as an (H, W, 3) uint8 array to compare pixels."""
     return np.asarray(open_rgb(path, **options))

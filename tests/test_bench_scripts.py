@@ -148,9 +148,8 @@ def test_validation_over_several_seeds_chooses_on_their_mean(tmp_path):
 
 
 def test_eszsl_choice_is_made_on_validation_by_t1_plus_h():
-    from test_generative_training import feature_split, gaussian_benchmark
-
     from eszsl import choose_eszsl, run_eszsl  # bench/eszsl.py (tests/conftest.py)
+    from test_generative_training import feature_split, gaussian_benchmark
 
     features, split = feature_split(gaussian_benchmark())
     gamma_reg, lam, result = choose_eszsl(features, split, (0.1, 10.0))

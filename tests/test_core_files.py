@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+
 from bsegn.core.files import (
     atomic_file,
     atomic_folder,

@@ -7,7 +7,12 @@ import scipy.io
 
 from bsegn.core.errors import DataError
 from bsegn.datasets.features import (
-    FeatureSet, load_feature_cache, read_feature_cache_header, read_res101_mat, save_feature_cache, write_res101_mat,
+    FeatureSet,
+    load_feature_cache,
+    read_feature_cache_header,
+    read_res101_mat,
+    save_feature_cache,
+    write_res101_mat,
 )
 
 

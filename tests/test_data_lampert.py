@@ -9,7 +9,11 @@ import pytest
 
 from bsegn.core.errors import DataError
 from bsegn.datasets.lampert import (
-    RestrictedUnpickler, UnsafePickleError, hellinger_normalise, load_awa1_lampert, load_numpy_pickle,
+    RestrictedUnpickler,
+    UnsafePickleError,
+    hellinger_normalise,
+    load_awa1_lampert,
+    load_numpy_pickle,
 )
 
 

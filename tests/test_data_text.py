@@ -14,8 +14,16 @@ from bsegn.datasets import text_encoder
 from bsegn.datasets.benchmarks import load_benchmark
 from bsegn.datasets.own_data import load_own_data
 from bsegn.datasets.splits import ZSLSplit
-from bsegn.datasets.text_semantics import (apply_semantics, class_texts, class_vector, embed_class_texts,
-                                           parse_semantics, read_descriptions_csv, readable_name, text_words)
+from bsegn.datasets.text_semantics import (
+    apply_semantics,
+    class_texts,
+    class_vector,
+    embed_class_texts,
+    parse_semantics,
+    read_descriptions_csv,
+    readable_name,
+    text_words,
+)
 
 
 class FakeTokenizer:

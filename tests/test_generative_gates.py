@@ -7,11 +7,27 @@ import pytest
 import torch
 
 from bsegn.core.errors import ConfigError
-from bsegn.generative.gate_evaluation import (best_threshold, choose_threshold, domain_metrics, evaluate_gate,
-                                              fit_temperature, oracle_domain, p_unseen_calibration)
-from bsegn.generative.gates import (GATES, GateInputs, GaussianGate, LearnedGate, StackingGate,
-                                    cross_fitted_log_distances, fit_gates, gate_from_state, gate_inputs,
-                                    routed_predictions)
+from bsegn.generative.gate_evaluation import (
+    best_threshold,
+    choose_threshold,
+    domain_metrics,
+    evaluate_gate,
+    fit_temperature,
+    oracle_domain,
+    p_unseen_calibration,
+)
+from bsegn.generative.gates import (
+    GATES,
+    GateInputs,
+    GaussianGate,
+    LearnedGate,
+    StackingGate,
+    cross_fitted_log_distances,
+    fit_gates,
+    gate_from_state,
+    gate_inputs,
+    routed_predictions,
+)
 from bsegn.generative.metrics import auroc, calibrated_predictions
 
 CLASS_IDS = torch.tensor([0, 1, 2, 3])

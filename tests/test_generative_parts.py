@@ -11,10 +11,22 @@ from torch import nn
 from bsegn.core.errors import ConfigError
 from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.losses import balance_gap, contrastive_from_logits, critic_loss, cycle_loss
-from bsegn.generative.metrics import (calibrated_predictions, harmonic_mean, mean_per_class_accuracy, per_class_accuracy,
-                                     rank_unseen_with)
-from bsegn.generative.networks import (Critic, FeatureGenerator, FinalClassifier, MultilevelIntegration,
-                                       SemanticDecoder, SemanticEmbedder, build_networks)
+from bsegn.generative.metrics import (
+    calibrated_predictions,
+    harmonic_mean,
+    mean_per_class_accuracy,
+    per_class_accuracy,
+    rank_unseen_with,
+)
+from bsegn.generative.networks import (
+    Critic,
+    FeatureGenerator,
+    FinalClassifier,
+    MultilevelIntegration,
+    SemanticDecoder,
+    SemanticEmbedder,
+    build_networks,
+)
 
 
 def test_config_round_trip_and_unknown_keys():

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bsegn.core.errors import DataError
+from bsegn.core.errors import DataError, TrainingDiverged
 from bsegn.generative.classifier import class_log_probs, fit_final_classifier, gzsl_scores
 from bsegn.generative.config import BSeGNConfig
 from bsegn.generative.evaluation import evaluate_scores
 from bsegn.generative.experiment import fit_and_score
 from bsegn.generative.model import TrainedBSeGN, train_bsegn
-from bsegn.core.errors import TrainingDiverged
 from bsegn.generative.trainer import BSeGNTrainer
 
 TINY = dict(hidden=32, embedder_hidden=32, batch_size=32, lr=1e-3, lambda_emb=0.1, syn_num=100,

@@ -14,7 +14,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import SCRATCH_BACKBONE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
