@@ -3,10 +3,11 @@ with text semantics), without retraining: the point of zero-shot learning.
 
 The bundled generator synthesises features for the new classes, and the final classifier is refitted
 (seconds) on the bundle's real seen training features plus synthetic features of every unseen class,
-exactly as in training. A learned gate (learned, cosmo: trained on synthetic unseen features) is refitted
-too, keeping its threshold, so that a class added later is reachable; the other gates read the seen
-classes only and stay. Each added class's reachability is reported: the share of its synthetic features
-the gate calls unseen (a warning naming the class below REACHABLE). `remove_classes` is the inverse (for
+exactly as in training. A gate fitted on synthetic features of every class (its registry entry says
+refit_when_classes_change: learned, cosmo, combined) is refitted too, keeping its threshold, so that a class
+added later is reachable; the other gates read the seen classes only and stay. Each added class's
+reachability is reported: the share of its synthetic features the gate calls unseen (a warning naming the
+class below REACHABLE). `remove_classes` is the inverse (for
 unseen classes). What a new class may be given, and how it becomes a semantic vector:
 bsegn.app.class_inputs.
 """
@@ -27,9 +28,6 @@ from bsegn.core.logs import get_logger
 
 log = get_logger(__name__)
 REACHABLE = 0.5  # below this share of its synthetic features called unseen, an added class gets a warning
-# gates fitted on synthetic unseen features (combined: and standardised on the classifier's scores): refitted
-# when classes change
-LEARNED_GATES = ("learned", "cosmo", "combined")
 
 
 def refit_classifiers(bundle: Bundle, trained=None):
@@ -53,23 +51,23 @@ def refit_classifiers(bundle: Bundle, trained=None):
 
 
 def refit_gate(bundle: Bundle, trained=None, classifiers=None):
-    """The bundle's gate for `trained`'s classes: a learned gate refitted on the bundle's training features
-    and synthetic features of every class (its threshold and p_unseen's temperature kept; combined keeps its
-    Gaussian part and that part's standardisation, which read the seen classes only); any other gate
-    as it is. classifiers: the
-    refitted (gzsl, zsl) the combined gate is standardised under (default the bundle's)."""
+    """The bundle's gate for `trained`'s classes: a gate whose kind is refit_when_classes_change refitted on the
+    bundle's training features and synthetic features of every class (its threshold and p_unseen's temperature
+    kept; the old gate goes to the fit as `previous`, whose parts that read the seen classes only a kind may
+    keep); any other gate as it is. classifiers: the refitted (gzsl, zsl) a gate that reads the classifiers'
+    scores is fitted under (default the bundle's)."""
     from bsegn.generative.experiment import split_classes
-    from bsegn.generative.gates import fit_gate
+    from bsegn.generative.gates import fit_gate, gate_class
 
     trained = trained if trained is not None else bundle.trained
-    if bundle.gate.kind not in LEARNED_GATES:
+    if not gate_class(bundle.gate.kind).refit_when_classes_change:
         return bundle.gate
     if bundle.train_features is None:
         raise BundleError(f"{bundle.path} holds no training features; its {bundle.gate.kind} gate cannot be refitted")
     gate = fit_gate(bundle.gate.kind, trained, bundle.train_features.float(), bundle.train_labels,
                     split_classes(trained.seen_classes, trained.unseen_classes),
                     classifiers=classifiers or (bundle.gzsl, bundle.zsl), unseen_ranking=bundle.unseen_ranking,
-                    seen_parts_of=bundle.gate if bundle.gate.kind == "combined" else None)
+                    previous=bundle.gate)
     gate.threshold, gate.temperature = bundle.gate.threshold, bundle.gate.temperature
     return gate
 

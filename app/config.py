@@ -77,8 +77,7 @@ class RunSection:
     output: str | None = option(None, "run folder (null: runs/<benchmark>-<protocol>)")
     seed: int = option(0, "seed of every stage (fine-tuning, validation split, BSeGN)")
     mixed_precision: str = option("no", "no (leave it to `accelerate launch`), fp16 or bf16")
-    gate: str = option("stacking", "the seen-or-unseen decision: stacking, max_softmax, energy, gaussian, learned, "
-                                   "cosmo, semantic or combined")
+    gate: str = option("stacking", "the seen-or-unseen decision: a registered gate (listed below the keys)")
     threshold: float | None = option(0.0, "the gate's threshold (stacking: -gamma); null: chosen on the validation "
                                           "protocol")
     unseen_ranking: str = option("gzsl", "which classifier names an unseen class in GZSL: gzsl or zsl")
@@ -158,9 +157,11 @@ def run_config_from_dict(values: dict[str, Any] | None) -> RunConfig:
 def check_across_sections(config: RunConfig) -> None:
     """The rules that tie keys of two sections together (each section checked its own keys already).
     The process count is known only at launch: the pipeline's start checks generative.check_process_count."""
-    require(config.run.gate != "semantic" or config.generative.uses_decoder,
-            "run.gate semantic reads the semantic decoder, which generative.lambda_cyc 0 removes; choose another "
-            "run.gate or set generative.lambda_cyc > 0")
+    from bsegn.generative.gates import gate_class
+
+    require(not gate_class(config.run.gate).requires_decoder or config.generative.uses_decoder,
+            f"run.gate {config.run.gate} reads the semantic decoder, which generative.lambda_cyc 0 removes; choose "
+            "another run.gate or set generative.lambda_cyc > 0")
 
 
 def parse_overrides(arguments: list[str]) -> dict[str, dict[str, Any]]:
@@ -268,4 +269,12 @@ def config_help() -> str:
         if index == 0 or rows[index - 1][0] != name:
             lines.append(f"\n{name}:")
         lines.append(f"  {key:<{widths[0]}}  {kind:<{widths[1]}}  {default:<{widths[2]}}  {text}")
+    from bsegn.generative.gates import gate_summaries
+
+    summaries = gate_summaries()
+    width = max(map(len, summaries))
+    # the gate registry's kinds, each with its own line (listing them in run.gate's help would import torch with
+    # the config, and go stale with the registry)
+    lines += ["", "Gates (run.gate; each calls an image unseen when its score is above run.threshold):"]
+    lines += [f"  {kind:<{width}}  {summary}" for kind, summary in summaries.items()]
     return "\n".join(lines)

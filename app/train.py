@@ -34,7 +34,8 @@ def build_parser(prog: str = "bsegn train") -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
                         help="console messages (the run's log.txt keeps info and above)")
     parser.add_argument("--help-config", action="store_true",
-                        help="print every config key with its type, default and meaning, and exit")
+                        help="print every config key with its type, default and meaning, and every gate run.gate "
+                             "may name (the gate registry), and exit")
     return parser
 
 

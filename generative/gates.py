@@ -35,21 +35,45 @@ GATES (domain score s(x)):
                  margin (three without a decoder). On the demo's validation protocol it separated the domains
                  better than any of them alone (docs/results.md)
 
+Each gate is registered (bsegn.generative.gate_registry: what a gate kind declares, and why); run.gate,
+fit_gates, gate_from_state, the bundle and add-class know the gates from GATE_REGISTRY, which importing
+this module fills with the ones above.
+
 The fitted parts (Gaussian means and precision, the MLP) are buffers/parameters of the gate module, so a
 bundle stores them in safetensors; kind and threshold go to JSON (`gate.metadata()`, `gate_from_state`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import nn
 
 from bsegn.core.errors import ConfigError
 from bsegn.generative.adam import Adam
+from bsegn.generative.gate_registry import (
+    GATE_REGISTRY,
+    GATES,
+    DomainGate,
+    GateInputs,
+    gate_class,
+    gate_inputs,
+    gate_summaries,
+    needs_integrated,
+    needs_semantic,
+    register_gate,
+    routed_predictions,
+    semantic_margin,
+)
 
-GATES = ("stacking", "max_softmax", "energy", "gaussian", "learned", "cosmo", "semantic", "combined")
+# callers import the gates' API from here: importing this module is what registers the gates below
+__all__ = ["GATE_REGISTRY", "GATES", "DomainGate", "GateFitting", "GateInputs", "fit_gate", "fit_gates",
+           "gate_class", "gate_from_state", "gate_inputs", "gate_summaries", "needs_integrated", "needs_semantic",
+           "register_gate", "routed_predictions", "semantic_margin"]
+
 LEARNED_GATE_HIDDEN = 256
 LEARNED_GATE_EPOCHS = 20
 LEARNED_GATE_LR = 1e-3
@@ -60,133 +84,15 @@ GAUSSIAN_FOLDS = 2
 THRESHOLD_CANDIDATES = 201  # quantiles of the validation scores the threshold is chosen among
 
 
-def check_gate(kind: str) -> str:
-    if kind not in GATES:
-        raise ConfigError(f"unknown gate {kind!r}; valid gates: {', '.join(GATES)} (run.gate)")
-    return kind
-
-
-@dataclass
-class GateInputs:
-    """What gates read for N images: scores (N, C) the GZSL scores (log-probabilities over the classifier's
-    columns, unseen_ranking applied), seen_columns (C,) bool, integrated (N, D) the mFIM features and
-    semantic_margin (N,) (semantic_margin's; None for gates that do not need them)."""
-
-    scores: torch.Tensor
-    seen_columns: torch.Tensor
-    integrated: torch.Tensor | None = None
-    semantic_margin: torch.Tensor | None = None
-
-    def subset(self, index) -> "GateInputs":
-        return GateInputs(self.scores[index], self.seen_columns,
-                          None if self.integrated is None else self.integrated[index],
-                          None if self.semantic_margin is None else self.semantic_margin[index])
-
-
-def needs_integrated(kind: str) -> bool:
-    return kind in ("gaussian", "learned", "cosmo", "combined")
-
-
-def needs_semantic(kind: str, trained) -> bool:
-    """The semantic margin is read by the semantic gate, and by combined when the model has a decoder."""
-    return kind == "semantic" or (kind == "combined" and "decoder" in trained.parts)
-
-
-@torch.no_grad()
-def semantic_margin(trained, features: torch.Tensor, class_ids: torch.Tensor, seen_columns: torch.Tensor,
-                    batch_size: int = 4096) -> torch.Tensor:
-    """features (N, d) -> (N,): the cosine of the decoder's semantic reconstruction a_hat (the cycle branch)
-    with the nearest unseen class vector minus that with the nearest seen one, over the classifier's columns
-    (class_ids (C,)). An unseen image is a new combination of what seen images show, so the decoder reads a
-    vector nearer to its own class than to any seen class (attribute-based detection, as in DAP)."""
-    if "decoder" not in trained.parts:
-        raise ConfigError("the semantic gate reads the semantic decoder, and this model has none "
-                          "(generative.lambda_cyc 0); choose another run.gate or set generative.lambda_cyc > 0")
-    semantics = torch.nn.functional.normalize(trained.semantics[class_ids.cpu()].to(trained.device), dim=1)
-    margins = []
-    for start in range(0, len(features), batch_size):
-        a_hat, _ = trained.parts["decoder"](features[start:start + batch_size].to(trained.device))
-        cosine = torch.nn.functional.normalize(a_hat, dim=1) @ semantics.T
-        margins.append((cosine[:, ~seen_columns].max(1).values - cosine[:, seen_columns].max(1).values).cpu())
-    return torch.cat(margins) if margins else torch.zeros(0)
-
-
-@torch.no_grad()
-def gate_inputs(trained, gzsl, zsl, features, *, unseen_ranking: str = "gzsl", kinds=GATES,
-                scores: torch.Tensor | None = None, integrated: torch.Tensor | None = None) -> GateInputs:
-    """GateInputs of real features (N, d) for the given gate kinds (scores: gzsl_scores, integrated:
-    trained.integrate(features), when the caller has them; each is computed once otherwise)."""
-    from bsegn.generative.classifier import gzsl_scores
-
-    if integrated is None and (scores is None or any(needs_integrated(kind) for kind in kinds)):
-        integrated = trained.integrate(torch.as_tensor(features, dtype=torch.float32))
-    if scores is None:
-        scores = gzsl_scores(trained, gzsl, zsl, features, unseen_ranking=unseen_ranking, integrated=integrated)
-    seen_columns = torch.isin(gzsl.class_ids.cpu(), trained.seen_classes)
-    if not any(needs_integrated(kind) for kind in kinds):
-        integrated = None
-    margin = None
-    if any(needs_semantic(kind, trained) for kind in kinds):
-        margin = semantic_margin(trained, torch.as_tensor(features, dtype=torch.float32), gzsl.class_ids,
-                                 seen_columns)
-    return GateInputs(scores.cpu().float(), seen_columns, None if integrated is None else integrated.cpu(), margin)
-
-
 def _split_max(scores: torch.Tensor, seen_columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scores[:, seen_columns].max(1).values, scores[:, ~seen_columns].max(1).values
 
 
-class DomainGate(nn.Module):
-    """One gate: `domain_score` (N,) and the decision `score > threshold`. Subclasses fit their parts."""
-
-    kind = "base"
-
-    def __init__(self):
-        super().__init__()
-        self.threshold = 0.0
-        self.temperature = 1.0  # p_unseen's scale: fitted where the threshold is chosen (gate_evaluation)
-
-    def domain_score(self, inputs: GateInputs) -> torch.Tensor:
-        raise NotImplementedError
-
-    # threshold: another than self.threshold; score: this gate's domain_score(inputs) when the caller has it
-    # (choosing a threshold tries hundreds on one score; predict reads the decision, p_unseen and the class)
-
-    def margin(self, inputs: GateInputs, threshold: float | None = None,
-               score: torch.Tensor | None = None) -> torch.Tensor:
-        """(N,) domain score minus threshold: > 0 for the images sent to the unseen expert."""
-        score = self.domain_score(inputs) if score is None else score
-        return score - (self.threshold if threshold is None else threshold)
-
-    def unseen(self, inputs: GateInputs, threshold: float | None = None, score=None) -> torch.Tensor:
-        """(N,) bool: the images this gate sends to the unseen expert."""
-        return self.margin(inputs, threshold, score) > 0
-
-    def p_unseen(self, inputs: GateInputs, threshold: float | None = None, score=None) -> torch.Tensor:
-        """(N,) sigmoid((score - threshold) / temperature): 0.5 exactly at the decision, above it iff called
-        unseen; with the temperature fitted on the validation protocol (gate_evaluation.fit_temperature) a probability
-        calibrated there, with 1 (a gate whose threshold was given, a bundle from before) a monotone
-        confidence in the score's own units."""
-        return torch.sigmoid(self.margin(inputs, threshold, score) / self.temperature)
-
-    def predict(self, inputs: GateInputs, threshold: float | None = None,
-                score: torch.Tensor | None = None) -> torch.Tensor:
-        """(N,) columns: the best column of the domain the gate picked for each image."""
-        return routed_predictions(inputs.scores, inputs.seen_columns, self.unseen(inputs, threshold, score))
-
-    def metadata(self) -> dict:
-        return {"kind": self.kind, "threshold": float(self.threshold), "temperature": float(self.temperature)}
-
-
-def routed_predictions(scores: torch.Tensor, seen_columns: torch.Tensor, unseen: torch.Tensor) -> torch.Tensor:
-    """scores (N, C), seen_columns (C,) bool, unseen (N,) bool -> (N,) the argmax column within each
-    image's domain (the seen columns where unseen is False, the unseen ones where it is True)."""
-    allowed = torch.where(unseen[:, None], ~seen_columns[None, :], seen_columns[None, :])
-    return scores.masked_fill(~allowed, float("-inf")).argmax(1)
-
-
+@register_gate
 class StackingGate(DomainGate):
     kind = "stacking"
+    summary = ("the best unseen score beats the best seen score lowered by gamma (calibrated stacking, Chao et al. "
+               "2016; threshold = -gamma)")
 
     def domain_score(self, inputs):
         best_seen, best_unseen = _split_max(inputs.scores, inputs.seen_columns)
@@ -200,40 +106,50 @@ class StackingGate(DomainGate):
         return calibrated_predictions(inputs.scores, inputs.seen_columns, gamma)
 
 
-class SemanticGate(DomainGate):
-    """The semantic margin (see semantic_margin): nothing to fit."""
-
-    kind = "semantic"
-
-    def domain_score(self, inputs):
-        if inputs.semantic_margin is None:
-            raise ValueError("the semantic gate needs GateInputs.semantic_margin (gate_inputs computes it)")
-        return inputs.semantic_margin
-
-
+@register_gate
 class MaxSoftmaxGate(DomainGate):
     kind = "max_softmax"
+    summary = "the seen classes' softmax peak is low (Hendrycks & Gimpel 2017)"
 
     def domain_score(self, inputs):
         return -torch.softmax(inputs.scores[:, inputs.seen_columns], dim=1).max(1).values
 
 
+@register_gate
 class EnergyGate(DomainGate):
     kind = "energy"
+    summary = "the seen classes' total probability is low (Liu et al. 2020)"
 
     def domain_score(self, inputs):
         return -torch.logsumexp(inputs.scores[:, inputs.seen_columns], dim=1)
 
 
+@register_gate
 class GaussianGate(DomainGate):
     """Class means (S, D) of real seen mFIM features and one shared precision matrix (D, D)."""
 
     kind = "gaussian"
+    summary = ("the image's mFIM feature is far (Mahalanobis, shared covariance) from every seen class mean (Lee et "
+               "al. 2018)")
+    reads_integrated = True
 
     def __init__(self, dim: int, num_seen: int):
         super().__init__()
         self.register_buffer("means", torch.zeros(num_seen, dim))
         self.register_buffer("precision", torch.eye(dim))
+
+    @classmethod
+    def fit_on(cls, fitting):
+        return fitting.gaussian
+
+    @classmethod
+    def from_state(cls, state):
+        num_seen, dim = state["means"].shape
+        return cls(dim, num_seen)
+
+    @property
+    def feature_dim(self):
+        return self.means.shape[1]
 
     def fit(self, integrated: torch.Tensor, labels: torch.Tensor) -> "GaussianGate":
         classes, index = torch.unique(labels, return_inverse=True)
@@ -274,14 +190,34 @@ class GaussianGate(DomainGate):
         return distances.min(1).values.clamp_min(0.0)
 
 
+@register_gate
 class LearnedGate(DomainGate):
     """A 2-layer MLP (D -> hidden -> 1) whose output is logit p(unseen | x)."""
 
     kind = "learned"
+    summary = "a small network trained on real and synthetic seen features against synthetic unseen ones says so"
+    reads_integrated = True
+    refit_when_classes_change = True  # trained on synthetic features of every unseen class
 
     def __init__(self, dim: int, hidden: int = LEARNED_GATE_HIDDEN):
         super().__init__()
-        self.network = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        with torch.random.fork_rng(devices=[]):  # building layers draws from the global RNG: leave it alone
+            self.network = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    @property
+    def feature_dim(self):
+        return self.network[0].in_features
+
+    @classmethod
+    def from_state(cls, state):
+        hidden, dim = state["network.0.weight"].shape
+        return cls(dim, hidden)
+
+    @classmethod
+    def fit_on(cls, fitting):
+        gate = cls(fitting.integrated.shape[1])  # learned and cosmo share one fitted network
+        gate.load_state_dict(fitting.domain_network.state_dict())
+        return gate.eval()
 
     def logit(self, integrated: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -319,13 +255,32 @@ class LearnedGate(DomainGate):
         return self.eval()
 
 
+@register_gate
 class CosmoGate(LearnedGate):
     kind = "cosmo"
+    summary = ("the learned gate's p(unseen) times the unseen expert's confidence beats the seen side's (Atzmon & "
+               "Chechik 2019)")
 
     def domain_score(self, inputs):
         seen = torch.log_softmax(inputs.scores[:, inputs.seen_columns], dim=1).max(1).values
         unseen = torch.log_softmax(inputs.scores[:, ~inputs.seen_columns], dim=1).max(1).values
         return self.logit(inputs.integrated) + unseen - seen
+
+
+@register_gate
+class SemanticGate(DomainGate):
+    """The semantic margin (see semantic_margin): nothing to fit."""
+
+    kind = "semantic"
+    summary = ("the semantic decoder reads from the image a class vector nearer (cosine) to an unseen class's than "
+               "to any seen class's (needs generative.lambda_cyc > 0)")
+    reads_semantic_margin = True
+    requires_decoder = True
+
+    def domain_score(self, inputs):
+        if inputs.semantic_margin is None:
+            raise ValueError("the semantic gate needs GateInputs.semantic_margin (gate_inputs computes it)")
+        return inputs.semantic_margin
 
 
 def cross_fitted_log_distances(integrated: torch.Tensor, labels: torch.Tensor, *, folds: int = GAUSSIAN_FOLDS,
@@ -347,6 +302,7 @@ def cross_fitted_log_distances(integrated: torch.Tensor, labels: torch.Tensor, *
     return held_out
 
 
+@register_gate
 class CombinedGate(DomainGate):
     """Standardised stacking margin + log gaussian distance + learned logit (+ semantic margin, when the
     model has a semantic decoder). Parts: `gaussian`, `learned`; buffers centre and scale (3 or 4,): each
@@ -354,6 +310,12 @@ class CombinedGate(DomainGate):
     cross-fitted held-out ones (cross_fitted_log_distances; bundles written before keep their own)."""
 
     kind = "combined"
+    summary = ("the sum of the stacking margin, the log gaussian distance, the learned logit and the semantic margin, "
+               "each standardised on the seen training features (the distance on held-out ones: cross-fitted)")
+    reads_integrated = True
+    reads_semantic_margin = True  # its fourth part, when the model has a semantic decoder
+    needs_classifiers = True  # standardised on the classifiers' scores
+    refit_when_classes_change = True  # its learned part
 
     def __init__(self, dim: int, num_seen: int, hidden: int = LEARNED_GATE_HIDDEN, num_parts: int = 4):
         super().__init__()
@@ -387,81 +349,122 @@ class CombinedGate(DomainGate):
     def domain_score(self, inputs):
         return ((self.parts(inputs) - self.centre) / self.scale).sum(1)
 
+    @property
+    def feature_dim(self):
+        return self.gaussian.feature_dim
 
-def _empty_gate(kind: str, dim: int = 0, num_seen: int = 0, hidden: int = LEARNED_GATE_HIDDEN,
-                num_parts: int = 4) -> DomainGate:
-    check_gate(kind)
-    with torch.random.fork_rng(devices=[]):  # building layers draws from the global RNG: leave it alone
-        if kind == "combined":
-            return CombinedGate(dim, num_seen, hidden, num_parts)
-        if kind == "gaussian":
-            return GaussianGate(dim, num_seen)
-        if kind in ("learned", "cosmo"):
-            return (LearnedGate if kind == "learned" else CosmoGate)(dim, hidden)
-        return {"stacking": StackingGate, "max_softmax": MaxSoftmaxGate, "energy": EnergyGate,
-                "semantic": SemanticGate}[kind]()
+    @property
+    def uses_semantic_margin(self):
+        return len(self.centre) == 4
+
+    @classmethod
+    def from_state(cls, state):
+        num_seen, dim = state["gaussian.means"].shape
+        num_parts = state["centre"].shape[0]  # 3: a model without a semantic decoder, or a bundle before it
+        if num_parts not in (3, 4):
+            raise ValueError(f"a combined gate has 3 or 4 parts, not {num_parts}")
+        return cls(dim, num_seen, state["learned.network.0.weight"].shape[0], num_parts)
+
+    @classmethod
+    def fit_on(cls, fitting):
+        """Made of the fitted gaussian and learned gates, standardised on the real seen features' scores.
+        Refitting a combined gate (fitting.previous, add-class) keeps its parts that read the real seen
+        features only (the Gaussian, and its log distance's centre and scale): adding unseen classes does not
+        change them, and the three covariance fits are most of a refit's cost after the learned network."""
+        previous = fitting.previous if isinstance(fitting.previous, CombinedGate) else None
+        gaussian = fitting.gaussian if previous is None else previous.gaussian
+        gate = cls(fitting.integrated.shape[1], gaussian.means.shape[0],
+                   num_parts=4 if needs_semantic(cls.kind, fitting.trained) else 3)
+        gate.gaussian.load_state_dict(gaussian.state_dict())
+        gate.learned.load_state_dict(fitting.domain_network.state_dict())
+        training = gate_inputs(fitting.trained, *fitting.classifiers, fitting.real_seen,
+                               unseen_ranking=fitting.unseen_ranking, kinds=[cls.kind], integrated=fitting.integrated)
+        if previous is None:
+            held_out = cross_fitted_log_distances(fitting.integrated, fitting.seen_labels,
+                                                  seed=fitting.seed + 14).double()
+            gaussian_centre_scale = (held_out.mean(), held_out.std())
+        else:
+            gaussian_centre_scale = (previous.centre[1], previous.scale[1])
+        return gate.standardise_on(training, gaussian_centre_scale).eval()
+
+
+@dataclass
+class GateFitting:
+    """What fit_gates fits on, and the parts several gates share, each computed once when first asked:
+    real features (N, d) with labels (N,) (rows outside trained.seen_classes ignored), class_ids (the classes
+    the learned gates see synthetic features of; `semantics` (C, k) when not all in trained.semantics), the
+    classifiers (gzsl, zsl) and unseen_ranking a gate that reads their scores is fitted under, and
+    `previous`: the gate this fit replaces (add-class), whose parts that read the seen classes only may stay."""
+
+    trained: Any
+    real_features: Any
+    real_labels: Any
+    class_ids: Any
+    seed: int
+    semantics: Any = None
+    classifiers: tuple | None = None
+    unseen_ranking: str = "gzsl"
+    previous: DomainGate | None = None
+
+    @cached_property
+    def _labels_and_seen_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.as_tensor(self.real_labels, dtype=torch.long).cpu()
+        return labels, torch.isin(labels, self.trained.seen_classes)
+
+    @cached_property
+    def real_seen(self) -> torch.Tensor:
+        """(M, d) the real features of seen classes."""
+        _, seen_rows = self._labels_and_seen_rows
+        return torch.as_tensor(self.real_features, dtype=torch.float32)[seen_rows]
+
+    @cached_property
+    def seen_labels(self) -> torch.Tensor:
+        """(M,) their labels."""
+        labels, seen_rows = self._labels_and_seen_rows
+        return labels[seen_rows]
+
+    @cached_property
+    def integrated(self) -> torch.Tensor:
+        """(M, D) their mFIM features."""
+        return self.trained.integrate(self.real_seen).cpu()
+
+    @cached_property
+    def gaussian(self) -> GaussianGate:
+        """The Gaussian of the real seen mFIM features (the gaussian gate; combined's part)."""
+        return GaussianGate(self.integrated.shape[1], len(torch.unique(self.seen_labels))).fit(
+            self.integrated, self.seen_labels)
+
+    @cached_property
+    def domain_network(self) -> LearnedGate:
+        """The learned gates' network: real and synthetic seen features (domain 0) against synthetic unseen
+        ones (domain 1), from seeds apart from the final classifiers' (seed + 1): other synthetic draws."""
+        class_ids = torch.as_tensor(self.class_ids, dtype=torch.long).cpu()
+        seen_ids = class_ids[torch.isin(class_ids, self.trained.seen_classes)]
+        unseen_ids = class_ids[~torch.isin(class_ids, self.trained.seen_classes)]
+        syn_num = self.trained.config.syn_num
+        fake_seen, _ = self.trained.synthesize(seen_ids, syn_num, semantics=self.semantics, seed=self.seed + 11)
+        fake_unseen, _ = self.trained.synthesize(unseen_ids, syn_num, semantics=self.semantics, seed=self.seed + 12)
+        return LearnedGate(self.integrated.shape[1]).fit(
+            [self.integrated, self.trained.integrate(fake_seen).cpu(), self.trained.integrate(fake_unseen).cpu()],
+            [0.0, 0.0, 1.0], seed=self.seed + 13)
 
 
 @torch.no_grad()
 def fit_gates(kinds, trained, real_features, real_labels, class_ids, *, seed: int | None = None,
               semantics=None, classifiers=None, unseen_ranking: str = "gzsl",
-              seen_parts_of: "CombinedGate | None" = None) -> dict[str, DomainGate]:
-    """Fit gates on TRAINING data only: real seen features (N, d) with labels (N,) (rows of classes outside
-    trained.seen_classes are ignored) and, for the learned gates, synthetic features of every class in
-    class_ids (config.syn_num each; `semantics` (C, k) when the classes are not all in trained.semantics).
-    cosmo shares the learned gate's network (fitted once). combined is made of the fitted gaussian and
-    learned gates and standardised on the real features' scores under `classifiers` (gzsl, zsl), which it
-    needs. seen_parts_of: a fitted combined gate whose parts that read the real seen features only (the
-    Gaussian, and its log distance's centre and scale) are re-used instead of refitted: adding unseen classes
-    (add-class) does not change them, and the three covariance fits are most of a refit's cost after the
-    learned network. Thresholds are 0 until chosen or set. Returns {kind: gate} in the order asked."""
-    kinds = [check_gate(kind) for kind in kinds]
-    if "combined" in kinds and classifiers is None:
-        raise ConfigError("the combined gate is standardised on the classifiers' scores: fit_gates needs "
-                          "classifiers=(gzsl, zsl) when it fits run.gate combined")
-    seed = trained.seed if seed is None else seed
-    gates: dict[str, DomainGate] = {kind: _empty_gate(kind) for kind in kinds if not needs_integrated(kind)}
-    if len(gates) == len(kinds):
-        return {kind: gates[kind] for kind in kinds}
-    labels = torch.as_tensor(real_labels, dtype=torch.long).cpu()
-    keep = torch.isin(labels, trained.seen_classes)
-    real_seen = torch.as_tensor(real_features, dtype=torch.float32)[keep]
-    real = trained.integrate(real_seen).cpu()
-    if seen_parts_of is not None and "gaussian" not in kinds:
-        gates["gaussian"] = seen_parts_of.gaussian
-    elif "gaussian" in kinds or "combined" in kinds:
-        gates["gaussian"] = GaussianGate(real.shape[1], len(torch.unique(labels[keep]))).fit(real, labels[keep])
-    learned_kinds = [kind for kind in kinds if kind in ("learned", "cosmo", "combined")]
-    if learned_kinds:
-        class_ids = torch.as_tensor(class_ids, dtype=torch.long).cpu()
-        seen_ids = class_ids[torch.isin(class_ids, trained.seen_classes)]
-        unseen_ids = class_ids[~torch.isin(class_ids, trained.seen_classes)]
-        syn_num = trained.config.syn_num
-        # Seeds apart from the final classifiers' (seed + 1): the gate sees other synthetic draws.
-        fake_seen, _ = trained.synthesize(seen_ids, syn_num, semantics=semantics, seed=seed + 11)
-        fake_unseen, _ = trained.synthesize(unseen_ids, syn_num, semantics=semantics, seed=seed + 12)
-        fitted = _empty_gate("learned", real.shape[1]).fit(
-            [real, trained.integrate(fake_seen).cpu(), trained.integrate(fake_unseen).cpu()], [0.0, 0.0, 1.0],
-            seed=seed + 13)
-        for kind in learned_kinds:
-            if kind != "combined":
-                gate = _empty_gate(kind, real.shape[1])
-                gate.load_state_dict(fitted.state_dict())
-                gates[kind] = gate.eval()
-        if "combined" in kinds:
-            gate = _empty_gate("combined", real.shape[1], gates["gaussian"].means.shape[0],
-                               num_parts=4 if needs_semantic("combined", trained) else 3)
-            gate.gaussian.load_state_dict(gates["gaussian"].state_dict())
-            gate.learned.load_state_dict(fitted.state_dict())
-            training = gate_inputs(trained, *classifiers, real_seen, unseen_ranking=unseen_ranking,
-                                   kinds=["combined"], integrated=real)
-            if seen_parts_of is None:
-                held_out = cross_fitted_log_distances(real, labels[keep], seed=seed + 14).double()
-                gaussian_centre_scale = (held_out.mean(), held_out.std())
-            else:
-                gaussian_centre_scale = (seen_parts_of.centre[1], seen_parts_of.scale[1])
-            gates["combined"] = gate.standardise_on(training, gaussian_centre_scale).eval()
-    return {kind: gates[kind] for kind in kinds}
+              previous: DomainGate | None = None) -> dict[str, DomainGate]:
+    """Fit gates of the registered `kinds` on TRAINING data only (the arguments: GateFitting; seed default
+    trained.seed). The parts gates share are fitted once: one network for learned, cosmo and combined, one
+    Gaussian for gaussian and combined. Thresholds are 0 until chosen or set. Returns {kind: gate} in the
+    order asked."""
+    classes = [gate_class(kind) for kind in kinds]
+    for cls in classes:
+        if cls.needs_classifiers and classifiers is None:
+            raise ConfigError(f"the {cls.kind} gate is fitted on the classifiers' scores: fit_gates needs "
+                              f"classifiers=(gzsl, zsl) when it fits run.gate {cls.kind}")
+    fitting = GateFitting(trained, real_features, real_labels, class_ids, trained.seed if seed is None else seed,
+                          semantics, classifiers, unseen_ranking, previous)
+    return {cls.kind: cls.fit_on(fitting) for cls in classes}
 
 
 def fit_gate(kind: str, trained, real_features, real_labels, class_ids, **options) -> DomainGate:
@@ -471,18 +474,7 @@ def fit_gate(kind: str, trained, real_features, real_labels, class_ids, **option
 
 def gate_from_state(metadata: dict, state: dict[str, torch.Tensor]) -> DomainGate:
     """A saved gate from its metadata ({"kind", "threshold", "temperature"}) and tensors (its state_dict)."""
-    kind = check_gate(metadata["kind"])
-    dim = num_seen = 0
-    hidden, num_parts = LEARNED_GATE_HIDDEN, 4
-    if kind == "gaussian":
-        num_seen, dim = state["means"].shape
-    elif kind in ("learned", "cosmo"):
-        hidden, dim = state["network.0.weight"].shape
-    elif kind == "combined":
-        num_seen, dim = state["gaussian.means"].shape
-        hidden = state["learned.network.0.weight"].shape[0]
-        num_parts = state["centre"].shape[0]  # 3: a model without a semantic decoder, or a bundle before it
-    gate = _empty_gate(kind, dim, num_seen, hidden, num_parts)
+    gate = gate_class(metadata["kind"]).from_state(state)
     gate.load_state_dict(state)
     gate.threshold = float(metadata["threshold"])
     gate.temperature = float(metadata.get("temperature", 1.0))  # bundles before it: the score's own units

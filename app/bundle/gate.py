@@ -3,7 +3,8 @@
     config.json  "gate": {"kind": "gaussian", "threshold": 12.5, "temperature": 30.1}   (gate.metadata())
     model.safetensors  gate.*   the gate's state_dict (Gaussian means and precision, the learned gate's
                                 MLP; nothing for stacking, max_softmax and energy), covered by the
-                                model's sha256 like every other tensor
+                                model's sha256 like every other tensor; each gate kind (de)serialises its
+                                own (the registry: bsegn.generative.gate_registry)
 
     check_gate_config(config, folder)           schema: a known kind, threshold and temperature in range
     threshold_problem(value)                    the threshold's range (predict --threshold, run.threshold)
@@ -47,51 +48,43 @@ def check_gate_config(config: dict[str, Any], folder: Path) -> None:
     require_number(folder, "gate.temperature", gate.get("temperature", 1.0), *TEMPERATURE_LIMITS)
 
 
-def _expected_shapes(kind: str, state: dict, dim: int, decoder: bool = True) -> dict[str, tuple]:
-    """The tensor shapes a gate of `kind` must have on `dim`-d mFIM features (sizes it may choose: read
-    from its own tensors, which load_state_dict then checks against each other); `decoder`: the model
-    has a semantic decoder (combined may then have its fourth, semantic part)."""
-    if kind == "gaussian":
-        means = state.get("means")
-        return {"means": (means.shape[0] if means is not None and means.ndim == 2 else -1, dim),
-                "precision": (dim, dim)}
-    if kind in ("learned", "cosmo"):
-        first = state.get("network.0.weight")
-        hidden = first.shape[0] if first is not None and first.ndim == 2 else -1
-        return {"network.0.weight": (hidden, dim), "network.0.bias": (hidden,), "network.2.weight": (1, hidden),
-                "network.2.bias": (1,)}
-    if kind == "combined":  # a gaussian and a learned gate, and each part's standardisation
-        parts = {f"gaussian.{name}": shape for name, shape in _expected_shapes(
-            "gaussian", {k[len("gaussian."):]: v for k, v in state.items() if k.startswith("gaussian.")}, dim).items()}
-        parts.update({f"learned.{name}": shape for name, shape in _expected_shapes(
-            "learned", {k[len("learned."):]: v for k, v in state.items() if k.startswith("learned.")}, dim).items()})
-        centre = state.get("centre")
-        # 4 parts with the semantic margin (a model with a decoder), 3 without it or from before it
-        num_parts = 4 if decoder and centre is not None and tuple(centre.shape) == (4,) else 3
-        return {**parts, "centre": (num_parts,), "scale": (num_parts,)}
-    return {}
-
-
 def gate_from_bundle(config: dict[str, Any], state: dict, dim: int, folder: Path, *, decoder: bool = True):
     """The bundle's DomainGate from its config (checked) and its gate.* tensors (state, prefix removed);
     `dim`: the mFIM feature dimension the gate reads, `decoder`: the model has a semantic decoder.
-    BundleError when the tensors do not fit."""
-    from bsegn.generative.gates import gate_from_state
+
+    The gate kind restores itself from its own tensors (bsegn.generative.gates.gate_from_state: the
+    registry's from_state, then a strict load_state_dict, which refuses missing, extra and misshapen
+    tensors); here the restored gate is held against the model: every size at least 1, the mFIM width the
+    model's, a semantic margin only where the model has a decoder. BundleError when anything does not fit."""
+    from bsegn.generative.gates import gate_class, gate_from_state
 
     kind = config["gate"]["kind"]
-    if kind == "semantic" and not decoder:
-        raise BundleError(f"{folder}: the semantic gate reads the model's semantic decoder and this model has no "
+    if gate_class(kind).requires_decoder and not decoder:
+        raise BundleError(f"{folder}: the {kind} gate reads the model's semantic decoder and this model has no "
                           "semantic decoder (trained with lambda_cyc 0): the bundle was edited; re-run train.py")
-    expected = _expected_shapes(kind, state, dim, decoder)
     found = {name: tuple(tensor.shape) for name, tensor in state.items()}
-    if found != expected or any(size < 1 for shape in expected.values() for size in shape):
-        raise BundleError(f"{folder}: the {kind} gate's tensors in model.safetensors do not fit it (found "
-                          f"{found or 'none'}, expected {expected or 'none'} on {dim}-d mFIM features): the bundle "
-                          "was edited or damaged; re-copy it or re-run train.py")
     try:
-        return gate_from_state(config["gate"], {name: tensor.float() for name, tensor in state.items()})
-    except (KeyError, RuntimeError, ValueError) as error:
-        raise BundleError(f"{folder}: the {kind} gate does not load ({str(error)[:300]})") from None
+        gate = gate_from_state(config["gate"], {name: tensor.float() for name, tensor in state.items()})
+    except (KeyError, IndexError, RuntimeError, ValueError, TypeError) as error:
+        problem = " ".join(str(error).split())[:300]  # load_state_dict's message spans lines: one line here
+    else:
+        problem = _misfit(gate, dim, decoder)
+    if problem:
+        raise BundleError(f"{folder}: the {kind} gate's tensors in model.safetensors do not fit it ({problem}; found "
+                          f"{found or 'none'} with {dim}-d mFIM features): the bundle was edited or damaged; "
+                          "re-copy it or re-run train.py")
+    return gate
+
+
+def _misfit(gate, dim: int, decoder: bool) -> str | None:
+    """Why a restored gate cannot serve a model of `dim`-d mFIM features (with a decoder or not), or None."""
+    if any(size < 1 for tensor in gate.state_dict().values() for size in tensor.shape):
+        return "a tensor of size 0"
+    if gate.reads_integrated and gate.feature_dim != dim:
+        return f"it reads {gate.feature_dim}-d features"
+    if gate.uses_semantic_margin and not decoder:
+        return "it reads a semantic margin, which needs a semantic decoder the model does not have"
+    return None
 
 
 def gate_card_lines(config: dict[str, Any]) -> list[str]:
