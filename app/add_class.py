@@ -108,7 +108,18 @@ def _refitted(bundle: Bundle, trained, class_names: list[str], class_texts, adde
                  ", ".join(f"{name} {100 * share:.0f}%" for name, share in shares.items()))
     return dataclasses.replace(bundle, trained=trained.eval(), gzsl=classifier.eval(), zsl=zsl_classifier.eval(),
                                gate=gate, class_names=list(class_names), class_texts=class_texts,
+                               open_world=refit_rule(bundle, trained, classifier),
                                metrics=changed_metrics(bundle.metrics))
+
+
+def refit_rule(bundle: Bundle, trained, classifier):
+    """The bundle's open-world rule fitted again to the changed class list (None stays None): a class the rule
+    never saw would otherwise be answered "unknown" (bsegn.generative.open_world.refit_open_world)."""
+    from bsegn.generative.open_world import refit_open_world
+
+    if bundle.open_world is None:
+        return None
+    return refit_open_world(bundle.open_world, trained, classifier, bundle.train_features, bundle.train_labels)
 
 
 def extended(bundle: Bundle, new_classes: list, text_encoder: str | None = None) -> Bundle:

@@ -10,7 +10,9 @@ or a (B, 3, H, W) batch gives one Prediction per image. They go through the bund
 `predict` does, and the answers are the inference engine's (bsegn.app.inference) as they are: the gate's
 seen-or-unseen decision and p_unseen with the classes, `to_json()` giving `predict --json`'s object. Modes:
 "gzsl" (all classes, the default: the bundle's seen-or-unseen gate decides the domain and the first class
-is that domain's best), "zsl" (unseen classes only), "seen" (seen classes only).
+is that domain's best), "zsl" (unseen classes only), "seen" (seen classes only). A bundle with an open-world
+rule also answers `answer.unknown` (none of its classes) and `answer.p_unknown`; load_model(open_world=False)
+leaves them out.
 
 `model.predict_features(rows)` answers features instead: rows (N, D) or one row (D,) of the kind the model
 was trained on (its backbone's output, e.g. a `bsegn extract` cache's rows). It is the only input of a model
@@ -29,10 +31,10 @@ __all__ = ["ClassScore", "Model", "Prediction", "load_model"]
 class Model:
     """A loaded bundle, ready to classify images, or features (see load_model)."""
 
-    def __init__(self, bundle, *, mode: str = "gzsl", device: str = "cpu"):
+    def __init__(self, bundle, *, mode: str = "gzsl", device: str = "cpu", open_world: bool = True):
         self.bundle = bundle
         # a bundle without a backbone loads too: predict_features answers, predict says it cannot read images
-        self.predictor = Predictor(bundle, mode=mode, device=device, images=False)
+        self.predictor = Predictor(bundle, mode=mode, device=device, images=False, open_world=open_world)
 
     @property
     def classes(self) -> list[str]:
@@ -58,15 +60,17 @@ class Model:
         return answers[0] if single else answers
 
 
-def load_model(path: str | os.PathLike | None = None, *, mode: str = "gzsl", device: str = "cpu") -> Model:
+def load_model(path: str | os.PathLike | None = None, *, mode: str = "gzsl", device: str = "cpu",
+               open_world: bool = True) -> Model:
     """A run folder or bundle folder (default: $BSEGN_MODEL, else the newest bundle under ./runs) -> Model.
     BundleError when it is missing or damaged. A bundle trained on pre-extracted features loads too, for
-    Model.predict_features (it has no backbone to read images with)."""
+    Model.predict_features (it has no backbone to read images with). open_world: answer `unknown` (with
+    p_unknown) for an image of none of the classes, where the bundle has an open-world rule; False: always a class."""
     from bsegn.app.bundle import load_bundle
     from bsegn.app.model_lookup import default_model
 
     bundle = load_bundle(path if path is not None else default_model(), device=device, with_train_features=False)
-    return Model(bundle, mode=mode, device=device)
+    return Model(bundle, mode=mode, device=device, open_world=open_world)
 
 
 def _is_array(value: Any) -> bool:

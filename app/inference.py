@@ -16,6 +16,10 @@ when `unseen`); `p_unseen` is the gate's sigmoid((score - threshold) / temperatu
 the validation protocol with the threshold: a calibrated probability there), above 0.5 exactly when it
 calls the image unseen, reported in every mode. `threshold=` overrides the gate's threshold.
 
+Open world: where the bundle has an open-world rule (train.py fits one; bsegn.generative.open_world) every answer
+also says whether the image is of none of the model's classes, `unknown`, with `p_unknown` (to_json adds both;
+the text says "unknown" with the nearest classes); `open_world=False` (predict --open-world off) leaves them out.
+
 A Predictor holds only what it was built with: every answer travels in the result it returns, so one
 Predictor serves any number of callers and threads (bsegn serve's worker, the Python API, predict).
 
@@ -61,12 +65,16 @@ class Prediction:
     mode: str
     image: str | None = None
     explain: dict[str, Any] | None = None
+    unknown: bool | None = None  # the open-world rule's answer: none of the model's classes (None: rule off)
+    p_unknown: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """predict --json's object (and the body of serve's POST /predict)."""
         answer = {"image": self.image} if self.image is not None else {}
         answer |= {"mode": self.mode, "top": [score.to_json() for score in self.top], "unseen": self.unseen,
                    "p_unseen": self.p_unseen}
+        if self.unknown is not None:
+            answer |= {"unknown": self.unknown, "p_unknown": self.p_unknown}
         if self.explain is not None:
             answer["explain"] = self.explain
         return answer
@@ -75,6 +83,9 @@ class Prediction:
         """predict's text: one line of classes and p(unseen), then the explanation's lines where asked."""
         top = ", ".join(str(score) for score in self.top)
         lines = [f"{self.image}: {top}  [p(unseen) {self.p_unseen:.3f}]"]
+        if self.unknown is not None:
+            lines = [f"{self.image}: unknown (none of the model's classes; nearest: {top})  [p(unknown) "
+                     f"{self.p_unknown:.3f}]" if self.unknown else f"{lines[0][:-1]}, p(unknown) {self.p_unknown:.3f}]"]
         explanation = self.explain
         if explanation:
             if "note" in explanation:
@@ -145,7 +156,8 @@ class Predictor:
     """
 
     def __init__(self, bundle, *, mode: str = "gzsl", threshold: float | None = None,
-                 device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None, images: bool = True):
+                 device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None, images: bool = True,
+                 open_world: bool = True):
         from bsegn.core.errors import ConfigError
         from bsegn.datasets.images import DEFAULT_MAX_PIXELS
         from bsegn.datasets.transforms import build_eval_transform
@@ -159,6 +171,7 @@ class Predictor:
         if images:  # refused where it is built (predict IMAGE, serve at start), not at its first image
             self.require_images()
         self.gate = bundle.gate
+        self.open_world = bool(open_world) and bundle.open_world is not None  # the bundle's rule, unless turned off
         self.threshold = float(bundle.gate.threshold if threshold is None else threshold)
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)  # None: the reader's limit
         self.transform = None if bundle.backbone is None else build_eval_transform(bundle.data_config)
@@ -260,6 +273,7 @@ class Predictor:
         import torch
 
         features, class_ids = decision.features, decision.class_ids
+        unknown, p_unknown = self.unknown(features)
         probabilities = torch.softmax(decision.scores, dim=1)
         values, columns = probabilities.topk(min(top_k, decision.scores.shape[1]), dim=1)
         answers = []
@@ -273,8 +287,21 @@ class Predictor:
                                    bool(self.bundle.seen_mask[int(class_ids[column])])) for column in order)
             answers.append(Prediction(top, bool(decision.unseen[row]), round(float(decision.p_unseen[row]), 6),
                                       self.mode, explain=self.explain(features[row], top[0].class_id) if explain
-                                      else None))
+                                      else None, unknown=None if unknown is None else bool(unknown[row]),
+                                      p_unknown=None if unknown is None else round(float(p_unknown[row]), 6)))
         return answers
+
+    def unknown(self, features):
+        """features (B, d) -> (unknown (B,) bool, p_unknown (B,)) by the bundle's open-world rule
+        (bsegn.generative.open_world), or (None, None) when it has none or open_world is off."""
+        import torch
+
+        if not self.open_world:
+            return None, None
+        rule = self.bundle.open_world
+        with torch.no_grad():
+            z = rule.scorer.score(self.bundle.trained, self.bundle.gzsl, features)
+        return rule.unknown(z), rule.p_unknown(z)
 
     def predict_paths(self, paths: list[Path], *, top_k: int = 5, explain: bool = False, progress: bool = False,
                       on_error=None) -> list[Prediction]:

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=None,
                         help="the gate's threshold: an image is called unseen when the gate's domain score is above "
                              "it (default: the bundle's, chosen on validation)")
+    parser.add_argument("--open-world", choices=("on", "off"), default="on",
+                        help="on (default): an image of none of the model's classes is answered `unknown` (with "
+                             "p_unknown) where the bundle has an open-world rule (train.py fits one); off: a class")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="images with more pixels are skipped before decoding (default about 89.5 million)")
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"predict: {problem}", file=sys.stderr)
     bundle = load_bundle(args.model or default_model(), device="cpu", with_train_features=False)
     predictor = Predictor(bundle, mode=args.mode, threshold=args.threshold, device=args.device,
-                          batch_size=args.batch_size, max_pixels=args.max_pixels)
+                          batch_size=args.batch_size, max_pixels=args.max_pixels, open_world=args.open_world == "on")
     failures = []
 
     def on_error(path, message):
@@ -115,7 +118,7 @@ def _predict_features(args: argparse.Namespace, default_model) -> int:
 
     bundle = load_bundle(args.model or default_model(), device="cpu", with_train_features=False)
     predictor = Predictor(bundle, mode=args.mode, threshold=args.threshold, device=args.device,
-                          batch_size=args.batch_size, images=False)
+                          batch_size=args.batch_size, images=False, open_world=args.open_world == "on")
     rows, skipped = read_feature_rows(args.features, bundle)
     for row, image, reason in skipped:
         print(f"predict: skipped row {row} ({image}): {reason}", file=sys.stderr)

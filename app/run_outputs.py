@@ -59,6 +59,7 @@ def data_config_of(config: RunConfig, backbone) -> dict:
 def write_outputs(config: RunConfig, outcome, metrics: dict, run_dir: Path) -> None:
     from bsegn.app.bundle import Bundle, save_bundle
     from bsegn.app.bundle.semantics import semantic_fields
+    from bsegn.generative.open_world import open_world_rule
 
     atomic_write_json(run_dir / "metrics.json", metrics)
     split, features = outcome.split, outcome.features
@@ -67,6 +68,8 @@ def write_outputs(config: RunConfig, outcome, metrics: dict, run_dir: Path) -> N
                        zsl=outcome.run.zsl_classifier, class_names=split.class_names,
                        attribute_names=split.attribute_names, data_config=data_config_of(config, outcome.backbone),
                        gate=outcome.run.gates[config.run.gate], unseen_ranking=config.run.unseen_ranking,
+                       open_world=open_world_rule(outcome.run.trained, outcome.run.gzsl_classifier,
+                                                  features.features[trainval], features.labels[trainval]),
                        metrics={k: metrics[k] for k in ("T1", "U", "S", "H", "protocol", "split_evaluated", "gate",
                                                         "domain_auroc", "oracle_H", "p_unseen_ece")},
                        train_features=features.features[trainval], train_labels=features.labels[trainval],

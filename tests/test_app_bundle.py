@@ -104,6 +104,9 @@ def _same_part(before, after) -> bool:
         return (before.model_name, before.weights_id, before.num_features) == \
             (after.model_name, after.weights_id, after.num_features) and \
             _same_part(before.model.state_dict(), after.model.state_dict())
+    if hasattr(before, "scorer") or hasattr(after, "scorer"):  # the open-world rule: its numbers and fitted score
+        return None not in (before, after) and before.metadata() == after.metadata() and \
+            _same_part(before.scorer, after.scorer)
     if hasattr(before, "state_dict"):
         same_metadata = not hasattr(before, "metadata") or before.metadata() == after.metadata()
         return type(before) is type(after) and same_metadata and _same_part(before.state_dict(), after.state_dict())
@@ -117,15 +120,19 @@ def _same_part(before, after) -> bool:
 def test_every_bundle_field_survives_save_and_load(saved, tmp_path):
     """save_bundle takes a Bundle and load_bundle gives every field of it back (but where it was read from):
     a field the writer drops, or one added to Bundle and never written, fails here by name."""
+    from bsegn.generative.open_world import OpenWorldRule, fit_open_world
+
     bundle = load_bundle(saved, with_backbone="tensors")
     bundle.gate.threshold, bundle.gate.temperature = 0.75, 2.5
+    rule = OpenWorldRule(fit_open_world("knn", bundle.trained, bundle.gzsl, bundle.train_features, bundle.train_labels),
+                         1.25, 0.5)
     changed = dataclasses.replace(
         bundle, unseen_ranking="zsl", attribute_names=[f"b{j}" for j in range(5)], metrics={"T1": 1.5, "note": "x"},
         run_config={"run": {"seed": 3}}, benchmark="other", data_config={**bundle.data_config, "crop_pct": 0.9},
         train_features=bundle.train_features[:10].half().float(), train_labels=bundle.train_labels[:10],
         semantic_kind="attributes+text", text_encoder="minilm", text_encoder_id="org/model@1", text_pooling="words",
         attribute_dim=3, text_dim=2, class_texts=[f"text of {name}" for name in bundle.class_names],
-        class_names=[name.upper() for name in bundle.class_names])
+        class_names=[name.upper() for name in bundle.class_names], open_world=rule)
     again = load_bundle(save_bundle(changed, tmp_path / "again"), with_backbone="tensors")
     kept_aside = {"path", "info"}  # where it was loaded from, not content
     differ = [f.name for f in dataclasses.fields(Bundle)

@@ -11,6 +11,8 @@ executing code.
                          bsegn.*     TrainedBSeGN: generator, decoder, embedder, mFIM statistics
                          gzsl.* / zsl.*  final classifiers (all classes / unseen classes)
                          gate.*      the gate's fitted parts (app.bundle.gate; none for stacking)
+                         open_world.*  the open-world rule's fitted score (app.bundle.open_world; none
+                                     for a closed-world model)
                          replay.features / replay.labels  the real seen trainval features (float16), so
                                      add-class refits the GZSL classifier on the same real data as training
       README.md          model card (app.bundle.card)
@@ -24,7 +26,8 @@ or one whose content is not a valid model (app.bundle.schema: fields, ranges, fi
 BundleError with a message that says what is wrong; nothing is unpickled, nothing is executed.
 
 Modules: contents (the Bundle), layout (file names, format, config.json read and verified), save, load,
-schema and checks (what config.json must hold), gate, semantics, backbone (each part as stored), card.
+schema and checks (what config.json must hold), gate, open_world, semantics, backbone (each part as stored),
+card.
 """
 from bsegn.app.bundle.contents import Bundle
 from bsegn.app.bundle.layout import CONFIG_NAME, MODEL_NAME, read_bundle_info, resolve_bundle_dir

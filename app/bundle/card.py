@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from bsegn.app.bundle.gate import gate_card_lines
+from bsegn.app.bundle.open_world import open_world_card_lines
 from bsegn.app.bundle.semantics import uses_text
 
 
@@ -37,6 +38,7 @@ def model_card(config: dict[str, Any]) -> str:
            if uses_text(config.get('semantic_kind')) else ""),
         f"- unseen classes: {', '.join(map(markdown_code, unseen[:30]))}{' ...' if len(unseen) > 30 else ''}",
         *gate_card_lines(config),
+        *open_world_card_lines(config),
         f"- unseen classes ranked by the {config.get('unseen_ranking', 'gzsl').upper()} classifier",
         "",
         "## Results (percent; T1: ZSL mean per-class top-1 on unseen; U/S/H: GZSL)",

@@ -40,6 +40,7 @@ class Bundle:
     train_features: torch.Tensor | None = None  # add_class refits on these real seen trainval features
     train_labels: torch.Tensor | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    open_world: Any = None  # the OpenWorldRule that answers "unknown" (bsegn.generative.open_world); None: closed world
     run_config: dict[str, Any] = field(default_factory=dict)
     benchmark: str = ""
     semantic_kind: str = "attributes"  # attributes, sentences, text, attributes+text (app.bundle.semantics)

@@ -16,6 +16,7 @@ from bsegn.app.bundle.backbone import StoredBackbone, build_backbone
 from bsegn.app.bundle.contents import Bundle
 from bsegn.app.bundle.gate import gate_from_bundle
 from bsegn.app.bundle.layout import CONFIG_NAME, MODEL_NAME, read_bundle_config, resolve_bundle_dir
+from bsegn.app.bundle.open_world import open_world_from_bundle
 from bsegn.app.bundle.schema import check_finite_tensors
 from bsegn.app.bundle.semantics import fields_from_config
 from bsegn.core.errors import BundleError
@@ -66,6 +67,7 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu", 
     except (KeyError, RuntimeError, ValueError, TypeError) as error:
         raise BundleError(f"{folder}: the model does not fit its config ({str(error)[:300]})") from None
     gate = gate_from_bundle(config, part("gate"), trained.mfim.output_dim, folder, decoder="decoder" in trained.parts)
+    open_world = open_world_from_bundle(config, part("open_world"), folder, config["gzsl_classes"])
 
     backbone = None
     data_config = config.get("data_config") or {}
@@ -80,7 +82,7 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu", 
         unseen_ranking=config.get("unseen_ranking", "gzsl"),
         attribute_names=config.get("attribute_names"), data_config=data_config,
         train_features=tensors.get("replay.features"), train_labels=tensors.get("replay.labels"),
-        metrics=config.get("metrics") or {}, run_config=config.get("run_config") or {},
+        metrics=config.get("metrics") or {}, open_world=open_world, run_config=config.get("run_config") or {},
         benchmark=config.get("benchmark", ""), **fields_from_config(config))
     if backbone is not None:
         bundle.backbone = backbone.to(device).eval()

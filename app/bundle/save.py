@@ -66,6 +66,8 @@ def _bundle_tensors(bundle: Bundle) -> dict[str, torch.Tensor]:
         tensors["replay.features"] = bundle.train_features.to(torch.float16)
         tensors["replay.labels"] = bundle.train_labels.to(torch.long)
     tensors.update({f"gate.{k}": v for k, v in bundle.gate.state_dict().items()})
+    if bundle.open_world is not None:
+        tensors.update({f"open_world.{k}": v for k, v in bundle.open_world.scorer.state_dict().items()})
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
@@ -92,6 +94,7 @@ def _write_bundle(bundle: Bundle, folder: Path) -> None:
         "gzsl_classes": bundle.gzsl.class_ids.tolist(),
         "zsl_classes": None if bundle.zsl is None else bundle.zsl.class_ids.tolist(),
         "gate": bundle.gate.metadata(),
+        "open_world": None if bundle.open_world is None else bundle.open_world.metadata(),
         "unseen_ranking": bundle.unseen_ranking,
         "metrics": bundle.metrics,
         "run_config": bundle.run_config,

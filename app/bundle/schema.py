@@ -17,6 +17,7 @@ from typing import Any
 from bsegn.app.bundle.checks import (MAX_DIM, invalid, require_choice, require_ids, require_int, require_list,
                                      require_number)
 from bsegn.app.bundle.gate import check_gate_config
+from bsegn.app.bundle.open_world import check_open_world_config
 from bsegn.app.bundle.semantics import check_semantic_fields
 from bsegn.core.errors import BsegnError, BundleError
 
@@ -70,6 +71,7 @@ def check_bundle_config(config: dict[str, Any], folder: Path) -> None:
     if config.get("zsl_classes") is not None:
         require_ids(folder, "zsl_classes", config["zsl_classes"], count, allow_empty=False)
     check_gate_config(config, folder)
+    check_open_world_config(config, folder)
     require_choice(folder, "unseen_ranking", config.get("unseen_ranking", "gzsl"), ("gzsl", "zsl"))
     attributes = config.get("attribute_names")
     if attributes is not None and not all(isinstance(a, str) for a in require_list(

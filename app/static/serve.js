@@ -92,10 +92,19 @@ function renderExplain(box, explain) {
 function renderAnswer(box, result) {
   const best = result.top[0];
   const head = el("div", "answer");
-  head.appendChild(el("span", "top-class", best.class));
-  head.appendChild(el("span", "badge " + (best.seen ? "seen" : "unseen"), best.seen ? "SEEN" : "UNSEEN"));
+  if (result.unknown) {  // the open-world rule: none of the model's classes; the classes below are the nearest
+    head.appendChild(el("span", "top-class", "unknown"));
+    head.appendChild(el("span", "badge unknown", "NONE OF THESE"));
+  } else {
+    head.appendChild(el("span", "top-class", best.class));
+    head.appendChild(el("span", "badge " + (best.seen ? "seen" : "unseen"), best.seen ? "SEEN" : "UNSEEN"));
+  }
   head.appendChild(el("span", "p-unseen", `p(unseen) ${(100 * result.p_unseen).toFixed(1)}%`));
+  if (result.p_unknown !== undefined) {
+    head.appendChild(el("span", "p-unseen", `p(unknown) ${(100 * result.p_unknown).toFixed(1)}%`));
+  }
   box.appendChild(head);
+  if (result.unknown) box.appendChild(el("p", "note", "none of the model's classes; the nearest:"));
   for (const t of result.top) {
     const row = el("div", "row");
     row.appendChild(el("span", "", t.class + (t.seen ? "" : " (unseen)")));
