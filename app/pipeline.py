@@ -93,10 +93,15 @@ def _reset_if_changed(folder: Path, key: str, accelerator) -> None:
     accelerator.wait_for_everyone()
 
 
-def backbone_stage(config: RunConfig, benchmark, split, protocol: str, run_dir: Path, accelerator):
-    """The backbone to extract features with: fine-tuned on seen training images, or as created."""
+def backbone_stage(config: RunConfig, benchmark, split, protocol: str, run_dir: Path, accelerator, *,
+                   features_dir: Path | None = None, trunk_dir: Path | None = None):
+    """The backbone to extract features with: fine-tuned on seen training images, or as created.
+    With finetune.layers last_stage the trunk's activations go to trunk_dir (default run_dir/trunk; one folder
+    serves both protocols: the trunk is frozen) and every image's features to features_dir (default
+    run_dir/features), where feature_stage then finds them."""
     from bsegn.backbone.factory import create_backbone
     from bsegn.backbone.finetune import finetune_backbone
+    from bsegn.backbone.last_stage import finetune_last_stage
 
     # seeded: a random init (weights none, or a new head) repeats exactly, and is the same on every rank
     backbone = create_backbone(config.backbone.model, config.backbone.weights, seed=config.run.seed)
@@ -123,10 +128,16 @@ def backbone_stage(config: RunConfig, benchmark, split, protocol: str, run_dir: 
         from bsegn.datasets.protocol import validation_protocol
 
         indices = validation_protocol(split, seed=config.run.seed).loc("trainval")
-    backbone = finetune_backbone(backbone, benchmark.image_root, split, config.finetune, protocol=protocol,
-                                 output_dir=folder, indices=indices, accelerator=accelerator, seed=config.run.seed,
-                                 image_size=config.backbone.image_size, num_workers=config.backbone.num_workers,
-                                 progress=accelerator.is_main_process)
+    common = {"protocol": protocol, "output_dir": folder, "indices": indices, "accelerator": accelerator,
+              "seed": config.run.seed, "image_size": config.backbone.image_size,
+              "num_workers": config.backbone.num_workers, "progress": accelerator.is_main_process}
+    if config.finetune.layers == "last_stage":
+        backbone = finetune_last_stage(backbone, benchmark.image_root, split, config.finetune,
+                                       activations_dir=trunk_dir or run_dir / "trunk",
+                                       features_dir=features_dir or run_dir / "features",
+                                       batch_size=config.backbone.batch_size, **common)
+    else:
+        backbone = finetune_backbone(backbone, benchmark.image_root, split, config.finetune, **common)
     if accelerator.is_main_process:
         atomic_write_json(folder / "stage.json", {"key": key})
     accelerator.wait_for_everyone()
@@ -198,10 +209,12 @@ def gate_temperatures(validation: "ProtocolOutcome | None") -> dict[str, float] 
 
 def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *,
                  thresholds: dict[str, float | None] | None = None, data: PreparedData | None = None,
-                 temperatures: dict[str, float] | None = None, features_dir: Path | None = None) -> ProtocolOutcome:
+                 temperatures: dict[str, float] | None = None, features_dir: Path | None = None,
+                 trunk_dir: Path | None = None) -> ProtocolOutcome:
     """Every stage for one protocol in run_dir (`data`: from `preflight`, made here when not given;
     thresholds: gate_thresholds' dict, default that of `config` alone; temperatures: gate_temperatures';
-    features_dir: the feature cache's folder, default run_dir/features)."""
+    features_dir: the feature cache's folder, default run_dir/features; trunk_dir: last-stage fine-tuning's
+    activations, default run_dir/trunk)."""
     from bsegn.datasets.protocol import validation_protocol
     from bsegn.generative.experiment import run_bsegn
 
@@ -209,9 +222,10 @@ def run_protocol(config: RunConfig, protocol: str, run_dir: Path, accelerator, *
     data = data or preflight(config)
     benchmark, given, split = data.benchmark, data.given, data.split
     if given is None:
-        backbone = backbone_stage(config, benchmark, split, protocol, run_dir, accelerator)
-        features, split = feature_stage(config, benchmark, split, backbone, features_dir or run_dir / "features",
-                                        accelerator)
+        features_dir = features_dir or run_dir / "features"
+        backbone = backbone_stage(config, benchmark, split, protocol, run_dir, accelerator,
+                                  features_dir=features_dir, trunk_dir=trunk_dir)
+        features, split = feature_stage(config, benchmark, split, backbone, features_dir, accelerator)
     else:
         backbone, features = None, given[0]
         split = drop_images(split, features.meta.get("bad_indices", []))  # rows a bsegn cache marked unreadable
@@ -353,7 +367,8 @@ def _run_locked(config: RunConfig, run_dir: Path, data: PreparedData, accelerato
         # Without fine-tuning both protocols read the same backbone: the validation run extracts into the
         # final run's cache, and the final run re-uses it (the images are extracted once, not twice).
         validation = run_protocol(config, "validation", run_dir / "validation", accelerator, data=data,
-                                  features_dir=None if config.finetunes else run_dir / "features")
+                                  features_dir=None if config.finetunes else run_dir / "features",
+                                  trunk_dir=run_dir / "trunk")
         for kind, row in validation.result["gates"].items():
             log.info(f"gate {kind}: threshold {row['threshold']:.3g}, validation H {row['H']:.1f} "
                      f"(AUROC {row['domain_auroc']:.3f}, oracle-domain H {row['oracle_H']:.1f})")

@@ -52,40 +52,21 @@ def extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, i
         backbone identity, transform and bad_indices), list of the relative paths that could not be read.
     """
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     accelerator = accelerator or Accelerator()
     transform = build_eval_transform(backbone.data_config_at(image_size), reduced_decode=reduced_decode)
     dataset = ImageFolderDataset(image_root, image_files, labels, transform)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_flagged,
-                        **loader_options(num_workers, accelerator.device.type, processes=accelerator.num_processes))
-    loader = accelerator.prepare(loader)  # shards batches over processes; padding is removed below
     model = backbone.to(accelerator.device).eval()
     channels_last = accelerator.device.type == "cuda"
     if channels_last:  # NHWC: the layout tensor cores convolve in
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if compile else model
-
-    n = len(dataset)
-    features = np.zeros((n, backbone.num_features), dtype=np.float32)
-    seen = np.zeros(n, dtype=bool)
-    ok_rows = np.zeros(n, dtype=bool)
-    bar = tqdm(loader, desc=f"extract {backbone.model_name}",
-               disable=not (progress and accelerator.is_local_main_process))
-    for images, _, indices, ok in bar:
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with accelerator.autocast():
-            batch_features = forward(images)
-            if flip_average:
-                batch_features = (batch_features + forward(torch.flip(images, dims=[3]))) / 2
-        batch_features, indices, ok = accelerator.gather_for_metrics((batch_features.float(), indices, ok))
-        rows = indices.cpu().numpy()
-        features[rows] = batch_features.cpu().numpy()
-        seen[rows] = True
-        ok_rows[rows] = ok.cpu().numpy()
-    if not seen.all():  # would mean a sharding bug: never return silently incomplete features
-        raise RuntimeError(f"feature extraction covered {int(seen.sum())} of {n} images")
+    if flip_average:  # the image and its horizontal mirror, averaged
+        forward = _flip_averaged(forward)
+    features = np.zeros((len(dataset), backbone.num_features), dtype=np.float32)
+    ok_rows = map_images(forward, dataset, features, batch_size=batch_size,
+                         num_workers=num_workers, accelerator=accelerator, channels_last=channels_last,
+                         progress=progress, desc=f"extract {backbone.model_name}")
     bad_indices = np.flatnonzero(~ok_rows)
     features[bad_indices] = 0.0
     bad_files = [str(image_files[i]) for i in bad_indices]
@@ -94,6 +75,42 @@ def extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, i
     if channels_last:  # the backbone goes back as it came: other code may run it on contiguous inputs
         backbone.to(memory_format=torch.contiguous_format)
     return FeatureSet(features, dataset.labels, list(image_files), meta), bad_files
+
+
+def _flip_averaged(forward):
+    return lambda images: (forward(images) + forward(torch.flip(images, dims=[3]))) / 2
+
+
+@torch.no_grad()
+def map_images(forward, dataset: ImageFolderDataset, out: np.ndarray | None, *, batch_size: int,
+               num_workers: int | None, accelerator, channels_last: bool = False, progress: bool = True,
+               desc: str = "images") -> np.ndarray:
+    """Run `forward` (a batch of images (B, 3, H, W) -> (B, *out.shape[1:])) over every image of `dataset`,
+    sharded over the accelerator's processes, writing row i of `out` for image i whatever the process count
+    (`out` None: this process keeps nothing, e.g. a non-main process when only the main one writes a file).
+    Returns ok (N,) bool: False for the images that could not be read (their rows are left as they were)."""
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_flagged,
+                        **loader_options(num_workers, accelerator.device.type, processes=accelerator.num_processes))
+    loader = accelerator.prepare(loader)  # shards batches over processes; padding is removed below
+    n = len(dataset)
+    covered = np.zeros(n, dtype=bool)
+    ok_rows = np.zeros(n, dtype=bool)
+    for images, _, indices, ok in tqdm(loader, desc=desc, disable=not (progress and accelerator.is_local_main_process)):
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            outputs = forward(images)
+        outputs, indices, ok = accelerator.gather_for_metrics((outputs.float(), indices, ok))
+        rows = indices.cpu().numpy()
+        if out is not None:
+            out[rows] = outputs.cpu().numpy()
+        covered[rows] = True
+        ok_rows[rows] = ok.cpu().numpy()
+    if not covered.all():  # would mean a sharding bug: never return silently incomplete results
+        raise RuntimeError(f"a pass over the images covered {int(covered.sum())} of {n} images")
+    return ok_rows
 
 
 def feature_cache_key(backbone: FeatureBackbone, image_files: Sequence[str], labels, *, dataset_id: str,
@@ -118,6 +135,22 @@ def feature_cache_key(backbone: FeatureBackbone, image_files: Sequence[str], lab
     return digest_json(header), header
 
 
+def feature_cache_path(cache_dir: str | os.PathLike, dataset_id: str, model_name: str, key: str) -> Path:
+    """Where the features keyed `key` (feature_cache_key) live in cache_dir."""
+    safe_model = model_name.replace("/", "_").replace(":", "_")
+    return Path(cache_dir) / f"features_{dataset_id}_{safe_model}_{key}.safetensors"
+
+
+def store_features(feature_set: FeatureSet, bad_files: Sequence[str], backbone: FeatureBackbone, *,
+                   dataset_id: str, cache_dir: str | os.PathLike, image_size: int | None = None) -> Path:
+    """Write features computed another way than extract_features (e.g. bsegn.backbone.last_stage, from cached
+    activations) where cached_extract_features will find them for this backbone, transform and image list."""
+    key, header = feature_cache_key(backbone, feature_set.image_ids, feature_set.labels, dataset_id=dataset_id,
+                                    image_size=image_size)
+    path = feature_cache_path(cache_dir, dataset_id, backbone.model_name, key)
+    return save_feature_cache(path, feature_set, {**header, "bad_files": list(bad_files), "cache_key": key})
+
+
 def cached_extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, image_files: Sequence[str],
                             labels, *, dataset_id: str, cache_dir: str | os.PathLike, **options
                             ) -> tuple[FeatureSet, list[str], Path, bool]:
@@ -133,8 +166,7 @@ def cached_extract_features(backbone: FeatureBackbone, image_root: str | os.Path
                                     flip_average=options.get("flip_average", False),
                                     image_size=options.get("image_size"),
                                     reduced_decode=options.get("reduced_decode", False))
-    safe_model = backbone.model_name.replace("/", "_").replace(":", "_")
-    path = Path(cache_dir) / f"features_{dataset_id}_{safe_model}_{key}.safetensors"
+    path = feature_cache_path(cache_dir, dataset_id, backbone.model_name, key)
     if path.is_file():
         stored = read_feature_cache_header(path)
         if {k: stored.get(k) for k in header} == header:

@@ -53,6 +53,9 @@ log = get_logger(__name__)
 
 MOMENTUM = 0.9  # SGD's momentum, as in the ZSL fine-tuning literature
 OPTIMIZERS = ("sgd", "adamw")
+# all: every layer trains on augmented images (here); last_stage: the last stage trains on cached activations of
+# the frozen earlier ones (bsegn.backbone.last_stage)
+LAYERS = ("all", "last_stage")
 CHECKPOINT_KIND = "finetune"
 
 
@@ -70,6 +73,8 @@ class FinetuneConfig:
     warmup_epochs: float = option(1.0, "linear warm-up in epochs, then cosine decay to 0 (per optimizer step)")
     grad_accum_steps: int = option(1, "batches per optimizer step (gradient accumulation)")
     head: str = option("softmax", "'softmax' (linear over the seen classes) or 'attribute' (x.W.a_c)")
+    layers: str = option("all", "'all' (every layer, augmented images) or 'last_stage' (the last stage only, on "
+                                "activations of the frozen earlier stages computed once; flips as augmentation)")
 
     def check(self) -> None:
         require(self.epochs >= 0, f"finetune.epochs must be >= 0, got {self.epochs}")
@@ -82,6 +87,7 @@ class FinetuneConfig:
         require(self.warmup_epochs >= 0, f"finetune.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         require(self.grad_accum_steps >= 1, f"finetune.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         require(self.head in HEAD_KINDS, f"finetune.head must be one of {', '.join(HEAD_KINDS)}, got {self.head!r}")
+        require(self.layers in LAYERS, f"finetune.layers must be one of {', '.join(LAYERS)}, got {self.layers!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "FinetuneConfig":
@@ -121,6 +127,9 @@ def finetune_backbone(backbone: FeatureBackbone, image_root: str | os.PathLike, 
     config.check()
     if config.epochs == 0:
         raise ConfigError("finetune.epochs is 0 (no fine-tuning): skip the stage instead of calling finetune_backbone")
+    if config.layers != "all":
+        raise ConfigError(f"finetune_backbone trains every layer; finetune.layers {config.layers} is "
+                          "bsegn.backbone.last_stage.finetune_last_stage")
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if max_epochs_this_run is not None and max_epochs_this_run < 1:
@@ -168,7 +177,7 @@ def finetune_backbone(backbone: FeatureBackbone, image_root: str | os.PathLike, 
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
     # Not prepared: accelerate would step it once per process; it is stepped once per optimizer step.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(int(round(config.warmup_epochs * steps_per_epoch)), config.epochs * steps_per_epoch))
+        optimizer, warmup_cosine(int(round(config.warmup_epochs * steps_per_epoch)), config.epochs * steps_per_epoch))
     loss_fn = nn.CrossEntropyLoss()
 
     checkpoint = EpochCheckpoint(output_dir / "checkpoint", accelerator, kind=CHECKPOINT_KIND, key=key)
@@ -290,7 +299,7 @@ def as_model_input(images: torch.Tensor) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if images.is_cuda else images
 
 
-def _warmup_cosine(warmup_steps: int, total_steps: int):
+def warmup_cosine(warmup_steps: int, total_steps: int):
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps

@@ -305,3 +305,21 @@ def test_without_fine_tuning_the_images_are_extracted_once_for_both_protocols(tm
     assert err.index("features: extracted") < err.index("validation H") < err.index("features: re-used")
     assert not (out / "validation" / "features").exists() and list((out / "features").glob("*.safetensors"))
     assert json.loads((out / "metrics.json").read_text())["threshold_chosen_on"] == "validation"
+
+
+def test_last_stage_fine_tuning_runs_the_trunk_once_for_both_protocols(tmp_path, capsys):
+    """finetune.layers last_stage: the frozen trunk's maps are computed once (in the final run's folder) and
+    serve both protocols; each protocol tunes its own last stage and writes its features where the feature
+    stage finds them (nothing is extracted from the images again)."""
+    out = tmp_path / "last"
+    code, err = _train(capsys, "--output", str(out), "--data.demo_images_per_class", "8", "--data.demo_image_size", "16",
+                       "--backbone.model", "test_resnet", "--backbone.weights", "none", "--backbone.image_size", "16",
+                       "--finetune.epochs", "1", "--finetune.layers", "last_stage", "--finetune.batch_size", "16",
+                       "--generative.epochs", "1", "--generative.syn_num", "5", "--generative.classifier_epochs", "1",
+                       "--run.threshold", "null", "--run.gate", "stacking")
+    assert code == 0, err[-3000:]
+    assert err.count("features: re-used") == 2 and "features: extracted" not in err
+    assert len(list((out / "trunk").glob("trunk_*.npy"))) == 1 and not (out / "validation" / "trunk").exists()
+    tuned = [json.loads((folder / "backbone" / "backbone.json").read_text())["weights_id"]
+             for folder in (out, out / "validation")]
+    assert tuned[0] != tuned[1]  # each protocol's own last stage
