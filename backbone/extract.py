@@ -30,8 +30,7 @@ from bsegn.datasets.transforms import build_eval_transform
 def extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, image_files: Sequence[str],
                      labels: Sequence[int] | np.ndarray | None, *, batch_size: int = 64, num_workers: int | None = 4,
                      flip_average: bool = False, accelerator=None, image_size: int | None = None,
-                     progress: bool = True, reduced_decode: bool = False,
-                     compile: bool = False) -> tuple[FeatureSet, list[str]]:
+                     progress: bool = True, reduced_decode: bool = False) -> tuple[FeatureSet, list[str]]:
     """Features of every image `image_root / image_files[i]`, in that order.
 
     Args:
@@ -45,7 +44,6 @@ def extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, i
         image_size: override the backbone's input size (tests, quick looks).
         reduced_decode: JPEGs at least twice the resized size are decoded at 1/2..1/8 scale by the
             decoder (EvalTransform's reduced_decode; part of the transform, so of the cache key).
-        compile: run the model through torch.compile (the first batches then wait for compilation).
 
     Returns:
         (FeatureSet with features (N, D) float32, labels (N,), image_ids = image_files, meta with
@@ -60,7 +58,7 @@ def extract_features(backbone: FeatureBackbone, image_root: str | os.PathLike, i
     channels_last = accelerator.device.type == "cuda"
     if channels_last:  # NHWC: the layout tensor cores convolve in
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if compile else model
+    forward = model
     if flip_average:  # the image and its horizontal mirror, averaged
         forward = _flip_averaged(forward)
     features = np.zeros((len(dataset), backbone.num_features), dtype=np.float32)
@@ -156,7 +154,7 @@ def cached_extract_features(backbone: FeatureBackbone, image_root: str | os.Path
                             ) -> tuple[FeatureSet, list[str], Path, bool]:
     """extract_features, re-using `cache_dir/features_<dataset>_<model>_<key>.safetensors` when present.
 
-    options: batch_size, num_workers, flip_average, accelerator, image_size, progress, reduced_decode, compile.
+    options: batch_size, num_workers, flip_average, accelerator, image_size, progress, reduced_decode.
     Returns (FeatureSet, bad_files, cache path, reused: bool).
     """
     from accelerate import Accelerator
