@@ -2,21 +2,15 @@
 gate's H with its thresholds carried as a value and as a quantile."""
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
 
 @pytest.fixture(scope="module")
 def gate_transfer():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import gate_transfer
-    finally:
-        sys.path.remove(str(BENCH))
+    import gate_transfer  # bench/ is on the path (conftest)
+
     return gate_transfer
 
 
