@@ -189,12 +189,14 @@ def pre_extracted_features(config: RunConfig, benchmark):
 def gate_thresholds(config: RunConfig, validation: "ProtocolOutcome | None" = None) -> dict[str, float | None]:
     """{gate kind: threshold} a protocol's run measures, run.gate first (its numbers are the headline).
     A given run.threshold: that gate alone. Otherwise every gate: None (chosen here: the validation
-    protocol) or, after a validation run, the threshold each gate got there."""
-    from bsegn.generative.gates import GATES
+    protocol) or, after a validation run, the threshold each gate got there. A model without the semantic
+    decoder (generative.lambda_cyc 0) leaves out the gates that need it: it has nothing for them to read."""
+    from bsegn.generative.gates import GATES, gate_class
 
     if config.run.threshold is not None:
         return {config.run.gate: float(config.run.threshold)}
-    kinds = [config.run.gate] + [kind for kind in GATES if kind != config.run.gate]
+    usable = [kind for kind in GATES if config.generative.uses_decoder or not gate_class(kind).requires_decoder]
+    kinds = [config.run.gate] + [kind for kind in usable if kind != config.run.gate]
     if validation is None:
         return {kind: None for kind in kinds}
     return {kind: float(validation.run.gates[kind].threshold) for kind in kinds}

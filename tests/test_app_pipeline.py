@@ -258,3 +258,16 @@ def test_predict_cold_path_imports_no_heavy_training_libraries(run):
     done = subprocess.run([sys.executable, "-c", code, str(image), "--model", str(run[0])], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr[-2000:]
+
+
+def test_a_model_without_decoder_measures_every_gate_but_those_that_read_it():
+    """threshold null measures every gate; with lambda_cyc 0 the semantic gate has nothing to read and is left
+    out (it failed the run after training before), while run.gate itself is refused up front (config rule)."""
+    from bsegn.app.config import load_run_config
+    from bsegn.app.pipeline import gate_thresholds
+    from bsegn.generative.gates import GATES
+
+    without = gate_thresholds(load_run_config(None, ["--run.threshold", "null", "--generative.lambda_cyc", "0"]))
+    assert "semantic" not in without and {"stacking", "combined"} <= set(without)
+    full = gate_thresholds(load_run_config(None, ["--run.threshold", "null"]))
+    assert set(full) == set(GATES)
