@@ -11,8 +11,8 @@ or a (B, 3, H, W) batch gives one Prediction per image. They go through the bund
 seen-or-unseen decision and p_unseen with the classes, `to_json()` giving `predict --json`'s object. Modes:
 "gzsl" (all classes, the default: the bundle's seen-or-unseen gate decides the domain and the first class
 is that domain's best), "zsl" (unseen classes only), "seen" (seen classes only). A bundle with an open-world
-rule also answers `answer.unknown` (none of its classes) and `answer.p_unknown`; load_model(open_world=False)
-leaves them out.
+rule also answers `answer.unknown` (none of its classes) and `answer.p_unknown` with
+load_model(open_world=True) (off by default, as in predict).
 
 `model.predict_features(rows)` answers features instead: rows (N, D) or one row (D,) of the kind the model
 was trained on (its backbone's output, e.g. a `bsegn extract` cache's rows). It is the only input of a model
@@ -31,7 +31,7 @@ __all__ = ["ClassScore", "Model", "Prediction", "load_model"]
 class Model:
     """A loaded bundle, ready to classify images, or features (see load_model)."""
 
-    def __init__(self, bundle, *, mode: str = "gzsl", device: str = "cpu", open_world: bool = True):
+    def __init__(self, bundle, *, mode: str = "gzsl", device: str = "cpu", open_world: bool = False):
         self.bundle = bundle
         # a bundle without a backbone loads too: predict_features answers, predict says it cannot read images
         self.predictor = Predictor(bundle, mode=mode, device=device, images=False, open_world=open_world)
@@ -61,7 +61,7 @@ class Model:
 
 
 def load_model(path: str | os.PathLike | None = None, *, mode: str = "gzsl", device: str = "cpu",
-               open_world: bool = True) -> Model:
+               open_world: bool = False) -> Model:
     """A run folder or bundle folder (default: $BSEGN_MODEL, else the newest bundle under ./runs) -> Model.
     BundleError when it is missing or damaged. A bundle trained on pre-extracted features loads too, for
     Model.predict_features (it has no backbone to read images with). open_world: answer `unknown` (with

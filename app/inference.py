@@ -18,7 +18,8 @@ calls the image unseen, reported in every mode. `threshold=` overrides the gate'
 
 Open world: where the bundle has an open-world rule (train.py fits one; bsegn.generative.open_world) every answer
 also says whether the image is of none of the model's classes, `unknown`, with `p_unknown` (to_json adds both;
-the text says "unknown" with the nearest classes); `open_world=False` (predict --open-world off) leaves them out.
+the text says "unknown" with the nearest classes) when the Predictor is built with open_world=True
+(predict --open-world on); off by default, since the rule's threshold is not yet chosen per run.
 
 A Predictor holds only what it was built with: every answer travels in the result it returns, so one
 Predictor serves any number of callers and threads (bsegn serve's worker, the Python API, predict).
@@ -157,7 +158,7 @@ class Predictor:
 
     def __init__(self, bundle, *, mode: str = "gzsl", threshold: float | None = None,
                  device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None, images: bool = True,
-                 open_world: bool = True):
+                 open_world: bool = False):
         from bsegn.core.errors import ConfigError
         from bsegn.datasets.images import DEFAULT_MAX_PIXELS
         from bsegn.datasets.transforms import build_eval_transform

@@ -53,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=None,
                         help="the gate's threshold: an image is called unseen when the gate's domain score is above "
                              "it (default: the bundle's, chosen on validation)")
-    parser.add_argument("--open-world", choices=("on", "off"), default="on",
-                        help="on (default): an image of none of the model's classes is answered `unknown` (with "
-                             "p_unknown) where the bundle has an open-world rule (train.py fits one); off: a class")
+    parser.add_argument("--open-world", choices=("on", "off"), default="off",
+                        help="on: an image of none of the model's classes is answered `unknown` (with p_unknown) "
+                             "where the bundle has an open-world rule (train.py fits one); off (default): a class. "
+                             "Off by default: its threshold is not yet chosen per run (README)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="images with more pixels are skipped before decoding (default about 89.5 million)")

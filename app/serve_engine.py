@@ -54,8 +54,9 @@ class Limits:
 
 class Engine:
     def __init__(self, model_path: str | Path, *, mode: str = "gzsl", device: str = "cpu",
-                 save_dir: str | Path | None = None, limits: Limits = Limits()):
+                 save_dir: str | Path | None = None, limits: Limits = Limits(), open_world: bool = False):
         self.model_path, self.mode, self.device, self.limits = Path(model_path), mode, device, limits
+        self.open_world = open_world  # the bundle's open-world rule answers `unknown` (bsegn serve --open-world on)
         self.save_dir = None if save_dir is None else Path(save_dir).resolve()
         self.state, self.error = "loading", None
         self.predictor = None   # replaced whole (never mutated) when classes are added
@@ -84,7 +85,7 @@ class Engine:
 
         started = time.perf_counter()
         bundle = load_bundle(self.model_path, device="cpu", with_train_features=True)  # add-class refits on them
-        self.predictor = served_predictor(bundle, self.mode, self.device)
+        self.predictor = served_predictor(bundle, self.mode, self.device, self.open_world)
         self.start_worker()
         self.state = "ready"
         log.info("serve: model %s ready in %.1f s (%d classes)", bundle.path, time.perf_counter() - started,
@@ -220,7 +221,7 @@ class Engine:
                 raise RequestError(409, str(error)) from None
             except BundleError as error:
                 raise RequestError(400, f"{error}; the served model is unchanged") from None
-            self.predictor = served_predictor(bundle, self.mode, self.device)
+            self.predictor = served_predictor(bundle, self.mode, self.device, self.open_world)
             added = bundle.class_names[len(old.class_names):]
             self.added += added
         log.info("serve: added %s as unseen class(es) (in memory)", ", ".join(added))
@@ -247,8 +248,8 @@ class Engine:
         return name
 
 
-def served_predictor(bundle, mode: str, device: str):
+def served_predictor(bundle, mode: str, device: str, open_world: bool = False):
     """The inference engine's Predictor, as predict and the Python API use it."""
     from bsegn.app.inference import Predictor
 
-    return Predictor(bundle, mode=mode, device=device)
+    return Predictor(bundle, mode=mode, device=device, open_world=open_world)

@@ -94,14 +94,14 @@ def test_predict_answers_unknown_with_p_unknown_and_off_keeps_the_closed_world(o
     image = Predictor(bundle).transform(_image())[None]
     # threshold -1e6: every image is further than that from every class -> unknown, p_unknown 1
     far = dataclasses.replace(bundle, open_world=dataclasses.replace(bundle.open_world, threshold=-1e6))
-    answer = Predictor(far).predict_tensors(image)[0]
+    answer = Predictor(far, open_world=True).predict_tensors(image)[0]
     assert answer.unknown is True and answer.p_unknown == pytest.approx(1.0)
     assert answer.to_json()["unknown"] is True and answer.to_json()["p_unknown"] == pytest.approx(1.0)
     text = answer.to_text()
     assert "unknown (none of the model's classes; nearest:" in text and answer.top[0].name in text
     near = dataclasses.replace(bundle, open_world=dataclasses.replace(bundle.open_world, threshold=1e6))
-    assert Predictor(near).predict_tensors(image)[0].unknown is False
-    closed = Predictor(far, open_world=False).predict_tensors(image)[0]
+    assert Predictor(near, open_world=True).predict_tensors(image)[0].unknown is False
+    closed = Predictor(far).predict_tensors(image)[0]  # off by default
     assert closed.unknown is None and "unknown" not in closed.to_json() and "p_unknown" not in closed.to_json()
 
 
@@ -116,17 +116,35 @@ def test_a_model_without_the_decoder_its_score_reads_gets_a_closed_world_bundle(
     assert open_world_rule(bundle.trained, bundle.gzsl, bundle.train_features, bundle.train_labels) is None
 
 
-def test_predict_json_and_the_api_carry_unknown_unless_open_world_is_off(open_bundle, tmp_path, capsys):
+def test_predict_json_and_the_api_carry_unknown_only_with_open_world_on(open_bundle, tmp_path, capsys):
     from test_app_bundle import _one_image
 
     from bsegn.app.api import load_model
     from bsegn.app.cli import predict_main
 
     image = _one_image(tmp_path)
-    assert predict_main([str(image), "--model", str(open_bundle), "--json"]) == 0
+    assert predict_main([str(image), "--model", str(open_bundle), "--json", "--open-world", "on"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert isinstance(answer["unknown"], bool) and 0.0 <= answer["p_unknown"] <= 1.0
-    assert predict_main([str(image), "--model", str(open_bundle), "--json", "--open-world", "off"]) == 0
-    assert "unknown" not in json.loads(capsys.readouterr().out)
-    assert load_model(open_bundle).predict(_image()).p_unknown is not None
-    assert load_model(open_bundle, open_world=False).predict(_image()).p_unknown is None
+    for off in ([], ["--open-world", "off"]):  # off by default: the threshold is not chosen per run yet
+        assert predict_main([str(image), "--model", str(open_bundle), "--json", *off]) == 0
+        assert "unknown" not in json.loads(capsys.readouterr().out)
+    assert load_model(open_bundle, open_world=True).predict(_image()).p_unknown is not None
+    assert load_model(open_bundle).predict(_image()).p_unknown is None
+
+
+def test_serve_answers_unknown_only_when_asked(open_bundle):
+    """bsegn serve --open-world on|off reaches the served engine; off by default, as predict and the API."""
+    import argparse
+
+    from bsegn.app import serve
+    from bsegn.app.serve_engine import Engine, served_predictor
+
+    bundle = load_bundle(open_bundle)
+    assert served_predictor(bundle, "gzsl", "cpu").open_world is False
+    assert served_predictor(bundle, "gzsl", "cpu", True).open_world is True
+    parser = argparse.ArgumentParser()
+    serve.register(parser.add_subparsers())
+    assert parser.parse_args(["serve"]).open_world == "off"
+    assert parser.parse_args(["serve", "--open-world", "on"]).open_world == "on"
+    assert Engine(open_bundle, open_world=True).open_world and not Engine(open_bundle).open_world
