@@ -25,6 +25,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,13 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bsegn.backbone.extract import map_images, store_features
+from bsegn.backbone.extract import feature_cache_key, map_images, store_features
 from bsegn.backbone.factory import FeatureBackbone
 from bsegn.backbone.finetune import MOMENTUM, FinetuneConfig, save_finetuned, warmup_cosine
 from bsegn.backbone.heads import build_head
 from bsegn.backbone.seen_images import allowed_training_indices, check_training_indices, stratified_holdout
 from bsegn.core.errors import ConfigError, DataError
-from bsegn.core.files import atomic_file, atomic_write_json, digest_json
+from bsegn.core.files import atomic_file, atomic_write_json
 from bsegn.core.logs import get_logger
 from bsegn.datasets.features import FeatureSet
 from bsegn.datasets.image_dataset import ImageFolderDataset
@@ -100,29 +101,29 @@ def trunk_activations(backbone: FeatureBackbone, stage: LastStage, image_root: s
     """The frozen trunk's maps of every image, (N, C, h, w) float16 (a read-only memory map), and the
     indices of the images that could not be read; computed once into `folder` (sharded over the processes,
     written by the main one), re-used while the backbone's weights, the transform and the images are the same."""
-    data_config = backbone.data_config_at(image_size)
-    transform = build_eval_transform(data_config)
-    key = digest_json({"backbone": backbone.describe(), "transform": transform.describe(),
-                       "images": [str(name) for name in image_files]})
+    # the feature cache's key (weights hashed as they are now, transform, image list): the trunk is frozen, so the
+    # untrained backbone's key names its maps
+    key, _ = feature_cache_key(backbone, image_files, None, dataset_id="trunk", image_size=image_size)
     folder = Path(folder)
     maps_path, info_path = folder / f"trunk_{key[:16]}.npy", folder / f"trunk_{key[:16]}.json"
     if not (info_path.is_file() and _read_key(info_path) == key and maps_path.is_file()):
+        data_config = backbone.data_config_at(image_size)
         backbone.model.to(accelerator.device).eval()
-        dataset = ImageFolderDataset(image_root, image_files, None, transform)
-        with torch.no_grad():  # the maps' shape, from a blank image of the input size
-            probe = stage.trunk(torch.zeros(1, *data_config["input_size"], device=accelerator.device))
-        shape = (len(dataset), *probe.shape[1:])
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_file(maps_path) as temp:
-            out = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float16, shape=shape) \
-                if accelerator.is_main_process else None
-            ok = map_images(stage.trunk, dataset, out, batch_size=batch_size, num_workers=num_workers,
-                            accelerator=accelerator, progress=progress, desc=f"trunk of {backbone.model_name}")
-            if out is not None:
+        dataset = ImageFolderDataset(image_root, image_files, None, build_eval_transform(data_config))
+        run = partial(map_images, stage.trunk, dataset, batch_size=batch_size, num_workers=num_workers,
+                      accelerator=accelerator, progress=progress, desc=f"trunk of {backbone.model_name}")
+        if accelerator.is_main_process:  # the only writer; the other processes compute their shards only
+            with torch.no_grad():  # the maps' shape, from a blank image of the input size
+                probe = stage.trunk(torch.zeros(1, *data_config["input_size"], device=accelerator.device))
+            with atomic_file(maps_path) as temp:
+                out = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float16,
+                                                shape=(len(dataset), *probe.shape[1:]))
+                ok = run(out)
                 out.flush()
                 del out
-        if accelerator.is_main_process:
             atomic_write_json(info_path, {"key": key, "bad_indices": np.flatnonzero(~ok).tolist()})
+        else:
+            run(None)
         accelerator.wait_for_everyone()
     maps = np.load(maps_path, mmap_mode="r")
     return maps, np.asarray(json.loads(info_path.read_text())["bad_indices"], dtype=np.int64)
@@ -175,7 +176,9 @@ def finetune_last_stage(backbone: FeatureBackbone, image_root: str | os.PathLike
         atomic_write_json(output_dir / "history.json", {"layers": "last_stage", "history": history,
                                                         "num_train_images": int(len(train_idx)),
                                                         "num_val_images": int(len(val_idx))}, indent=2)
-        features = FeatureSet(_tail_features(stage, maps, bad, accelerator.device), np.asarray(split.labels),
+        features = _tail_features(stage, maps, np.arange(len(maps)), accelerator.device).numpy()
+        features[bad] = 0.0  # an unreadable image's row, as extraction leaves it
+        features = FeatureSet(features, np.asarray(split.labels),
                               list(split.image_files),
                               {"backbone": backbone.describe(), "flip_average": False, "bad_indices": bad.tolist(),
                                "transform": build_eval_transform(backbone.data_config_at(image_size)).describe(),
@@ -235,26 +238,18 @@ def _train_tail(stage: LastStage, head: nn.Module, maps: np.ndarray, columns: np
 
 
 @torch.no_grad()
+def _tail_features(stage: LastStage, maps: np.ndarray, rows: np.ndarray, device) -> torch.Tensor:
+    """(len(rows), D) float32 on the CPU: the tail, in eval mode, on those images' maps."""
+    stage.tail.eval()
+    out = [stage.features(torch.from_numpy(np.asarray(maps[rows[start:start + TAIL_BATCH]], dtype=np.float32))
+                          .to(device)).float().cpu() for start in range(0, len(rows), TAIL_BATCH)]
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+@torch.no_grad()
 def _accuracy(stage: LastStage, head: nn.Module, maps: np.ndarray, columns: np.ndarray, rows: np.ndarray,
               device) -> float | None:
     if not len(rows):
         return None
-    stage.tail.eval()
-    hits = 0
-    for start in range(0, len(rows), TAIL_BATCH):
-        part = rows[start:start + TAIL_BATCH]
-        logits = head(stage.features(torch.from_numpy(np.asarray(maps[part], dtype=np.float32)).to(device)))
-        hits += int((logits.argmax(1).cpu() == torch.from_numpy(columns[part])).sum())
-    stage.tail.train()
-    return hits / len(rows)
-
-
-@torch.no_grad()
-def _tail_features(stage: LastStage, maps: np.ndarray, bad: np.ndarray, device) -> np.ndarray:
-    """(N, D) float32: the tuned tail on every image's maps; zeros for the unreadable ones."""
-    stage.tail.eval()
-    out = [stage.features(torch.from_numpy(np.asarray(maps[start:start + TAIL_BATCH], dtype=np.float32)).to(device))
-           .float().cpu() for start in range(0, len(maps), TAIL_BATCH)]
-    features = torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
-    features[bad] = 0.0
-    return features
+    logits = head(_tail_features(stage, maps, rows, device).to(device)).cpu()
+    return float((logits.argmax(1) == torch.from_numpy(columns[rows])).float().mean())

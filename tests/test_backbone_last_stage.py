@@ -170,3 +170,47 @@ def test_a_damaged_data_config_record_is_one_clear_error(tmp_path):
     (tmp_path / "backbone.json").write_text("{not json")
     with pytest.raises(DataError, match="backbone.json: unreadable"):
         create_backbone("test_resnet", str(tmp_path / "backbone.safetensors"))
+
+
+class _OtherRank:
+    """A real one-process Accelerator that says it is not the main process (the other ranks of a DDP run)."""
+
+    def __init__(self, on_wait):
+        self._accelerator, self._on_wait = Accelerator(cpu=True), on_wait
+
+    is_main_process = False
+
+    def wait_for_everyone(self):
+        self._on_wait()
+
+    def __getattr__(self, name):
+        return getattr(self._accelerator, name)
+
+
+def test_only_the_main_process_writes_the_trunk_maps(tiny, tmp_path):
+    """Another rank computes its shard and writes nothing: an empty file of its own must never replace the
+    main process's maps (both went through one atomic write before)."""
+    root, split = tiny
+    backbone = _backbone()
+    folder = tmp_path / "trunk"
+
+    def at_the_barrier():  # where the main process would have written the maps
+        assert not folder.exists() or not any(folder.iterdir())
+        raise StopIteration
+
+    with pytest.raises(StopIteration):
+        last_stage.trunk_activations(backbone, split_at_last_stage(backbone), root, split.image_files,
+                                     folder=folder, accelerator=_OtherRank(at_the_barrier), image_size=32,
+                                     batch_size=16, progress=False)
+
+
+def test_random_inits_of_other_seeds_do_not_share_trunk_maps(tiny, tmp_path):
+    """Two random-init backbones share one weights_id label; their maps are keyed by their tensors."""
+    root, split = tiny
+    maps = []
+    for seed in (0, 1):
+        backbone = create_backbone("test_resnet", "none", seed=seed)
+        maps.append(np.asarray(last_stage.trunk_activations(
+            backbone, split_at_last_stage(backbone), root, split.image_files, folder=tmp_path,
+            accelerator=Accelerator(cpu=True), image_size=32, batch_size=16, progress=False)[0]))
+    assert len(list(tmp_path.glob("trunk_*.npy"))) == 2 and not np.array_equal(*maps)
