@@ -11,8 +11,9 @@ or a (B, 3, H, W) batch gives one Prediction per image. They go through the bund
 seen-or-unseen decision and p_unseen with the classes, `to_json()` giving `predict --json`'s object. Modes:
 "gzsl" (all classes, the default: the bundle's seen-or-unseen gate decides the domain and the first class
 is that domain's best), "zsl" (unseen classes only), "seen" (seen classes only). A bundle with an open-world
-rule also answers `answer.unknown` (none of its classes) and `answer.p_unknown` with
-load_model(open_world=True) (off by default, as in predict).
+rule also answers `answer.unknown` (none of its classes) and `answer.p_unknown`: load_model(open_world="auto"), the
+default, where the bundle's run chose the rule on its validation protocol; "on" (or True) for any rule, "off"
+(or False) never, as predict --open-world.
 
 `model.predict_features(rows)` answers features instead: rows (N, D) or one row (D,) of the kind the model
 was trained on (its backbone's output, e.g. a `bsegn extract` cache's rows). It is the only input of a model
@@ -31,7 +32,7 @@ __all__ = ["ClassScore", "Model", "Prediction", "load_model"]
 class Model:
     """A loaded bundle, ready to classify images, or features (see load_model)."""
 
-    def __init__(self, bundle, *, mode: str = "gzsl", device: str = "cpu", open_world: bool = False):
+    def __init__(self, bundle, *, mode: str = "gzsl", device: str = "cpu", open_world: str | bool = "auto"):
         self.bundle = bundle
         # a bundle without a backbone loads too: predict_features answers, predict says it cannot read images
         self.predictor = Predictor(bundle, mode=mode, device=device, images=False, open_world=open_world)
@@ -61,11 +62,12 @@ class Model:
 
 
 def load_model(path: str | os.PathLike | None = None, *, mode: str = "gzsl", device: str = "cpu",
-               open_world: bool = False) -> Model:
+               open_world: str | bool = "auto") -> Model:
     """A run folder or bundle folder (default: $BSEGN_MODEL, else the newest bundle under ./runs) -> Model.
     BundleError when it is missing or damaged. A bundle trained on pre-extracted features loads too, for
     Model.predict_features (it has no backbone to read images with). open_world: answer `unknown` (with
-    p_unknown) for an image of none of the classes, where the bundle has an open-world rule; False: always a class."""
+    p_unknown) for an image of none of the classes: "auto" where the bundle's run chose its rule on validation,
+    "on" / True by any rule it has (ConfigError saying why when none), "off" / False: always a class."""
     from bsegn.app.bundle import load_bundle
     from bsegn.app.model_lookup import default_model
 

@@ -18,8 +18,10 @@ calls the image unseen, reported in every mode. `threshold=` overrides the gate'
 
 Open world: where the bundle has an open-world rule (train.py fits one; bsegn.generative.open_world) every answer
 also says whether the image is of none of the model's classes, `unknown`, with `p_unknown` (to_json adds both;
-the text says "unknown" with the nearest classes) when the Predictor is built with open_world=True
-(predict --open-world on); off by default, since the rule's threshold is not yet chosen per run.
+the text says "unknown" with the nearest classes). open_world="auto" (the default; predict --open-world auto)
+turns it on where the bundle's rule was chosen on its run's validation protocol (train.py does, within an H
+allowance: bsegn.generative.open_world_choice), "on" for any rule (ConfigError naming why when there is none),
+"off" never (bsegn.app.bundle.open_world.resolve_open_world).
 
 A Predictor holds only what it was built with: every answer travels in the result it returns, so one
 Predictor serves any number of callers and threads (bsegn serve's worker, the Python API, predict).
@@ -33,6 +35,8 @@ import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from bsegn.app.bundle.open_world import resolve_open_world
 
 MODES = ("gzsl", "zsl", "seen")
 
@@ -158,7 +162,7 @@ class Predictor:
 
     def __init__(self, bundle, *, mode: str = "gzsl", threshold: float | None = None,
                  device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None, images: bool = True,
-                 open_world: bool = False):
+                 open_world: str | bool = "auto"):
         from bsegn.core.errors import ConfigError
         from bsegn.datasets.images import DEFAULT_MAX_PIXELS
         from bsegn.datasets.transforms import build_eval_transform
@@ -172,7 +176,8 @@ class Predictor:
         if images:  # refused where it is built (predict IMAGE, serve at start), not at its first image
             self.require_images()
         self.gate = bundle.gate
-        self.open_world = bool(open_world) and bundle.open_world is not None  # the bundle's rule, unless turned off
+        # auto: the bundle's rule where its run chose it on validation; on: any rule (ConfigError, why, if none)
+        self.open_world = resolve_open_world(open_world, bundle.open_world, bundle.metrics, bundle.path)
         self.threshold = float(bundle.gate.threshold if threshold is None else threshold)
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)  # None: the reader's limit
         self.transform = None if bundle.backbone is None else build_eval_transform(bundle.data_config)

@@ -376,11 +376,15 @@ def _run_locked(config: RunConfig, run_dir: Path, data: PreparedData, accelerato
                      f"(AUROC {row['domain_auroc']:.3f}, oracle-domain H {row['oracle_H']:.1f})")
     outcome = run_protocol(config, protocol, run_dir, accelerator, thresholds=gate_thresholds(config, validation),
                            data=data, temperatures=gate_temperatures(validation))
-    from bsegn.app.run_outputs import collect_metrics, write_outputs
+    from bsegn.app.run_outputs import collect_metrics, final_open_world, open_world_choice, write_outputs
 
-    metrics = collect_metrics(config, outcome, validation, accelerator, time.perf_counter() - started)
+    # the open-world ("unknown") rule's threshold is chosen on validation too (val classes withheld as
+    # unknowns), and carried to the final model as the gates' thresholds are; no validation run: no rule
+    chosen = open_world_choice(config, validation or (outcome if protocol == "validation" else None))
+    rule, open_world = final_open_world(config, outcome, chosen)
+    metrics = collect_metrics(config, outcome, validation, accelerator, time.perf_counter() - started, open_world)
     if accelerator.is_main_process:
-        write_outputs(config, outcome, metrics, run_dir)
+        write_outputs(config, outcome, metrics, run_dir, rule)
     accelerator.wait_for_everyone()
     log.info(f"{protocol} protocol on {config.data.benchmark}: T1 {metrics['T1']:.1f}  U {metrics['U']:.1f}"
              f"  S {metrics['S']:.1f}  H {metrics['H']:.1f}  (percent; gate {metrics['gate']}, threshold "

@@ -53,10 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=None,
                         help="the gate's threshold: an image is called unseen when the gate's domain score is above "
                              "it (default: the bundle's, chosen on validation)")
-    parser.add_argument("--open-world", choices=("on", "off"), default="off",
-                        help="on: an image of none of the model's classes is answered `unknown` (with p_unknown) "
-                             "where the bundle has an open-world rule (train.py fits one); off (default): a class. "
-                             "Off by default: its threshold is not yet chosen per run (README)")
+    parser.add_argument("--open-world", choices=("auto", "on", "off"), default="auto",
+                        help="an image of none of the model's classes is answered `unknown` (with p_unknown) by the "
+                             "bundle's open-world rule: auto (default) where its run chose the rule on validation, "
+                             "on: any rule the bundle has (refused, saying why, when it has none), off: a class always")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="images with more pixels are skipped before decoding (default about 89.5 million)")
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"predict: {problem}", file=sys.stderr)
     bundle = load_bundle(args.model or default_model(), device="cpu", with_train_features=False)
     predictor = Predictor(bundle, mode=args.mode, threshold=args.threshold, device=args.device,
-                          batch_size=args.batch_size, max_pixels=args.max_pixels, open_world=args.open_world == "on")
+                          batch_size=args.batch_size, max_pixels=args.max_pixels, open_world=args.open_world)
     failures = []
 
     def on_error(path, message):
@@ -119,7 +119,7 @@ def _predict_features(args: argparse.Namespace, default_model) -> int:
 
     bundle = load_bundle(args.model or default_model(), device="cpu", with_train_features=False)
     predictor = Predictor(bundle, mode=args.mode, threshold=args.threshold, device=args.device,
-                          batch_size=args.batch_size, images=False, open_world=args.open_world == "on")
+                          batch_size=args.batch_size, images=False, open_world=args.open_world)
     rows, skipped = read_feature_rows(args.features, bundle)
     for row, image, reason in skipped:
         print(f"predict: skipped row {row} ({image}): {reason}", file=sys.stderr)

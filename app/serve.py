@@ -37,8 +37,9 @@ def register(subparsers) -> None:
                                                         "classes (new sub-folders only); without it saving is off")
     serve.add_argument("--mode", choices=("gzsl", "zsl", "seen"), default="gzsl")
     serve.add_argument("--device", default="cpu")
-    serve.add_argument("--open-world", choices=("on", "off"), default="off",
-                       help="on: answer 'unknown' by the model's open-world rule (off by default: see the README)")
+    serve.add_argument("--open-world", choices=("auto", "on", "off"), default="auto",
+                       help="answer 'unknown' by the model's open-world rule: auto (default) where its run chose it on "
+                            "validation, on: any rule (refused when none), off: never (README)")
     serve.add_argument("--max-bytes", type=int, default=20_000_000, help="largest upload accepted (bytes)")
     serve.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted (width x height)")
     serve.add_argument("--max-batch", type=int, default=16, help="most images in one batched forward")
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_batch=args.max_batch,
                     decoders=max(2, cores - torch.get_num_threads()))
     engine = Engine(path, mode=args.mode, device=args.device, save_dir=args.save_dir, limits=limits,
-                    open_world=args.open_world == "on")
+                    open_world=args.open_world)
     engine.load()  # before listening: a missing, damaged or feature-only bundle is one line and exit 2
     if args.host not in LOOPBACK:
         get_logger(__name__).warning(

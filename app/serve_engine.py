@@ -54,9 +54,9 @@ class Limits:
 
 class Engine:
     def __init__(self, model_path: str | Path, *, mode: str = "gzsl", device: str = "cpu",
-                 save_dir: str | Path | None = None, limits: Limits = Limits(), open_world: bool = False):
+                 save_dir: str | Path | None = None, limits: Limits = Limits(), open_world: str | bool = "auto"):
         self.model_path, self.mode, self.device, self.limits = Path(model_path), mode, device, limits
-        self.open_world = open_world  # the bundle's open-world rule answers `unknown` (bsegn serve --open-world on)
+        self.open_world = open_world  # auto, on or off: when the rule answers `unknown` (serve --open-world)
         self.save_dir = None if save_dir is None else Path(save_dir).resolve()
         self.state, self.error = "loading", None
         self.predictor = None   # replaced whole (never mutated) when classes are added
@@ -248,7 +248,7 @@ class Engine:
         return name
 
 
-def served_predictor(bundle, mode: str, device: str, open_world: bool = False):
+def served_predictor(bundle, mode: str, device: str, open_world: str | bool = "auto"):
     """The inference engine's Predictor, as predict and the Python API use it."""
     from bsegn.app.inference import Predictor
 

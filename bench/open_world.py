@@ -12,8 +12,8 @@ Protocol (every choice on validation, never on test):
   unseen), with a seeded third of the val classes WITHHELD from the model's class list: their photos play
   unknown. One validation model picks the gate's threshold (best H, as train.py does), the open-world score
   (chosen_score: the most unknowns caught within the H budget, ties to the AUROC), its threshold
-  (open_world_metrics: the most unknowns caught for at most H_DROP_BUDGET points of known-class H) and
-  p_unknown's temperature.
+  (bsegn.generative.open_world_choice, as train.py chooses it: the most unknowns caught for at most
+  H_DROP_BUDGET points of known-class H) and p_unknown's temperature.
 * Final: one model per seed on the rest (final protocol); every candidate score is reported at its own
   validation threshold on the known test photos (test-seen + test-unseen of the model's classes), the
   removed species' photos and the non-flower photos (--demo-images, extracted with the config's backbone).
@@ -33,8 +33,6 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from zsl import load_features, log  # noqa: E402  (bench/ is the script's folder: on sys.path)
-
-WITHHELD_FRACTION = 1 / 3  # of the validation classes, playing unknown
 
 
 def drawn_classes(seen, unseen, count: int, seed: int) -> np.ndarray:
@@ -128,20 +126,24 @@ def scored_model(features, split, config, seed, gate_thresholds, temperatures, k
 
 
 def withheld_validation(features, validation, seed: int):
-    """The validation protocol's split with a seeded WITHHELD_FRACTION of its val (unseen) classes out of
-    the class list: without_classes' (FeatureSet, ZSLSplit, unknown indices) and the withheld class ids.
+    """The validation protocol's split with a seeded share (open_world_choice.WITHHELD_FRACTION) of its val
+    classes out of the class list: without_classes' (FeatureSet, ZSLSplit, unknown indices) and the withheld class ids.
     The unknowns are validation images only (the val classes'), never a test photo."""
-    withheld = drawn_classes([], validation.unseen_classes,
-                             int(round(WITHHELD_FRACTION * len(validation.unseen_classes))), seed=seed)
+    from bsegn.generative.open_world_choice import withheld_classes
+
+    withheld = withheld_classes(validation.unseen_classes, seed=seed)  # train.py's draw (WITHHELD_FRACTION)
     return (*without_classes(features, validation, withheld), withheld)
 
 
 def validation_choices(features, split, config, gate_kind, kinds, seed):
     """Everything chosen on the validation model: gate threshold and temperature, per score its threshold
     and temperature and its validation numbers, and the chosen score (chosen_score)."""
-    from open_world_metrics import choose_open_world_threshold, fit_unknown_temperature, open_world_metrics
-
     from bsegn.datasets.protocol import validation_protocol
+    from bsegn.generative.open_world_choice import (
+        choose_open_world_threshold,
+        fit_unknown_temperature,
+        open_world_metrics,
+    )
 
     validation = validation_protocol(split, holdout_fraction=0.2, seed=0)
     val_features, val_split, val_unknown, withheld = withheld_validation(features, validation, seed)
@@ -172,7 +174,7 @@ def chosen_score(scores: dict) -> str:
 
 
 def final_seed(features, split, config, seed, chosen, kinds, unknown_sets):
-    from open_world_metrics import open_world_metrics
+    from bsegn.generative.open_world_choice import open_world_metrics
 
     gate = chosen["gate"]
     known, scores, run = scored_model(features, split, config, seed, {gate["kind"]: gate["threshold"]},

@@ -24,8 +24,10 @@ SCORES (raw score r(x), higher = less like any listed class):
 Every score is standardised, z = (r - centre) / scale, by its mean and spread over FRESH generated features
 of every class in the list: the generator stands in for the known classes, so the units mean the same for
 a validation model and a final one, and again after add-class, which needs no photo to refit them. The
-threshold on z and p_unknown's temperature are chosen on the validation protocol (bench/open_world.py:
-classes withheld from the validation model's list play unknown); docs/results.md, "Open world".
+threshold on z and p_unknown's temperature are chosen on each run's validation protocol
+(bsegn.generative.open_world_choice: val classes withheld from the validation model's list play unknown); a rule
+records where its threshold was chosen (`chosen_on`: "validation", or None for a bundle written before train.py
+chose it per run, whose threshold is one constant from the flowers); docs/results.md, "Open world".
 """
 from __future__ import annotations
 
@@ -42,13 +44,11 @@ COMBINED_PARTS = ("max_softmax", "gaussian", "knn", "semantic")
 KNN_K = 10
 BANK_PER_CLASS = 100  # rows of each class in the knn bank (real seen ones subsampled): bounds a bundle's size
 REFERENCE_SEED = 21  # generated reference features are drawn apart from the classifier's (seed + 1) and gates'
-# The rule train.py puts in every bundle, all three from bench/open_world.py's validation model on the flowers
-# (docs/results.md, "Open world"): the score that caught the most withheld-class photos for at most 1 point of
-# known-class H (21.9 %; max_softmax, the best AUROC, caught 7.1 %), that threshold and p_unknown's temperature
-# fitted there. z is in units of the generated features' spread, so the threshold means the same for any model.
+# The score train.py's rule uses: on bench/open_world.py's validation model of the flowers it caught the most
+# withheld-class photos for at most 1 point of known-class H (21.9 %; max_softmax, the best AUROC, caught 7.1 %;
+# docs/results.md, "Open world"). Its threshold and p_unknown's temperature are chosen on each run's own
+# validation protocol (bsegn.generative.open_world_choice); z is in units of the generated features' spread.
 OPEN_WORLD_SCORE = "knn"
-OPEN_WORLD_THRESHOLD = 3.1034
-OPEN_WORLD_TEMPERATURE = 2.7038
 
 
 def check_score(kind: str) -> str:
@@ -229,11 +229,17 @@ def standardise(scorer: OpenWorldScore, trained, gzsl, *, seed: int) -> OpenWorl
 @dataclass(frozen=True, eq=False)
 class OpenWorldRule:
     """A fitted score and its decision: unknown iff z > threshold; p_unknown = sigmoid((z - threshold) /
-    temperature), 0.5 exactly at the decision (threshold and temperature chosen on the validation protocol)."""
+    temperature), 0.5 exactly at the decision. chosen_on: "validation" when the threshold and temperature were
+    chosen on the run's own validation protocol (open_world_choice); None: not (a bundle from before that)."""
 
     scorer: OpenWorldScore
     threshold: float
     temperature: float = 1.0
+    chosen_on: str | None = None
+
+    @property
+    def validated(self) -> bool:
+        return self.chosen_on == "validation"
 
     def __post_init__(self):
         if not self.temperature > 0:
@@ -249,7 +255,7 @@ class OpenWorldRule:
 
     def metadata(self) -> dict:
         return {"score": self.scorer.kind, "threshold": self.threshold, "temperature": self.temperature,
-                "classes": len(self.scorer.class_ids)}
+                "classes": len(self.scorer.class_ids), "chosen_on": self.chosen_on}
 
 
 def rule_from_state(metadata: dict, state: dict[str, torch.Tensor]) -> OpenWorldRule:
@@ -260,23 +266,29 @@ def rule_from_state(metadata: dict, state: dict[str, torch.Tensor]) -> OpenWorld
     bank_size = state["bank"].shape[0] if "bank" in state else 0
     scorer = OpenWorldScore(kind, state["class_ids"], dim, feature_dim, bank_size)
     scorer.load_state_dict(state)
-    return OpenWorldRule(scorer.eval(), metadata["threshold"], metadata.get("temperature", 1.0))
+    # a bundle written before the threshold was chosen per run has no chosen_on: its rule is not validated
+    return OpenWorldRule(scorer.eval(), metadata["threshold"], metadata.get("temperature", 1.0),
+                         metadata.get("chosen_on"))
 
 
 def refit_open_world(rule: OpenWorldRule, trained, gzsl, real_features=None, real_labels=None) -> OpenWorldRule:
     """The rule fitted again to the classifier's (changed) class list after add-class or remove-class: the
-    same score, threshold and temperature, its parts and standardisation refitted (fit_open_world) on the
+    same score, threshold, temperature and chosen_on, its parts and standardisation refitted (fit_open_world) on the
     real seen training features when given (a bundle's replay features: the fit training made), generated
     ones otherwise. The threshold keeps its meaning because z is standardised on the new list's classes."""
     scorer = fit_open_world(rule.scorer.kind, trained, gzsl, real_features, real_labels)
-    return OpenWorldRule(scorer, rule.threshold, rule.temperature)
+    return OpenWorldRule(scorer, rule.threshold, rule.temperature, rule.chosen_on)
 
 
-def open_world_rule(trained, gzsl, real_features, real_labels) -> OpenWorldRule | None:
-    """The rule train.py puts in a bundle: OPEN_WORLD_SCORE fitted to this model on its real seen training
-    features (N, d) / labels (N,), with the validation-chosen threshold and temperature; None (a closed-world
-    bundle) when the score reads a semantic decoder the model does not have (lambda_cyc 0)."""
-    if needs_decoder(OPEN_WORLD_SCORE) and "decoder" not in trained.parts:
+def open_world_rule(trained, gzsl, real_features, real_labels, choice: dict) -> OpenWorldRule | None:
+    """The rule train.py puts in a bundle: choice["score"] (open_world_choice.choose_open_world's record, made
+    on the run's validation protocol) fitted to this model on its real seen training features (N, d) / labels
+    (N,), with the threshold and temperature chosen there; None (a closed-world bundle) when validation chose no
+    threshold (choice["reason"] says why) or the score reads a semantic decoder the model does not have."""
+    if choice.get("threshold") is None:
         return None
-    return OpenWorldRule(fit_open_world(OPEN_WORLD_SCORE, trained, gzsl, real_features, real_labels),
-                         OPEN_WORLD_THRESHOLD, OPEN_WORLD_TEMPERATURE)
+    kind = choice["score"]
+    if needs_decoder(kind) and "decoder" not in trained.parts:
+        return None
+    return OpenWorldRule(fit_open_world(kind, trained, gzsl, real_features, real_labels), choice["threshold"],
+                         choice["temperature"], choice["chosen_on"])

@@ -1,9 +1,8 @@
-"""The open-world answer (generative/open_world.py; bench/open_world_metrics.py): scores that rise away from every
-listed class, their standardisation on generated features, the rule's decision and p_unknown, its round trip,
+"""The open-world answer (generative/open_world.py, generative/open_world_choice.py): scores that rise away
+from every listed class, their standardisation on generated features, the rule's decision and p_unknown, its round trip,
 its refit after add-class, and the threshold choice by hand-made cases."""
 import pytest
 import torch
-from open_world_metrics import choose_open_world_threshold, fit_unknown_temperature, known_accuracy, open_world_metrics
 
 from bsegn.generative.open_world import (
     BANK_PER_CLASS,
@@ -13,6 +12,12 @@ from bsegn.generative.open_world import (
     fit_open_world,
     refit_open_world,
     rule_from_state,
+)
+from bsegn.generative.open_world_choice import (
+    choose_open_world_threshold,
+    fit_unknown_temperature,
+    known_accuracy,
+    open_world_metrics,
 )
 
 # --- the rule's bookkeeping, by hand ---------------------------------------------------------------
