@@ -237,3 +237,23 @@ def _without_rule_tensors(folder: Path) -> Path:
     rewrite_config(folder, lambda v: v.update(model_bytes=(folder / MODEL_NAME).stat().st_size,
                                               model_sha256=file_sha256(folder / MODEL_NAME)))
     return folder
+
+
+@pytest.mark.parametrize("setting", ["auto", "on", "off"])
+def test_serve_hands_its_open_world_setting_to_the_engine(open_bundle, monkeypatch, setting):
+    import argparse
+
+    from bsegn.app import serve
+
+    class Stop(Exception):
+        pass
+
+    def engine(path, **options):
+        raise Stop(options["open_world"])
+
+    monkeypatch.setattr("bsegn.app.serve_engine.Engine", engine)
+    parser = argparse.ArgumentParser()
+    serve.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model", str(open_bundle), "--open-world", setting, "--threads", "1"])
+    with pytest.raises(Stop, match=setting):
+        serve.run(args)

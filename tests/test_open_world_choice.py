@@ -32,6 +32,11 @@ def tiny_validation_run():
     rows[np.concatenate([split.loc("test_seen"), split.loc("test_unseen")])] = np.nan
     features = FeatureSet(rows, np.asarray(split.labels), [f"photo{i}" for i in range(len(rows))])
     validation = validation_protocol(split, seed=0)
+    # val classes with different photo counts (3 to 7), so that the count of unknown photos tells which classes
+    # played unknown
+    unseen_photos = validation.locs["test_unseen"]
+    validation.locs["test_unseen"] = np.concatenate([unseen_photos[split.labels[unseen_photos] == c][:3 + c % 5]
+                                                     for c in validation.unseen_classes])
     run = run_bsegn(features, validation, config.generative, seed=0, gates={"combined": None}, show_progress=False)
     return config, ProtocolOutcome(run, None, features, validation, None), split, features
 
@@ -51,11 +56,17 @@ def test_withheld_classes_are_a_seeded_third_of_the_val_classes_and_one_always_s
     assert len(withheld_classes([4], seed=0)) == 0  # withholding it would leave the model no unseen class
 
 
+def test_a_share_that_would_withhold_every_val_class_withholds_none(monkeypatch):
+    monkeypatch.setattr(open_world_choice, "WITHHELD_FRACTION", 1.0)
+    assert len(withheld_classes([4, 5], seed=0)) == 0  # the model must keep an unseen class
+
+
 def test_the_choice_withholds_val_classes_reads_no_test_image_and_keeps_within_the_budget(tiny_validation_run):
     _, outcome, split, _ = tiny_validation_run
     choice = choose_open_world(outcome.run, outcome.features, outcome.split, "combined", seed=0)
     val = outcome.split.unseen_classes
     assert set(choice["withheld_classes"]) <= set(val.tolist())
+    assert choice["withheld_classes"] == withheld_classes(val, seed=open_world_choice.WITHHELD_SEED).tolist()
     assert len(choice["withheld_classes"]) == round(len(val) / 3)
     labels = outcome.features.labels
     val_photos = outcome.split.loc("test_unseen")
