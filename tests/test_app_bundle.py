@@ -125,7 +125,7 @@ def test_every_bundle_field_survives_save_and_load(saved, tmp_path):
     bundle = load_bundle(saved, with_backbone="tensors")
     bundle.gate.threshold, bundle.gate.temperature = 0.75, 2.5
     rule = OpenWorldRule(fit_open_world("knn", bundle.trained, bundle.gzsl, bundle.train_features, bundle.train_labels),
-                         1.25, 0.5)
+                         1.25, 0.5, "validation")  # chosen_on travels with the rule
     changed = dataclasses.replace(
         bundle, unseen_ranking="zsl", attribute_names=[f"b{j}" for j in range(5)], metrics={"T1": 1.5, "note": "x"},
         run_config={"run": {"seed": 3}}, benchmark="other", data_config={**bundle.data_config, "crop_pct": 0.9},
