@@ -4,6 +4,7 @@
         --data.attributes_csv ../shared/data/flowers/classes.csv --data.features_file FEATURES.safetensors \
         [--seeds 3] [--json OUT] [--methods eszsl,f-clswgan,bsegn,...] [--gates stacking,combined,...]
         [--epochs N] [--select-epochs 10,20,30 [--validation-seeds 2]] [--threads N] [--data.semantics text ...]
+        [--validation-features RUN/validation/features/features_*.safetensors] [--run.seed S]
     python bench/zsl.py --config awa1-lampert          # AwA1's proposed split, Lampert 2009 features
 
 The data are a train.py run config (`--config NAME|FILE`) and its `--section.key value` overrides: its data
@@ -21,6 +22,11 @@ validation-chosen threshold (table rows "method [gate]", with the domain AUROC a
 U/S/H: every image sent to its true domain). Every choice is made on the VALIDATION protocol
 (bsegn.datasets.protocol.validation_protocol: train classes as seen, val classes as unseen, test images
 removed): ESZSL's (gamma, lambda) and each generative method's gate thresholds (stacking's is -gamma).
+The validation split and its models are seeded by the config's run.seed, as train.py seeds its own
+validation run. Features from a backbone fine-tuned on the seen classes differ by protocol (train.py fine-tunes
+once on the validation protocol's training classes, once on trainval): give the validation run's own cache as
+`--validation-features FILE` (the same photos; `data.features_file` stays the final protocol's), so no choice
+is made on features that were trained on the validation classes.
 Then each method is retrained on trainval and evaluated once on test, for each seed. With
 `--select-epochs E1,E2,...` the validation run also picks each generative method's number of generator
 epochs among those (by validation T1 + H; otherwise the config's epochs are used); `--validation-seeds N`
@@ -73,6 +79,20 @@ def load_features(config_name: str, overrides: list[str]):
     return config, features, drop_images(split, features.meta.get("bad_indices", []))
 
 
+def check_same_photos(final, validation, final_split, validation_split) -> None:
+    """The two protocols' feature files must hold the same photos of the same classes (only the backbone that
+    read them may differ): BsegnError saying which differ otherwise."""
+    from bsegn.core.errors import BsegnError
+
+    if final_split.class_names != validation_split.class_names:
+        raise BsegnError("--validation-features: its classes differ from data.features_file's; give the "
+                         "validation cache of the same data (the run's validation/features folder)")
+    if list(final.image_ids) != list(validation.image_ids):
+        raise BsegnError(f"--validation-features: its {len(validation.image_ids)} photos are not "
+                         f"data.features_file's {len(final.image_ids)} (same order expected); give the validation "
+                         "cache the same run extracted")
+
+
 def summarise(results: list[dict]) -> dict:
     import numpy as np
 
@@ -119,6 +139,9 @@ def main(argv=None) -> int:
     parser.add_argument("--validation-only", action="store_true",
                         help="stop after the validation protocol's choices: report validation numbers, never read test "
                              "(to compare features or configs on validation alone)")
+    parser.add_argument("--validation-features", type=Path, default=None,
+                        help="features for the validation protocol (a run's validation/features cache, fine-tuned "
+                             "on the validation training classes only); default: data.features_file")
     parser.add_argument("--oracle", action="store_true",
                         help="also report each generative method's ORACLE numbers (best epoch picked on test, as "
                              "public ZSL code does), in a separate, labelled table; never used to choose anything")
@@ -151,6 +174,11 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     try:
         run_config, features, split = load_features(args.config, overrides)
+        validation_features = features
+        if args.validation_features is not None:
+            _, validation_features, validation_split = load_features(
+                args.config, [*overrides, "--data.features_file", str(args.validation_features)])
+            check_same_photos(features, validation_features, split, validation_split)
     except BsegnError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -169,7 +197,8 @@ def main(argv=None) -> int:
     if fixed is not None and len(gate_kinds) > 1:
         parser.error("--gates compares gates at validation-chosen thresholds: the config's run.threshold must be null")
     unseen_ranking = options["unseen_ranking"]
-    validation = validation_protocol(split, holdout_fraction=0.2, seed=0)
+    run_seed = run_config.run.seed  # train.py's validation split and its validation models use the run's seed
+    validation = validation_protocol(split, holdout_fraction=0.2, seed=run_seed)
     log(f"{features.features.shape[0]} images, {features.dim}-d features ({feature_name}), "
         f"{split.semantic_dim}-d "
         f"{split.semantic_kind} semantics; validation: "
@@ -182,8 +211,9 @@ def main(argv=None) -> int:
         payload = {"methods": table,
                    "seconds_per_epoch": float(sum(epoch_seconds) / len(epoch_seconds)) if epoch_seconds else None,
                    "benchmark": split.benchmark, "features": feature_name, "overrides": overrides,
-                   "semantics": run_config.data.semantics, "semantic_dim": split.semantic_dim,
-                   "descriptions": run_config.data.descriptions,
+                   "validation_features": str(args.validation_features) if args.validation_features else None,
+                   "validation_seed": run_seed, "semantics": run_config.data.semantics,
+                   "semantic_dim": split.semantic_dim, "descriptions": run_config.data.descriptions,
                    "text_encoder_id": split.text_encoder_id, "seeds": args.seeds, "config": base.to_dict(),
                    "gates": gate_kinds, "threshold": fixed, "unseen_ranking": unseen_ranking,
                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -199,7 +229,7 @@ def main(argv=None) -> int:
     epoch_seconds = []
     for method in methods:
         if method == "eszsl":
-            best = choose_eszsl(features, validation, ESZSL_GRID)
+            best = choose_eszsl(validation_features, validation, ESZSL_GRID)
             chosen[method] = {"gamma": best[0], "lambda": best[1], "validation": {k: best[2][k] for k in "T1 U S H".split()}}
             log(f"eszsl: validation picks gamma {best[0]}, lambda {best[1]} (T1 {best[2]['T1']:.1f} H {best[2]['H']:.1f})")
             if args.validation_only:
@@ -216,9 +246,10 @@ def main(argv=None) -> int:
         thresholds = {kind: fixed for kind in gate_kinds}
         if fixed is None or candidate_epochs:
             with tempfile.TemporaryDirectory() as folder:
-                picked = select_on_validation(features, validation, config, folder,
+                picked = select_on_validation(validation_features, validation, config, folder,
                                               candidate_epochs or [config.epochs],
-                                              seeds=range(args.validation_seeds), thresholds=thresholds,
+                                              seeds=range(run_seed, run_seed + args.validation_seeds),
+                                              thresholds=thresholds,
                                               unseen_ranking=ranking)
             config = config.replace(epochs=picked["epochs"])
             thresholds, val_result = picked["thresholds"], picked["validation"]

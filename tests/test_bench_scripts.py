@@ -278,3 +278,60 @@ def test_zsl_bench_finds_a_benchmarks_split_folder_in_the_shared_data(tmp_path, 
         with pytest.raises(SystemExit, match="stop before loading"):
             zsl.load_features("awa1-lampert", overrides)
         assert seen[-1] == expected
+
+
+def _demo_caches(tmp_path, names):
+    """Feature caches of the same small demo split: one per name, each with its own random features."""
+    import numpy as np
+
+    from bsegn.datasets.benchmarks import load_benchmark
+    from bsegn.datasets.features import FeatureSet, save_feature_cache
+
+    split = load_benchmark("demo", images_per_class=4, image_size=32).split
+    caches = {}
+    for index, name in enumerate(names):
+        rng = np.random.default_rng(index)
+        ids = [f"image{i}" for i in range(len(split.labels))] if name != "other_photos" else \
+            [f"other{i}" for i in range(len(split.labels))]
+        caches[name] = save_feature_cache(tmp_path / f"{name}.safetensors", FeatureSet(
+            rng.normal(size=(len(split.labels), 8)).astype(np.float32), np.asarray(split.labels), ids),
+            {"source": "test"})
+    return caches
+
+
+def test_zsl_bench_chooses_on_the_validation_features_and_the_runs_validation_split(tmp_path):
+    """--validation-features: the validation protocol's choices are made on that file (a backbone fine-tuned on
+    the validation training classes only), and the validation split is the one train.py draws for run.seed."""
+    import json
+
+    import zsl  # bench/zsl.py (tests/conftest.py)
+    from eszsl import choose_eszsl
+
+    from bsegn.datasets.protocol import validation_protocol
+
+    caches = _demo_caches(tmp_path, ["final", "validation"])
+    overrides = ["--data.demo_images_per_class", "4", "--data.demo_image_size", "32"]
+    out = tmp_path / "out.json"
+    assert zsl.main(["--config", "demo", *overrides, "--data.features_file", str(caches["final"]),
+                     "--validation-features", str(caches["validation"]), "--run.seed", "1",
+                     "--methods", "eszsl", "--validation-only", "--json", str(out)]) == 0
+    chosen = json.loads(out.read_text())["chosen_on_validation"]["eszsl"]
+
+    def expected(cache, seed):
+        _, features, split = zsl.load_features("demo", [*overrides, "--data.features_file", str(cache)])
+        return choose_eszsl(features, validation_protocol(split, holdout_fraction=0.2, seed=seed), zsl.ESZSL_GRID)[2]
+
+    right = expected(caches["validation"], 1)
+    assert chosen["validation"] == pytest.approx({k: right[k] for k in ("T1", "U", "S", "H")})
+    for wrong in (expected(caches["final"], 1), expected(caches["validation"], 0)):  # the file or the split ignored
+        assert {k: wrong[k] for k in ("T1", "H")} != pytest.approx({k: right[k] for k in ("T1", "H")})
+
+
+def test_zsl_bench_refuses_validation_features_of_other_photos(tmp_path, capsys):
+    import zsl  # bench/zsl.py (tests/conftest.py)
+
+    caches = _demo_caches(tmp_path, ["final", "other_photos"])
+    code = zsl.main(["--config", "demo", "--data.demo_images_per_class", "4", "--data.demo_image_size", "32",
+                     "--data.features_file", str(caches["final"]), "--validation-features", str(caches["other_photos"]),
+                     "--methods", "eszsl", "--validation-only"])
+    assert code == 2 and "--validation-features" in capsys.readouterr().err
