@@ -51,7 +51,7 @@ def test_the_bundle_records_the_rule_and_loads_it_back(open_bundle):
     assert again.shape == (5,) and torch.isfinite(again).all()
     card = (open_bundle / "README.md").read_text()
     assert "answered `unknown`" in card and "chosen on the run's validation protocol" in card
-    assert "12.5 % of their photos caught" in card and "on by default" in card
+    assert "caught 12.5 % of their photos" in card and "on by default" in card
 
 
 def test_a_closed_world_bundle_has_no_rule(saved):  # noqa: F811

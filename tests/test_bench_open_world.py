@@ -71,3 +71,19 @@ def test_bench_reports_every_score_on_the_removed_photos(tmp_path):
         row = written["test"][kind]["removed"]
         assert 0 <= row["auroc"] <= 1 and 0 <= row["caught"] <= 100
         assert row["H_on"] <= row["H_off"] + 1e-9  # answering "unknown" can only cost a known photo
+
+
+def test_transfer_bench_measures_the_validation_model_at_the_nested_threshold(tmp_path):
+    import open_world_transfer  # bench/
+
+    out = tmp_path / "transfer.json"
+    open_world_transfer.main(["--config", "demo", "--json", str(out), *_demo_cache(tmp_path), "--run.gate", "stacking",
+                              "--generative.epochs", "1", "--generative.hidden", "16", "--generative.embedder_hidden",
+                              "16", "--generative.syn_num", "5", "--generative.classifier_epochs", "1"])
+    row = json.loads(out.read_text())["seeds"][0]
+    carried = row["validation_at_nested_threshold"]
+    assert row["nested"]["withheld_classes"] and row["validation"]["withheld_classes"]
+    assert not set(row["nested"]["withheld_classes"]) & set(row["validation"]["withheld_classes"])  # other steps
+    if row["nested"]["threshold"] is None:  # nothing carried: the reject option is off
+        assert carried["caught"] == 0.0 and carried["H_drop"] == 0.0
+    assert 0 <= carried["auroc"] <= 1 and carried["H_on"] <= carried["H_off"] + 1e-9

@@ -76,9 +76,9 @@ def _chosen_numbers(metrics: dict) -> str:
     record = (metrics or {}).get("open_world") or {}
     if record.get("caught") is None:
         return ""
-    return (f" (on the run's validation, with {len(record.get('withheld_classes') or [])} val classes withheld as "
-            f"unknowns: AUROC {record['auroc']:.3f}, {record['caught']:.1f} % of their photos caught, known-class H "
-            f"{record['H_off']:.1f} -> {record['H_on']:.1f})")
+    return (f", where, with {len(record.get('withheld_classes') or [])} val classes withheld as unknowns, it had AUROC "
+            f"{record['auroc']:.3f}, caught {record['caught']:.1f} % of their photos, known-class H "
+            f"{record['H_off']:.1f} -> {record['H_on']:.1f}")
 
 
 def open_world_card_lines(config: dict[str, Any]) -> list[str]:
