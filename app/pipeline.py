@@ -8,7 +8,8 @@ resumed after an interruption:
     generative/   train BSeGN on real seen features (checkpoints every epoch: a rerun resumes)
     bundle/       final classifier fitted, evaluated on test ONCE, written with the model
     validation/   (final protocol, run.threshold null) the same pipeline on the validation protocol, where
-                  every seen-or-unseen gate's threshold is chosen (best H); the final run uses them
+                  every seen-or-unseen gate's threshold is chosen (best H), and the open-world rule's (val classes
+                  withheld as unknowns: bsegn.generative.open_world_choice); the final run uses them
 
 Only the main process writes files; every process takes part in fine-tuning, extraction and BSeGN.
 """

@@ -89,6 +89,10 @@ def test_train_writes_every_artifact(run):
     assert list(metrics)[:4] == ["T1", "U", "S", "H"]
     assert all(0.0 <= metrics[k] <= 100.0 for k in ("T1", "U", "S", "H"))
     assert len(metrics["per_class_gzsl"]) == 40 and metrics["seeds"] == [0]
+    # the open-world rule was chosen on validation, or the run says why not (the demo: no threshold within 1 point)
+    open_world = metrics["open_world"]
+    assert open_world["withheld_classes"]
+    assert (open_world["chosen_on"] == "validation") == (open_world["reason"] is None)
     assert "T1" in log and "true class:" in log  # printed metrics and the demo prediction
     assert "T1" in (output / "log.txt").read_text()
 
