@@ -257,3 +257,11 @@ def test_serve_hands_its_open_world_setting_to_the_engine(open_bundle, monkeypat
     args = parser.parse_args(["serve", "--model", str(open_bundle), "--open-world", setting, "--threads", "1"])
     with pytest.raises(Stop, match=setting):
         serve.run(args)
+
+
+def test_an_open_world_setting_other_than_auto_on_off_is_refused(open_bundle):
+    from bsegn.app.api import load_model
+    from bsegn.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="open_world 'maybe': expected one of auto, on, off"):
+        load_model(open_bundle, open_world="maybe")
