@@ -36,8 +36,6 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bsegn.app.bundle.open_world import resolve_open_world
-
 MODES = ("gzsl", "zsl", "seen")
 
 
@@ -163,6 +161,7 @@ class Predictor:
     def __init__(self, bundle, *, mode: str = "gzsl", threshold: float | None = None,
                  device: str = "cpu", batch_size: int = 32, max_pixels: int | None = None, images: bool = True,
                  open_world: str | bool = "auto"):
+        from bsegn.app.bundle.open_world import resolve_open_world
         from bsegn.core.errors import ConfigError
         from bsegn.datasets.images import DEFAULT_MAX_PIXELS
         from bsegn.datasets.transforms import build_eval_transform

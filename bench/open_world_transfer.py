@@ -27,26 +27,13 @@ from zsl import load_features, log
 def measured_at(run, features, split, gate_kind: str, threshold: float | None, seed: int, unseen_ranking: str):
     """choose_open_world's withheld-class setting on `run`, measured at `threshold` (open_world_metrics)."""
     from bsegn.generative.experiment import split_tensors
-    from bsegn.generative.open_world import OPEN_WORLD_SCORE, fit_open_world
-    from bsegn.generative.open_world_choice import (
-        WITHHELD_SEED,
-        classifiers_without,
-        gate_answers,
-        open_world_metrics,
-        withheld_classes,
-    )
+    from bsegn.generative.open_world import OPEN_WORLD_SCORE
+    from bsegn.generative.open_world_choice import open_world_metrics, run_withheld, score_withheld
 
-    withheld = torch.as_tensor(withheld_classes(split.unseen_classes, seed + WITHHELD_SEED), dtype=torch.long)
-    data = split_tensors(features, split)
-    x = torch.cat([data["test_seen"][0], data["test_unseen"][0]])
-    y = torch.cat([data["test_seen"][1], data["test_unseen"][1]])
-    unknown = torch.isin(y, withheld)
-    gzsl, zsl, gate = classifiers_without(run, data, withheld, gate_kind, unseen_ranking)
-    correct = gate_answers(run.trained, gzsl, zsl, gate, x[~unknown], unseen_ranking) == y[~unknown]
-    scorer = fit_open_world(OPEN_WORLD_SCORE, run.trained, gzsl, *data["trainval"])
-    z_known, z_unknown = scorer.score(run.trained, gzsl, x[~unknown]), scorer.score(run.trained, gzsl, x[unknown])
-    kept_unseen = data["unseen"][~torch.isin(data["unseen"], withheld)]
-    return open_world_metrics(z_known, z_unknown, threshold, correct, y[~unknown], data["seen"], kept_unseen)
+    scored = score_withheld(run, split_tensors(features, split), run_withheld(split, seed), gate_kind,
+                            OPEN_WORLD_SCORE, unseen_ranking)
+    return open_world_metrics(scored.z_known, scored.z_unknown, threshold, scored.correct, scored.known_labels,
+                              scored.seen, scored.kept_unseen)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -19,6 +19,8 @@ most H_DROP_BUDGET points below H without it (bench/open_world.py measured this 
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -140,6 +142,44 @@ def not_chosen(reason: str, score: str | None = None) -> dict:
     return {"chosen_on": None, "score": score, "threshold": None, "temperature": None, "reason": reason}
 
 
+class WithheldScores(NamedTuple):
+    """A validation model scored with some of its val classes withheld as unknowns: z of the known (N,) and the
+    unknown (M,) images, whether the gate's expert names each known image right (N,) and its label (N,), the
+    seen classes and the val classes kept in the list."""
+
+    z_known: torch.Tensor
+    z_unknown: torch.Tensor
+    correct: torch.Tensor
+    known_labels: torch.Tensor
+    seen: torch.Tensor
+    kept_unseen: torch.Tensor
+
+
+def run_withheld(split, seed: int) -> torch.Tensor:
+    """(K,) the val classes a run seeded `seed` withholds as unknowns (withheld_classes, apart from its other draws)."""
+    return torch.as_tensor(withheld_classes(split.unseen_classes, seed + WITHHELD_SEED), dtype=torch.long)
+
+
+def score_withheld(run, data: dict, withheld: torch.Tensor, gate_kind: str, score: str,
+                   unseen_ranking: str = "gzsl") -> WithheldScores | None:
+    """`run` (a BSeGNRun on a validation split, `data` its split_tensors) answered with `withheld` (K,) out of its
+    class list (classifiers_without) and scored by `score` fitted to that list; the withheld classes' validation
+    images are the unknowns, every other validation image a known one. None when either group is empty."""
+    from bsegn.generative.open_world import fit_open_world
+
+    x = torch.cat([data["test_seen"][0], data["test_unseen"][0]])
+    y = torch.cat([data["test_seen"][1], data["test_unseen"][1]])
+    is_unknown = torch.isin(y, withheld)
+    if not is_unknown.any() or is_unknown.all():
+        return None
+    gzsl, zsl, gate = classifiers_without(run, data, withheld, gate_kind, unseen_ranking)
+    known_x, known_y = x[~is_unknown], y[~is_unknown]
+    correct = gate_answers(run.trained, gzsl, zsl, gate, known_x, unseen_ranking) == known_y
+    scorer = fit_open_world(score, run.trained, gzsl, *data["trainval"])
+    return WithheldScores(scorer.score(run.trained, gzsl, known_x), scorer.score(run.trained, gzsl, x[is_unknown]),
+                          correct, known_y, data["seen"], data["unseen"][~torch.isin(data["unseen"], withheld)])
+
+
 def choose_open_world(run, feature_set, split, gate_kind: str, *, score: str | None = None,
                       unseen_ranking: str = "gzsl", seed: int = 0) -> dict:
     """The open-world rule chosen on a VALIDATION-protocol run (module docstring): `run` the BSeGNRun trained
@@ -148,37 +188,27 @@ def choose_open_world(run, feature_set, split, gate_kind: str, *, score: str | N
     "U_off", "S_off", "H_off", "U_on", "S_on", "H_on", "H_drop", "budget", "withheld_classes",
     "unknown_photos", "known_photos"}; not_chosen(reason) when no rule can be chosen."""
     from bsegn.generative.experiment import refuse_choosing_on_final, split_tensors
-    from bsegn.generative.open_world import OPEN_WORLD_SCORE, fit_open_world, needs_decoder
+    from bsegn.generative.open_world import OPEN_WORLD_SCORE, needs_decoder
 
     refuse_choosing_on_final(split, "the open-world threshold")
     score = score or OPEN_WORLD_SCORE
     if needs_decoder(score) and "decoder" not in run.trained.parts:
         return not_chosen(f"its score ({score}) reads the semantic decoder and this model has none "
                           "(generative.lambda_cyc 0): train with generative.lambda_cyc > 0", score)
-    withheld = torch.as_tensor(withheld_classes(split.unseen_classes, seed + WITHHELD_SEED), dtype=torch.long)
+    withheld = run_withheld(split, seed)
     if not len(withheld):
         return not_chosen(f"the validation protocol has {len(split.unseen_classes)} val class(es): too few to "
                           f"withhold {WITHHELD_FRACTION:.2g} of them as stand-in unknowns and keep one; give the "
                           "data more val classes (or unseen classes)", score)
-    data = split_tensors(feature_set, split)
-    x = torch.cat([data["test_seen"][0], data["test_unseen"][0]])
-    y = torch.cat([data["test_seen"][1], data["test_unseen"][1]])
-    is_unknown = torch.isin(y, withheld)
-    if not is_unknown.any() or is_unknown.all():
+    scored = score_withheld(run, split_tensors(feature_set, split), withheld, gate_kind, score, unseen_ranking)
+    if scored is None:
         return not_chosen("the withheld val classes have no validation photos (or nothing else has): give the "
                           "val classes photos", score)
-    gzsl, zsl, gate = classifiers_without(run, data, withheld, gate_kind, unseen_ranking)
-    known_x, known_y = x[~is_unknown], y[~is_unknown]
-    correct = gate_answers(run.trained, gzsl, zsl, gate, known_x, unseen_ranking) == known_y
-    scorer = fit_open_world(score, run.trained, gzsl, *data["trainval"])
-    z_known = scorer.score(run.trained, gzsl, known_x)
-    z_unknown = scorer.score(run.trained, gzsl, x[is_unknown])
-    seen = data["seen"]
-    kept_unseen = data["unseen"][~torch.isin(data["unseen"], withheld)]
+    z_known, z_unknown, correct, known_y, seen, kept_unseen = scored
     threshold, _ = choose_open_world_threshold(z_known, z_unknown, correct, known_y, seen, kept_unseen)
     measured = open_world_metrics(z_known, z_unknown, threshold, correct, known_y, seen, kept_unseen)
     record = {"score": score, "budget": H_DROP_BUDGET, "withheld_classes": withheld.tolist(),
-              "unknown_photos": int(is_unknown.sum()), "known_photos": int((~is_unknown).sum()), **measured}
+              "unknown_photos": len(z_unknown), "known_photos": len(z_known), **measured}
     if threshold is None:
         return {**not_chosen(f"on validation every threshold that catches a withheld-class photo costs more than "
                              f"{H_DROP_BUDGET:g} point of the known classes' H (AUROC {measured['auroc']:.3f})",
