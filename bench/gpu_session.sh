@@ -15,6 +15,11 @@
 #   graphs    bench/trainer_speed.py --complete in fp32 with BSEGN_CUDA_GRAPHS unset and =1 (the critic
 #             steps replayed as a CUDA graph): ms per iteration, off vs on
 #   predict   bench/predict.py on the bundle the demo stage wrote ($DEMO_RUN; needs the demo stage)
+#   flowers   (opt-in: STAGES="flowers") the flowers photos ($BSEGN_SHARED_DATA/flowers) on the validation
+#             protocol only, for seeds $FLOWERS_SEEDS: the whole network fine-tuned in bf16 ($FLOWERS_ALL, the
+#             benchmark configs' SGD recipe) against the shipped last stage, one after the other on the same
+#             machine; each run's validation metrics to OUT_DIR/flowers_<variant>_s<seed>.json. Never reads
+#             test: whether whole-network fine-tuning earns the flowers config is a validation question.
 # Usage: BSEGN_SHARED_DATA=/path/to/shared/data [STAGES="speed main"] bash bench/gpu_session.sh [OUT_DIR]
 # OUT_DIR defaults to bench/results/<gpu name>_<date>/ (the images stage writes its JSON there).
 # Stages run in the background where they can share the machine (demo, ablations, longer). Nothing
@@ -55,10 +60,13 @@ awa1() {  # awa1 NAME LIMIT METHODS EPOCHS
   python3 -c "import torch, accelerate, timm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| accelerate', accelerate.__version__, '| timm', timm.__version__)"
 } 2>&1 | tee "$logs/environment.log"
 
-# Decode the AwA1-Lampert features into the cache once, while the first stage runs.
-python3 -c "from bsegn.datasets.lampert import load_awa1_lampert; load_awa1_lampert(None, None, 'lss')" \
-    >"$logs/decode.log" 2>&1 &
-decoding=$!
+# Decode the AwA1-Lampert features into the cache once, while the first stage runs (only for the stages that read them).
+decoding=""
+if wants main || wants ablations || wants longer; then
+    python3 -c "from bsegn.datasets.lampert import load_awa1_lampert; load_awa1_lampert(None, None, 'lss')" \
+        >"$logs/decode.log" 2>&1 &
+    decoding=$!
+fi
 
 if wants speed; then
     stage trainer_speed 100 bash -c "python3 bench/trainer_speed.py --iterations ${SPEED_ITERATIONS:-30} --complete \
@@ -80,7 +88,7 @@ if wants demo; then
     TAIL=25 stage demo_fp16 "${DEMO_LIMIT:-300}" python3 -m accelerate.commands.launch --mixed_precision fp16 \
         --num_processes 1 --num_machines 1 --dynamo_backend no train.py --output "${DEMO_RUN:-/tmp/bsegn-demo-fp16}" &
 fi
-wait "$decoding"
+[[ -n $decoding ]] && wait "$decoding"
 if wants main; then
     awa1 awa1_main "${MAIN_LIMIT:-260}" bsegn,f-clswgan,eszsl "$EPOCHS"
 fi
@@ -95,6 +103,27 @@ if wants longer; then
     done
 fi
 wait
+if wants flowers; then
+    flowers=${BSEGN_SHARED_DATA:-$repo/../shared/data}/flowers
+    if [[ -f $flowers/classes.csv ]]; then
+        for seed in ${FLOWERS_SEEDS:-0}; do
+            for variant in last_stage all; do
+                extra=""; [[ $variant == all ]] && extra=${FLOWERS_ALL:-"--finetune.layers all --finetune.optimizer sgd \
+                    --finetune.lr_backbone 1e-3 --finetune.lr_head 1e-2 --finetune.epochs 10 --finetune.warmup_epochs 1"}
+                run="${FLOWERS_RUNS:-/tmp}/bsegn-flowers-$variant-s$seed"
+                # shellcheck disable=SC2086  # $extra and $FLOWERS_EXTRA are word lists of flags
+                TAIL=6 stage "flowers_${variant}_s$seed" "${FLOWERS_LIMIT:-900}" python3 -m accelerate.commands.launch \
+                    --mixed_precision "${FLOWERS_PRECISION:-bf16}" --num_processes 1 --num_machines 1 --dynamo_backend no train.py \
+                    --config flowers --data.images_root "$flowers/images" --data.attributes_csv "$flowers/classes.csv" \
+                    --backbone.num_workers "${FLOWERS_WORKERS:-8}" --run.protocol validation --run.seed "$seed" \
+                    --run.output "$run" $extra ${FLOWERS_EXTRA:-}
+                cp "$run/metrics.json" "$out/flowers_${variant}_s$seed.json" 2>/dev/null
+            done
+        done
+    else
+        echo "=== flowers: skipped, no $flowers/classes.csv (set BSEGN_SHARED_DATA to the folder holding flowers/)"
+    fi
+fi
 if wants predict; then
     stage predict 180 python3 bench/predict.py --model "${DEMO_RUN:-/tmp/bsegn-demo-fp16}" --images 256
 fi

@@ -74,3 +74,25 @@ def test_flowers_config_tunes_lite0s_last_stage_and_chooses_its_threshold_on_val
     # classification loss on, the final classifiers reading the backbone feature alone; the FEM kept and fused
     assert config.generative.lambda_cls > 0 and config.generative.mfim_levels == ("x",) and config.generative.fem
     assert config.generative.uses_fusion  # the FEM's scores join the final classifiers' (validation T1 +1.4, H +3.1)
+
+
+@pytest.mark.slow
+def test_gpu_session_flowers_stage_compares_whole_network_and_last_stage_on_validation_only(flowers, tmp_path):
+    """bench/gpu_session.sh's flowers stage (prepared for a lent GPU), run here on a CPU at reduced sizes: one
+    validation-protocol run per fine-tuning variant, each one's metrics copied out; no test split read."""
+    root, _ = flowers
+    shared = tmp_path / "data"
+    shared.mkdir()
+    (shared / "flowers").symlink_to(root)
+    env = {**ENV, "STAGES": "flowers", "BSEGN_SHARED_DATA": str(shared), "FLOWERS_PRECISION": "no",
+           "FLOWERS_WORKERS": "0", "FLOWERS_RUNS": str(tmp_path / "runs"), "LOGS": str(tmp_path / "logs"),
+           "FLOWERS_ALL": "--finetune.layers all --finetune.epochs 1", "FLOWERS_EXTRA": " ".join(REDUCED),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "bench/gpu_session.sh", str(tmp_path / "out")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    for variant, layers in (("last_stage", "last_stage"), ("all", "all")):
+        metrics = json.loads((tmp_path / "out" / f"flowers_{variant}_s0.json").read_text())
+        assert metrics["protocol"] == "validation" and "validation" in metrics["split_evaluated"]
+        config = (tmp_path / "runs" / f"bsegn-flowers-{variant}-s0" / "config.yaml").read_text()
+        assert f"layers: {layers}" in config
