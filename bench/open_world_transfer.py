@@ -32,6 +32,8 @@ def measured_at(run, features, split, gate_kind: str, threshold: float | None, s
 
     scored = score_withheld(run, split_tensors(features, split), run_withheld(split, seed), gate_kind,
                             OPEN_WORLD_SCORE, unseen_ranking)
+    if scored is None:  # choose_open_world says the same as a "no rule" reason; here there is nothing to measure
+        raise SystemExit("the withheld val classes have no validation photos (or nothing else has): nothing to measure")
     return open_world_metrics(scored.z_known, scored.z_unknown, threshold, scored.correct, scored.known_labels,
                               scored.seen, scored.kept_unseen)
 

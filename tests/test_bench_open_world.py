@@ -3,6 +3,7 @@ validation images only, and the bench reports every score on the removed photos.
 import json
 
 import numpy as np
+import pytest
 import open_world  # bench/ (on sys.path: tests/conftest.py)
 import zsl
 
@@ -87,3 +88,16 @@ def test_transfer_bench_measures_the_validation_model_at_the_nested_threshold(tm
     if row["nested"]["threshold"] is None:  # nothing carried: the reject option is off
         assert carried["caught"] == 0.0 and carried["H_drop"] == 0.0
     assert 0 <= carried["auroc"] <= 1 and carried["H_on"] <= carried["H_off"] + 1e-9
+
+
+def test_transfer_bench_stops_with_a_message_when_nothing_can_be_measured(monkeypatch):
+    import open_world_transfer  # bench/
+
+    import bsegn.generative.open_world_choice as choice
+
+    # score_withheld answers None when the withheld val classes have no photos (or nothing else has)
+    monkeypatch.setattr(choice, "score_withheld", lambda *args, **kwargs: None)
+    monkeypatch.setattr("bsegn.generative.experiment.split_tensors", lambda features, split: {})
+    split = type("Split", (), {"unseen_classes": np.arange(6)})()
+    with pytest.raises(SystemExit, match="no validation photos"):
+        open_world_transfer.measured_at(None, None, split, "stacking", 1.0, 0, "gzsl")
